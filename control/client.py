@@ -1,0 +1,330 @@
+"""The Python client: everything the CLI does, for notebooks and CI/CD scripts.
+
+    from control.client import Client
+    with Client(user="ann", workspace="fraud") as c:
+        v = c.upload_model("scorer", Path("scorer.onnx"))
+        c.create_pipeline("scoring")
+        c.create_pipeline_version("scoring", [{"model": "scorer"}])
+        c.deploy("scoring")
+
+A change publishes a control event and waits for its status record; a rejection
+raises Rejected with the reason. Reads replay the control topic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from agents.runtimes import describe_artifact
+from agents.runtimes.packing import artifact_bytes, artifact_format, framework_of
+from control.artifacts import ArtifactStore, Progress, sha256_of
+from control.config import Settings
+from control.events import ControlEvent, ControlStatus
+from control.kafka import (
+    consumer,
+    end_offsets,
+    ensure_topics,
+    platform_topics,
+    producer,
+    read_until_end,
+)
+from control.registry import fold
+from control.state import (
+    ArtifactRef,
+    Deployment,
+    Model,
+    ModelVersion,
+    Pipeline,
+    PipelineVersion,
+    Registry,
+    Step,
+    User,
+    Workspace,
+)
+from control.steps import step_from_json, step_to_avro
+from schemas.errors import BrokerError, ConfigError, DecodeError, Rejected, StatusTimeout
+
+StepLike = Step | Mapping[str, Any]
+
+
+class Client:
+    """One operator's connection to an inferstream platform."""
+
+    def __init__(
+        self, settings: Settings | None = None, *, user: str | None = None,
+        workspace: str | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.user = user or self.settings.user
+        self.workspace = workspace or self.settings.workspace
+        self._producer = None
+        self._topics_ready = False
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+
+    # -- events ------------------------------------------------------------------------------
+
+    def send(
+        self, type: str, payload: Mapping[str, Any], *, workspace: str | None = None,
+        scoped: bool = True, check: bool = True, timeout: float | None = None,
+    ) -> ControlStatus:
+        """Publish one control event and wait for its status; Rejected when check and rejected."""
+        if not self.user:
+            raise ConfigError("no user to act as: pass --user or set INFERSTREAM_USER")
+        event = ControlEvent(
+            type=type, payload=dict(payload), actor=self.user,
+            workspace=(workspace or self.workspace) if scoped else None,
+        )
+        status = self.publish(event.to_bytes(), event.event_id, timeout)
+        if check and not status.accepted:
+            raise Rejected(status.reason or "rejected")
+        return status
+
+    def publish(self, data: bytes, event_id: str, timeout: float | None = None) -> ControlStatus:
+        """Put raw bytes on the control topic and wait for the status of event_id."""
+        self._ensure_topics()
+        status_topic = self.settings.topic("control.status")
+        start = end_offsets(self.settings, status_topic)
+        c = consumer(self.settings, **{"enable.partition.eof": False})
+        c.assign([TopicPartition(status_topic, p, o) for p, o in start.items()])
+        try:
+            p = self._get_producer()
+            p.produce(self.settings.topic("control"), key=event_id.encode(), value=data)
+            if p.flush(30):
+                raise BrokerError(f"control event {event_id} was not delivered within 30s")
+            wait = timeout if timeout is not None else self.settings.status_timeout_s
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                msg = c.poll(0.2)
+                if msg is None or msg.error():
+                    if msg is not None and msg.error().code() != KafkaError._PARTITION_EOF:
+                        raise BrokerError(f"reading statuses: {msg.error()}")
+                    continue
+                if msg.key() == event_id.encode():
+                    return ControlStatus.from_bytes(msg.value())
+        finally:
+            c.close()
+        raise StatusTimeout(
+            f"no status for control event {event_id} after {wait:.0f}s: is a registrar running "
+            f"on {self.settings.bootstrap_servers} (`inferstream up` or `inferstream worker`)?"
+        )
+
+    def statuses(self) -> list[ControlStatus]:
+        """Every status record still on the status topic, oldest first."""
+        self._ensure_topics()
+        out = []
+        for msg in read_until_end(self.settings, self.settings.topic("control.status")):
+            try:
+                out.append(ControlStatus.from_bytes(msg.value()))
+            except DecodeError:
+                continue
+        return out
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def events(self) -> list[ControlEvent]:
+        """Every decodable event on the control topic, in order (undecodable ones are skipped)."""
+        self._ensure_topics()
+        out = []
+        for msg in read_until_end(self.settings, self.settings.topic("control")):
+            try:
+                out.append(ControlEvent.from_bytes(msg.value(), msg.offset()))
+            except DecodeError:
+                continue
+        return out
+
+    def registry(self) -> Registry:
+        """The registry as of now, rebuilt by replaying the control topic."""
+        return fold(self.events())
+
+    def users(self) -> list[User]:
+        return sorted(self.registry().users.values(), key=lambda u: u.name)
+
+    def workspaces(self) -> list[Workspace]:
+        return sorted(self.registry().workspaces.values(), key=lambda w: w.name)
+
+    def models(self, workspace: str | None = None) -> list[Model]:
+        ws = self._ws(workspace)
+        return [m for (w, _), m in sorted(self.registry().models.items()) if w == ws]
+
+    def model(self, name: str, workspace: str | None = None) -> Model:
+        ws = self._ws(workspace)
+        model = self.registry().models.get((ws, name))
+        if model is None:
+            raise Rejected(f"unknown model {name!r} in workspace {ws!r}")
+        return model
+
+    def pipelines(self, workspace: str | None = None) -> list[Pipeline]:
+        ws = self._ws(workspace)
+        return [p for (w, _), p in sorted(self.registry().pipelines.items()) if w == ws]
+
+    def pipeline(self, name: str, workspace: str | None = None) -> Pipeline:
+        ws = self._ws(workspace)
+        pipeline = self.registry().pipelines.get((ws, name))
+        if pipeline is None:
+            raise Rejected(f"unknown pipeline {name!r} in workspace {ws!r}")
+        return pipeline
+
+    def deployments(self, workspace: str | None = None) -> list[Deployment]:
+        ws = self._ws(workspace)
+        return [d for (w, _), d in sorted(self.registry().deployments.items()) if w == ws]
+
+    # -- users and workspaces ----------------------------------------------------------------
+
+    def create_user(self, name: str, email: str | None = None, admin: bool = False) -> User:
+        self.send("CreateUser", {"name": name, "email": email, "admin": admin}, scoped=False)
+        return self.registry().users[name]
+
+    def deactivate_user(self, name: str) -> ControlStatus:
+        return self.send("DeactivateUser", {"name": name}, scoped=False)
+
+    def create_workspace(self, name: str) -> Workspace:
+        self.send("CreateWorkspace", {"name": name}, scoped=False)
+        return self.registry().workspaces[name]
+
+    def add_member(self, user: str, role: str = "collaborator", workspace: str | None = None
+                   ) -> ControlStatus:
+        return self.send("AddMember", {"user": user, "role": role}, workspace=self._ws(workspace))
+
+    def remove_member(self, user: str, workspace: str | None = None) -> ControlStatus:
+        return self.send("RemoveMember", {"user": user}, workspace=self._ws(workspace))
+
+    # -- models ------------------------------------------------------------------------------
+
+    def upload_model(
+        self, name: str, path: Path, *, framework: str | None = None,
+        files: Iterable[Path] = (), description: str | None = None,
+        progress: Callable[[int, int], None] | None = None, workspace: str | None = None,
+    ) -> ModelVersion:
+        """Upload a model file or SavedModel directory: a new model, or a new version of one.
+
+        The input and output schema is read from the artifact; `progress(done, total)`
+        is called as bytes are stored.
+        """
+        ws = self._ws(workspace)
+        path = Path(path)
+        framework = framework or framework_of(path)
+        inputs, outputs = describe_artifact(framework, path)
+        blobs = [(artifact_bytes(path), artifact_format(path))]
+        blobs += [(Path(f).read_bytes(), "file") for f in files]
+        total, done = sum(len(b) for b, _ in blobs), 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(done, total)
+
+        known = _known_artifacts(self.registry())
+        refs = [self._store(blob, fmt, known, advance) for blob, fmt in blobs]
+        spec = lambda s: {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}  # noqa: E731
+        status = self.send("UploadModel", {
+            "name": name, "framework": framework, "artifact": _ref_record(refs[0]),
+            "files": [{"name": Path(f).name, "artifact": _ref_record(r)}
+                      for f, r in zip(files, refs[1:], strict=True)],
+            "inputs": [spec(s) for s in inputs], "outputs": [spec(s) for s in outputs],
+            "description": description,
+        }, workspace=ws)
+        return self.model(name, ws).versions[int(status.result["version"]) - 1]
+
+    def _store(self, blob: bytes, fmt: str, known: dict[str, ArtifactRef], advance: Progress
+               ) -> ArtifactRef:
+        # An artifact the registry already holds is not stored twice: same bytes, same chunks.
+        ref = known.get(sha256_of(blob))
+        if ref is not None and ref.format == fmt:
+            advance(len(blob))
+            return ref
+        return ArtifactStore(self.settings).put(blob, fmt, advance)
+
+    def artifact(self, ref: ArtifactRef) -> bytes:
+        """An artifact's bytes, checked against its sha256."""
+        return ArtifactStore(self.settings).get(ref)
+
+    # -- pipelines and deployments ---------------------------------------------------------------
+
+    def create_pipeline(self, name: str, description: str | None = None,
+                        workspace: str | None = None) -> Pipeline:
+        ws = self._ws(workspace)
+        self.send("CreatePipeline", {"name": name, "description": description}, workspace=ws)
+        return self.pipeline(name, ws)
+
+    def create_pipeline_version(self, pipeline: str, steps: Sequence[StepLike],
+                                workspace: str | None = None) -> PipelineVersion:
+        """A new version of a pipeline from steps (dataclasses or their JSON form)."""
+        ws = self._ws(workspace)
+        registry = self.registry()
+
+        def latest(model: str) -> int:
+            found = registry.models.get((ws, model))
+            if found is None:
+                raise Rejected(f"unknown model {model!r} in workspace {ws!r}")
+            return found.latest.version
+
+        parsed = [s if not isinstance(s, Mapping) else step_from_json(s, latest) for s in steps]
+        status = self.send("CreatePipelineVersion", {
+            "pipeline": pipeline, "steps": [step_to_avro(s) for s in parsed],
+        }, workspace=ws)
+        return self.pipeline(pipeline, ws).versions[int(status.result["version"]) - 1]
+
+    def deploy(self, pipeline: str, version: int | None = None, *, batch_size: int = 64,
+               batch_wait_ms: int = 20, workspace: str | None = None) -> Deployment:
+        ws = self._ws(workspace)
+        self.send("Deploy", {"pipeline": pipeline, "version": version, "batch_size": batch_size,
+                             "batch_wait_ms": batch_wait_ms}, workspace=ws)
+        return self.registry().deployments[(ws, pipeline)]
+
+    def undeploy(self, pipeline: str, workspace: str | None = None) -> Deployment:
+        ws = self._ws(workspace)
+        self.send("Undeploy", {"pipeline": pipeline}, workspace=ws)
+        return self.registry().deployments[(ws, pipeline)]
+
+    def rollback(self, pipeline: str, version: int | None = None,
+                 workspace: str | None = None) -> Deployment:
+        ws = self._ws(workspace)
+        self.send("Rollback", {"pipeline": pipeline, "version": version}, workspace=ws)
+        return self.registry().deployments[(ws, pipeline)]
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _ws(self, workspace: str | None) -> str:
+        ws = workspace or self.workspace
+        if not ws:
+            raise ConfigError("no workspace: pass --workspace or set INFERSTREAM_WORKSPACE")
+        return ws
+
+    def _ensure_topics(self) -> None:
+        if not self._topics_ready:
+            ensure_topics(self.settings, platform_topics(self.settings))
+            self._topics_ready = True
+
+    def _get_producer(self):
+        if self._producer is None:
+            self._producer = producer(self.settings)
+        return self._producer
+
+
+def _known_artifacts(registry: Registry) -> dict[str, ArtifactRef]:
+    refs: dict[str, ArtifactRef] = {}
+    for model in registry.models.values():
+        for version in model.versions:
+            refs[version.artifact.sha256] = version.artifact
+            refs.update((r.sha256, r) for _, r in version.files)
+    return refs
+
+
+def _ref_record(ref: ArtifactRef) -> dict[str, Any]:
+    return {f: getattr(ref, f) for f in ArtifactRef.__dataclass_fields__}

@@ -1,0 +1,45 @@
+"""Configuration in one place: INFERSTREAM_* environment variables, overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of inferstream, with defaults that work on a laptop."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERSTREAM_", extra="ignore")
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated"
+    )
+    namespace: str = Field(
+        "inferstream", description="prefix of every topic name; one namespace is one platform"
+    )
+    data_dir: Path = Field(
+        Path(".inferstream"), description="local data: embedded broker, chDB, artifact cache"
+    )
+    user: str | None = Field(None, description="the operator acting (the event's actor)")
+    workspace: str | None = Field(None, description="default workspace of commands")
+    status_timeout_s: float = Field(30.0, description="how long to wait for a control status")
+    artifact_chunk_bytes: int = Field(
+        512 * 1024, description="artifact chunk size; stays under Kafka's 1 MB message limit"
+    )
+    clickhouse_url: str | None = Field(
+        None, description="ClickHouse server URL; unset means chDB under data_dir"
+    )
+
+    def topic(self, name: str) -> str:
+        """Full name of one of the platform's topics, e.g. topic('control')."""
+        return f"{self.namespace}.{name}"
+
+    @property
+    def artifact_cache(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    def kafka_config(self) -> dict[str, str]:
+        """Settings every confluent-kafka client of the project starts from."""
+        return {"bootstrap.servers": self.bootstrap_servers}

@@ -1,0 +1,435 @@
+"""The registry as a pure fold over control events: apply(state, event) -> state.
+
+Every rule of the control plane lives here. A broken rule raises Rejected with a
+reason a person can act on, and the caller keeps the state it had. No I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from agents.runtimes.base import TensorSpec
+from control.events import EVENT_TYPES, ControlEvent
+from control.state import (
+    COLLABORATOR,
+    OWNER,
+    ArtifactRef,
+    Deployment,
+    KeySplit,
+    Model,
+    ModelStep,
+    ModelVersion,
+    Pipeline,
+    PipelineVersion,
+    RandomSplit,
+    Registry,
+    ShadowStep,
+    Step,
+    User,
+    Workspace,
+    step_models,
+)
+from schemas.errors import Rejected
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_BATCH_SIZE = 10_000
+MAX_BATCH_WAIT_MS = 60_000
+
+Handler = Callable[[Registry, ControlEvent, Mapping[str, Any]], Registry]
+
+
+def apply(state: Registry, event: ControlEvent) -> Registry:
+    """The registry after `event`; raises Rejected (and changes nothing) when a rule is broken."""
+    handler = _HANDLERS.get(event.type)
+    if handler is None:
+        raise Rejected(f"unknown event type {event.type!r}; known: {', '.join(EVENT_TYPES)}")
+    if not (event.type == "CreateUser" and not state.users):
+        _active_user(state, event.actor)
+    try:
+        return handler(state, event, event.payload)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # Avro guarantees the fields; this catches payloads built by hand around the codec.
+        raise Rejected(f"malformed {event.type} payload: {exc!r}") from exc
+
+
+def fold(events: Iterable[ControlEvent], state: Registry | None = None) -> Registry:
+    """Apply events in order, skipping rejected ones, as every replay of the topic does."""
+    state = state or Registry()
+    for event in events:
+        with contextlib.suppress(Rejected):
+            state = apply(state, event)
+    return state
+
+
+def result_of(before: Registry, after: Registry, event: ControlEvent) -> dict[str, str]:
+    """What an accepted event made, for its status record (e.g. the new version number)."""
+    key = (event.workspace or "", _payload_name(event))
+    match event.type:
+        case "UploadModel":
+            return {"model": key[1], "version": str(after.models[key].latest.version)}
+        case "CreatePipelineVersion":
+            return {"pipeline": key[1], "version": str(len(after.pipelines[key].versions))}
+        case "Deploy" | "Rollback":
+            return {"pipeline": key[1], "version": str(after.deployments[key].version)}
+    return {}
+
+
+def _payload_name(event: ControlEvent) -> str:
+    p = event.payload
+    return p.get("pipeline") or p.get("name") or p.get("user") or ""
+
+
+# -- checks shared by the rules --------------------------------------------------------------
+
+
+def _check_name(kind: str, name: str, pattern: re.Pattern[str] = NAME) -> None:
+    if not isinstance(name, str) or not pattern.match(name):
+        rule = (
+            "1-128 letters, digits, '.', '_', '@' or '-'"
+            if pattern is USER_NAME
+            else "1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit"
+        )
+        raise Rejected(f"invalid {kind} name {name!r}: use {rule}")
+
+
+def _active_user(state: Registry, name: str) -> User:
+    user = state.users.get(name)
+    if user is None:
+        raise Rejected(f"unknown user {name!r}: an administrator must create it first")
+    if not user.active:
+        raise Rejected(f"user {name!r} is deactivated and cannot act")
+    return user
+
+
+def _admin(state: Registry, event: ControlEvent) -> None:
+    if not state.users[event.actor].admin:
+        raise Rejected(f"{event.type} needs a platform administrator; {event.actor!r} is not one")
+
+
+def _workspace(state: Registry, event: ControlEvent) -> Workspace:
+    if not event.workspace:
+        raise Rejected(f"{event.type} acts in a workspace: name one (--workspace)")
+    ws = state.workspaces.get(event.workspace)
+    if ws is None:
+        raise Rejected(f"unknown workspace {event.workspace!r}; create it first")
+    return ws
+
+
+def _member(state: Registry, event: ControlEvent) -> Workspace:
+    """The event's workspace, when the actor is an owner or collaborator in it."""
+    ws = _workspace(state, event)
+    if ws.role_of(event.actor) not in (OWNER, COLLABORATOR):
+        raise Rejected(
+            f"{event.actor!r} is not a member of workspace {ws.name!r}; an owner must add them"
+        )
+    return ws
+
+
+def _owner_or_admin(state: Registry, event: ControlEvent) -> Workspace:
+    ws = _workspace(state, event)
+    if ws.role_of(event.actor) != OWNER and not state.users[event.actor].admin:
+        raise Rejected(
+            f"{event.type} in workspace {ws.name!r} needs an owner of it; {event.actor!r} is not"
+        )
+    return ws
+
+
+# -- users and workspaces --------------------------------------------------------------------
+
+
+def _create_user(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    _check_name("user", p["name"], USER_NAME)
+    first = not state.users
+    if first and event.actor != p["name"]:
+        raise Rejected(
+            f"the first user must create itself: actor {event.actor!r} != name {p['name']!r}"
+        )
+    if not first:
+        _admin(state, event)
+    if p["name"] in state.users:
+        raise Rejected(f"user {p['name']!r} already exists")
+    user = User(p["name"], p["email"], first or p["admin"], True, event.time)
+    return replace(state, users={**state.users, user.name: user})
+
+
+def _deactivate_user(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    _admin(state, event)
+    user = _active_user(state, p["name"])
+    admins = [u for u in state.users.values() if u.admin and u.active]
+    if user.admin and len(admins) == 1:
+        raise Rejected(f"{user.name!r} is the last active administrator; make another one first")
+    return replace(state, users={**state.users, user.name: replace(user, active=False)})
+
+
+def _create_workspace(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    _check_name("workspace", p["name"])
+    if p["name"] in state.workspaces:
+        raise Rejected(f"workspace {p['name']!r} already exists")
+    ws = Workspace(p["name"], event.actor, event.time, {event.actor: OWNER})
+    return replace(state, workspaces={**state.workspaces, ws.name: ws})
+
+
+def _add_member(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    ws = _owner_or_admin(state, event)
+    _active_user(state, p["user"])
+    if ws.role_of(p["user"]) == OWNER and p["role"] != OWNER:
+        _keep_an_owner(ws, p["user"])
+    ws = replace(ws, members={**ws.members, p["user"]: p["role"]})
+    return replace(state, workspaces={**state.workspaces, ws.name: ws})
+
+
+def _remove_member(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    ws = _owner_or_admin(state, event)
+    if p["user"] not in ws.members:
+        raise Rejected(f"{p['user']!r} is not a member of workspace {ws.name!r}")
+    _keep_an_owner(ws, p["user"])
+    members = {u: r for u, r in ws.members.items() if u != p["user"]}
+    return replace(state, workspaces={**state.workspaces, ws.name: replace(ws, members=members)})
+
+
+def _keep_an_owner(ws: Workspace, leaving: str) -> None:
+    if [u for u, r in ws.members.items() if r == OWNER] == [leaving]:
+        raise Rejected(f"{leaving!r} is the last owner of workspace {ws.name!r}; add another first")
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def _artifact(p: Mapping[str, Any], what: str) -> ArtifactRef:
+    ref = ArtifactRef.from_record(p)
+    if not SHA256.match(ref.sha256):
+        raise Rejected(f"{what}: sha256 {ref.sha256!r} is not 64 lowercase hex digits")
+    if ref.size <= 0 or ref.chunks <= 0:
+        raise Rejected(f"{what}: empty artifact (size {ref.size}, {ref.chunks} chunks)")
+    return ref
+
+
+def _specs(records: Iterable[Mapping[str, Any]], what: str) -> tuple[TensorSpec, ...]:
+    specs = tuple(TensorSpec(r["name"], r["dtype"], tuple(r["shape"])) for r in records)
+    if not specs:
+        raise Rejected(f"the model declares no {what}; is the artifact a model?")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise Rejected(f"the model declares duplicate {what}: {names}")
+    return specs
+
+
+def _upload_model(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    ws = _member(state, event)
+    _check_name("model", p["name"])
+    key = (ws.name, p["name"])
+    artifact = _artifact(p["artifact"], f"model {p['name']!r}")
+    files = tuple((f["name"], _artifact(f["artifact"], f"file {f['name']!r}")) for f in p["files"])
+    if len({name for name, _ in files}) != len(files):
+        raise Rejected(f"model {p['name']!r}: two extra files have the same name")
+    model = state.models.get(key) or Model(ws.name, p["name"], ())
+    if model.versions and model.latest.artifact.sha256 == artifact.sha256 \
+            and model.latest.files == files:
+        raise Rejected(
+            f"model {p['name']!r} version {model.latest.version} has this very artifact "
+            f"(sha256 {artifact.sha256[:12]}…); upload a changed file to make a new version"
+        )
+    version = ModelVersion(
+        workspace=ws.name, model=model.name, version=len(model.versions) + 1,
+        framework=p["framework"], artifact=artifact, files=files,
+        inputs=_specs(p["inputs"], "inputs"), outputs=_specs(p["outputs"], "outputs"),
+        description=p["description"], created_by=event.actor, created_at=event.time,
+    )
+    model = replace(model, versions=(*model.versions, version))
+    return replace(state, models={**state.models, key: model})
+
+
+# -- pipelines -------------------------------------------------------------------------------
+
+
+def _create_pipeline(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    ws = _member(state, event)
+    _check_name("pipeline", p["name"])
+    key = (ws.name, p["name"])
+    if key in state.pipelines:
+        raise Rejected(f"pipeline {p['name']!r} already exists in workspace {ws.name!r}")
+    pipeline = Pipeline(ws.name, p["name"], p["description"], event.actor, event.time)
+    return replace(state, pipelines={**state.pipelines, key: pipeline})
+
+
+def _pipeline(state: Registry, ws: Workspace, name: str) -> Pipeline:
+    pipeline = state.pipelines.get((ws.name, name))
+    if pipeline is None:
+        raise Rejected(f"unknown pipeline {name!r} in workspace {ws.name!r}")
+    return pipeline
+
+
+def _existing_version(pipeline: Pipeline, number: int) -> int:
+    if pipeline.version(number) is None:
+        raise Rejected(
+            f"pipeline {pipeline.name!r} has no version {number} "
+            f"(it has 1..{len(pipeline.versions)})"
+        )
+    return number
+
+
+def _model_step(state: Registry, ws: str, r: Mapping[str, Any], where: str) -> ModelStep:
+    model = state.models.get((ws, r["model"]))
+    if model is None:
+        raise Rejected(f"{where}: unknown model {r['model']!r} in workspace {ws!r}")
+    if model.version(r["version"]) is None:
+        raise Rejected(
+            f"{where}: model {r['model']!r} has no version {r['version']} "
+            f"(it has 1..{len(model.versions)})"
+        )
+    return ModelStep(r["model"], r["version"], dict(r["input_map"]))
+
+
+def _step(state: Registry, ws: str, item: tuple[str, Mapping[str, Any]], where: str) -> Step:
+    kind, r = item
+    kind = kind.rsplit(".", 1)[-1]
+    if kind == "ModelStep":
+        return _model_step(state, ws, r, where)
+    if kind == "RandomSplit":
+        routes = tuple(
+            (w["weight"], _model_step(state, ws, w["step"], f"{where} route {i + 1}"))
+            for i, w in enumerate(r["routes"])
+        )
+        if not routes or any(not math.isfinite(w) or w <= 0 for w, _ in routes):
+            raise Rejected(f"{where}: a random split needs routes with positive weights")
+        return RandomSplit(routes, r["hash_key"])
+    if kind == "KeySplit":
+        routes = tuple(
+            (k["value"], _model_step(state, ws, k["step"], f"{where} key {k['value']!r}"))
+            for k in r["routes"]
+        )
+        if not routes or len({v for v, _ in routes}) != len(routes):
+            raise Rejected(f"{where}: a key split needs routes with distinct values")
+        return KeySplit(r["field"], routes, _model_step(state, ws, r["default"], where))
+    challengers = tuple(
+        _model_step(state, ws, c, f"{where} challenger {i + 1}")
+        for i, c in enumerate(r["challengers"])
+    )
+    if not challengers:
+        raise Rejected(f"{where}: a shadow step needs at least one challenger")
+    return ShadowStep(_model_step(state, ws, r["champion"], where), challengers)
+
+
+def _check_chain(state: Registry, ws: str, steps: tuple[Step, ...]) -> None:
+    """Each step after the first must find its inputs among the previous step's outputs."""
+    def version(s: ModelStep) -> ModelVersion:
+        return state.models[(ws, s.model)].versions[s.version - 1]
+
+    for n in range(1, len(steps)):
+        returned = step_models(steps[n - 1])
+        if isinstance(steps[n - 1], ShadowStep):
+            returned = returned[:1]
+        available = set.intersection(*({o.name for o in version(m).outputs} for m in returned))
+        for m in step_models(steps[n]):
+            for spec in version(m).inputs:
+                source = m.input_map.get(spec.name, spec.name)
+                if source not in available:
+                    raise Rejected(
+                        f"step {n + 1} ({m.model} v{m.version}) needs input {spec.name!r} "
+                        f"from field {source!r}, but step {n} outputs only "
+                        f"{sorted(available)}; map it with input_map"
+                    )
+
+
+def _create_pipeline_version(
+    state: Registry, event: ControlEvent, p: Mapping[str, Any]
+) -> Registry:
+    ws = _member(state, event)
+    pipeline = _pipeline(state, ws, p["pipeline"])
+    if not p["steps"]:
+        raise Rejected(f"pipeline {pipeline.name!r}: a version needs at least one step")
+    steps = tuple(
+        _step(state, ws.name, item, f"step {i + 1}") for i, item in enumerate(p["steps"])
+    )
+    _check_chain(state, ws.name, steps)
+    version = PipelineVersion(
+        ws.name, pipeline.name, len(pipeline.versions) + 1, steps, event.actor, event.time
+    )
+    pipeline = replace(pipeline, versions=(*pipeline.versions, version))
+    return replace(state, pipelines={**state.pipelines, (ws.name, pipeline.name): pipeline})
+
+
+# -- deployments -----------------------------------------------------------------------------
+
+
+def _deploy(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    ws = _member(state, event)
+    pipeline = _pipeline(state, ws, p["pipeline"])
+    if not pipeline.versions:
+        raise Rejected(f"pipeline {pipeline.name!r} has no version to deploy; create one first")
+    number = _existing_version(pipeline, p["version"] or len(pipeline.versions))
+    if not 1 <= p["batch_size"] <= MAX_BATCH_SIZE:
+        raise Rejected(f"batch size {p['batch_size']} is outside 1..{MAX_BATCH_SIZE}")
+    if not 0 <= p["batch_wait_ms"] <= MAX_BATCH_WAIT_MS:
+        raise Rejected(f"batch wait {p['batch_wait_ms']} ms is outside 0..{MAX_BATCH_WAIT_MS}")
+    return _deployed(state, event, pipeline, number, p["batch_size"], p["batch_wait_ms"])
+
+
+def _deployed(
+    state: Registry, event: ControlEvent, pipeline: Pipeline, number: int,
+    batch_size: int, batch_wait_ms: int,
+) -> Registry:
+    key = (pipeline.workspace, pipeline.name)
+    before = state.deployments.get(key)
+    history = before.history if before else ()
+    deployment = Deployment(
+        pipeline.workspace, pipeline.name, number, True, batch_size, batch_wait_ms,
+        (*history, number), event.actor, event.time,
+    )
+    return replace(state, deployments={**state.deployments, key: deployment})
+
+
+def _undeploy(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    ws = _member(state, event)
+    pipeline = _pipeline(state, ws, p["pipeline"])
+    key = (ws.name, pipeline.name)
+    deployment = state.deployments.get(key)
+    if deployment is None or not deployment.active:
+        raise Rejected(f"pipeline {pipeline.name!r} is not deployed")
+    deployment = replace(deployment, active=False, deployed_by=event.actor, deployed_at=event.time)
+    return replace(state, deployments={**state.deployments, key: deployment})
+
+
+def _rollback(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    ws = _member(state, event)
+    pipeline = _pipeline(state, ws, p["pipeline"])
+    deployment = state.deployments.get((ws.name, pipeline.name))
+    if deployment is None:
+        raise Rejected(f"pipeline {pipeline.name!r} was never deployed; deploy it first")
+    number = p["version"]
+    if number is None:
+        earlier = [v for v in deployment.history if v != deployment.version]
+        if not earlier:
+            raise Rejected(
+                f"pipeline {pipeline.name!r} has no earlier deployed version to roll back to; "
+                "name one with --version"
+            )
+        number = earlier[-1]
+    _existing_version(pipeline, number)
+    if number == deployment.version and deployment.active:
+        raise Rejected(f"pipeline {pipeline.name!r} already serves version {number}")
+    return _deployed(
+        state, event, pipeline, number, deployment.batch_size, deployment.batch_wait_ms
+    )
+
+
+_HANDLERS: dict[str, Handler] = {
+    "CreateUser": _create_user,
+    "DeactivateUser": _deactivate_user,
+    "CreateWorkspace": _create_workspace,
+    "AddMember": _add_member,
+    "RemoveMember": _remove_member,
+    "UploadModel": _upload_model,
+    "CreatePipeline": _create_pipeline,
+    "CreatePipelineVersion": _create_pipeline_version,
+    "Deploy": _deploy,
+    "Undeploy": _undeploy,
+    "Rollback": _rollback,
+}

@@ -1,0 +1,132 @@
+"""Encode and decode inferstream records with Avro.
+
+Every message is Avro single-object encoded: the marker C3 01, the 8-byte
+CRC-64-AVRO fingerprint of the writer's schema, then the Avro body. The
+fingerprint finds the writer's schema among the current ones and those frozen
+in `history/`, so a record written before a schema grew still decodes after.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
+
+from schemas.errors import DecodeError, InferstreamError
+
+MARKER = b"\xc3\x01"
+AVRO_DIR = Path(__file__).parent / "avro"
+HISTORY_DIR = Path(__file__).parent / "history"
+
+
+class Codec:
+    """Reads and writes the records of one schema; parsed once, reused for every record."""
+
+    __slots__ = ("_prefix", "fingerprint", "full_name", "name", "schema")
+
+    def __init__(self, full_name: str, schema: dict) -> None:
+        self.full_name = full_name
+        self.name = full_name.rsplit(".", 1)[-1]
+        self.schema = schema
+        self.fingerprint = schema_fingerprint(schema)
+        self._prefix = MARKER + self.fingerprint
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        """The record as single-object encoded Avro; a record that does not fit raises."""
+        out = io.BytesIO()
+        out.write(self._prefix)
+        try:
+            fastavro.schemaless_writer(out, self.schema, record)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise InferstreamError(f"cannot encode {self.name}: {exc}") from exc
+        return out.getvalue()
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        """The record in `data`, read with the current schema; DecodeError says why it is not one."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise DecodeError(f"expected bytes for a {self.name}, got {type(data).__name__}")
+        if len(data) < 10 or data[:2] != MARKER:
+            raise DecodeError(
+                f"not an inferstream {self.name}: {len(data)} bytes starting {bytes(data[:10])!r}; "
+                "expected Avro single-object encoding (marker C3 01)"
+            )
+        writer = writer_schemas().get(bytes(data[2:10]))
+        if writer is None:
+            raise DecodeError(
+                f"unknown writer schema {bytes(data[2:10]).hex()} for a {self.name}: written by a "
+                "newer inferstream? Upgrade this one, or freeze schemas with `python -m schemas freeze`"
+            )
+        body = io.BytesIO(data[10:])
+        try:
+            record = fastavro.schemaless_reader(
+                body, writer, self.schema,
+                return_record_name=True, return_record_name_override=True,
+            )
+        except Exception as exc:  # fastavro raises many types on garbage
+            raise DecodeError(f"corrupt {self.name} ({len(data)} bytes): {exc!r}") from exc
+        if body.tell() != len(data) - 10:
+            raise DecodeError(
+                f"corrupt {self.name}: {len(data) - 10 - body.tell()} trailing bytes after the record"
+            )
+        return record
+
+
+def schema_fingerprint(schema: dict) -> bytes:
+    """The 8-byte CRC-64-AVRO fingerprint of a parsed schema (Avro spec, little-endian)."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+def schema_names() -> list[str]:
+    """Short names of every schema in avro/ (e.g. 'ControlEvent')."""
+    return sorted(p.stem.rsplit(".", 1)[-1] for p in AVRO_DIR.glob("*.avsc"))
+
+
+@cache
+def codec(name: str) -> Codec:
+    """The codec of a schema, by short name ('ControlEvent') or full name."""
+    matches = [p for p in AVRO_DIR.glob("*.avsc") if p.stem == name or p.stem.endswith("." + name)]
+    if len(matches) != 1:
+        raise InferstreamError(f"no schema named {name!r}; known: {', '.join(schema_names())}")
+    return Codec(matches[0].stem, load_schema(str(matches[0])))
+
+
+@cache
+def writer_schemas() -> dict[bytes, dict]:
+    """Every schema a record may have been written with: current ones and frozen history."""
+    schemas: dict[bytes, dict] = {}
+    for path in sorted(HISTORY_DIR.glob("*.avsc")):
+        schema = fastavro.parse_schema(json.loads(path.read_text()), _write_hint=False)
+        schemas[schema_fingerprint(schema)] = schema
+    for path in AVRO_DIR.glob("*.avsc"):
+        current = codec(path.stem).schema
+        schemas[schema_fingerprint(current)] = current
+    return schemas
+
+
+def encode(name: str, record: Mapping[str, Any]) -> bytes:
+    """Encode one record of the named schema."""
+    return codec(name).encode(record)
+
+
+def decode(name: str, data: bytes) -> dict[str, Any]:
+    """Decode one record of the named schema, whatever version of it wrote the bytes."""
+    return codec(name).decode(data)
+
+
+def freeze() -> list[Path]:
+    """Write the canonical form of every current schema to history/ (once per version)."""
+    HISTORY_DIR.mkdir(exist_ok=True)
+    written = []
+    for path in sorted(AVRO_DIR.glob("*.avsc")):
+        c = codec(path.stem)
+        target = HISTORY_DIR / f"{c.full_name}.{c.fingerprint.hex()}.avsc"
+        if not target.exists():
+            target.write_text(to_parsing_canonical_form(c.schema) + "\n")
+            written.append(target)
+    return written
