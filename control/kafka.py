@@ -21,6 +21,11 @@ from control.config import Settings
 from schemas.errors import BrokerError
 
 FOREVER = "-1"
+# Errors of a partition whose leader is not settled yet (a new topic, a restarted broker).
+_LEADERSHIP = {
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
 
 
 @dataclass(frozen=True)
@@ -97,10 +102,19 @@ def ensure_topics(settings: Settings, specs: dict[str, TopicSpec], timeout: floa
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerError(f"cannot create topic {name}: {exc}") from exc
     deadline = time.monotonic() + timeout
-    while not set(specs) <= set(client.list_topics(timeout=timeout).topics):
+    while not _led(client.list_topics(timeout=timeout).topics, specs):
         if time.monotonic() > deadline:
-            raise BrokerError(f"topics {sorted(specs)} did not appear within {timeout}s")
+            raise BrokerError(f"topics {sorted(specs)} got no partition leaders in {timeout}s")
         time.sleep(0.05)
+
+
+def _led(topics: dict, specs: dict[str, TopicSpec]) -> bool:
+    """Whether every partition of every topic has a leader (fresh topics need a moment)."""
+    return all(
+        name in topics and topics[name].error is None and topics[name].partitions
+        and all(p.leader >= 0 for p in topics[name].partitions.values())
+        for name in specs
+    )
 
 
 def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[int, int]:
@@ -110,12 +124,23 @@ def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[i
         meta = c.list_topics(topic, timeout=timeout).topics[topic]
         if meta.error is not None:
             raise BrokerError(f"topic {topic}: {meta.error}")
-        return {
-            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
-            for p in meta.partitions
-        }
+        return {p: _high_watermark(c, TopicPartition(topic, p), timeout) for p in meta.partitions}
     finally:
         c.close()
+
+
+def _high_watermark(c: Consumer, tp: TopicPartition, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return c.get_watermark_offsets(tp, timeout=timeout)[1]
+        except KafkaException as exc:
+            # Leadership moves (new topic, broker restart) are retriable; wait them out.
+            error = exc.args[0]
+            if not (error.retriable() or error.code() in _LEADERSHIP) \
+                    or time.monotonic() > deadline:
+                raise BrokerError(f"end offset of {tp.topic}[{tp.partition}]: {exc}") from exc
+            time.sleep(0.1)
 
 
 def read_until_end(

@@ -41,8 +41,10 @@ class Registrar:
         try:
             event = ControlEvent.from_bytes(msg.value(), offset)
         except DecodeError as exc:
+            # No event id to be read: the message key (clients key events by id) stands in.
+            key = msg.key().decode(errors="replace") if msg.key() else ""
             return ControlStatus(
-                event_id="", offset=offset, type="?", actor="?", workspace=None,
+                event_id=key, offset=offset, type="?", actor="?", workspace=None,
                 accepted=False, reason=f"not a control event: {exc}",
             )
         status = ControlStatus(

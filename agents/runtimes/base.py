@@ -1,0 +1,114 @@
+"""The one interface every model runtime implements: load an artifact, predict a batch."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from schemas.errors import ArtifactError, InferstreamError
+
+STRING = "string"  # dtype name of text tensors; numpy itself has no single name for them
+
+
+class InputMismatch(InferstreamError):
+    """A batch does not fit a model's inputs (missing name, wrong shape or dtype)."""
+
+
+class UnknownFramework(ArtifactError):
+    """No runtime is registered for a framework name."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output: numpy dtype name and shape, -1 for a dynamic dimension."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+class ModelRuntime(ABC):
+    """A loaded model. Subclasses implement load() and _predict(); predict() validates."""
+
+    framework: ClassVar[str]
+
+    def __init__(self, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> None:
+        self._inputs = inputs
+        self._outputs = outputs
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path) -> ModelRuntime:
+        """Load the artifact at path; raise ArtifactError if it cannot be loaded."""
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    def predict(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a whole batch (batch on the first axis); keys the model does not take are ignored."""
+        arrays = {spec.name: conform(spec, batch) for spec in self._inputs}
+        sizes = {name: len(a) for name, a in arrays.items()}
+        if len(set(sizes.values())) > 1:
+            raise InputMismatch(
+                f"inputs of one batch differ in batch size: {sizes}; give every input the same rows"
+            )
+        return self._predict(arrays)
+
+    @abstractmethod
+    def _predict(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run validated arrays, exactly one per input, through the model."""
+
+
+def conform(spec: TensorSpec, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The array for spec from batch, cast to spec's dtype when no value changes meaning."""
+    if spec.name not in batch:
+        raise InputMismatch(
+            f"input {spec.name!r} ({spec.dtype}, shape {list(spec.shape)}) is missing; "
+            f"the batch has {sorted(batch)}"
+        )
+    array = np.asarray(batch[spec.name])
+    if array.ndim != len(spec.shape) or any(
+        want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
+    ):
+        raise InputMismatch(
+            f"input {spec.name!r} expects shape {list(spec.shape)} (-1 = any size, first axis = "
+            f"batch) but got {list(array.shape)}"
+        )
+    return _cast(spec, array)
+
+
+def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    got = array.dtype
+    if spec.dtype == STRING:
+        if got.kind in "OUS":
+            return array
+    else:
+        want = np.dtype(spec.dtype)
+        if got == want:
+            return array
+        # Precision loss within a kind (float64 -> float32) is what every client sending JSON
+        # numbers to a float32 model needs; changing kind is allowed only where no value
+        # loses its meaning (ints and bools to floats, ints that fit a narrower int).
+        if np.can_cast(got, want, "safe") or (got.kind in "biuf" and want.kind == "f"):
+            return array.astype(want)
+        if got.kind in "biu" and want.kind in "iu" and _fits(array, want):
+            return array.astype(want)
+    raise InputMismatch(
+        f"input {spec.name!r} expects dtype {spec.dtype} but got {got.name}, which cannot be "
+        f"cast without changing values; send {spec.dtype} values"
+    )
+
+
+def _fits(array: np.ndarray, want: np.dtype) -> bool:
+    info = np.iinfo(want)
+    return array.size == 0 or (int(array.min()) >= info.min and int(array.max()) <= info.max)

@@ -1,0 +1,410 @@
+"""The operator CLI: a thin layer over control.client.Client.
+
+Exit codes: 0 done, 1 rejected or failed (the reason is printed), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from control.client import Client
+from control.config import Settings
+from control.state import Deployment, Model, ModelVersion, Pipeline, PipelineVersion
+from control.steps import parse_model_ref, step_to_json
+from schemas.errors import InferstreamError
+
+app = typer.Typer(help="inferstream: streaming inference on Kafka and ClickHouse.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+users = typer.Typer(help="Create, list and deactivate users.", no_args_is_help=True)
+workspaces = typer.Typer(help="Create workspaces and manage their members.", no_args_is_help=True)
+models = typer.Typer(help="Upload models and their versions.", no_args_is_help=True)
+pipelines = typer.Typer(help="Create, version, deploy, undeploy and roll back pipelines.",
+                        no_args_is_help=True)
+app.add_typer(users, name="users")
+app.add_typer(workspaces, name="workspaces")
+app.add_typer(models, name="models")
+app.add_typer(pipelines, name="pipelines")
+
+out = Console()
+err = Console(stderr=True)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+class Role(StrEnum):
+    owner = "owner"
+    collaborator = "collaborator"
+
+
+class BrokerKind(StrEnum):
+    auto = "auto"
+    kafka = "kafka"
+    tansu = "tansu"
+    external = "external"
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    bootstrap_servers: Annotated[str | None, typer.Option(
+        help="Kafka bootstrap servers [env INFERSTREAM_BOOTSTRAP_SERVERS]")] = None,
+    namespace: Annotated[str | None, typer.Option(
+        help="Topic name prefix [env INFERSTREAM_NAMESPACE]")] = None,
+    user: Annotated[str | None, typer.Option(
+        "--user", "-u", help="Act as this user [env INFERSTREAM_USER]")] = None,
+    workspace: Annotated[str | None, typer.Option(
+        "--workspace", "-w", help="Workspace to act in [env INFERSTREAM_WORKSPACE]")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Local data folder [env INFERSTREAM_DATA_DIR]")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="Seconds to wait for a control status [env INFERSTREAM_STATUS_TIMEOUT_S]")] = None,
+) -> None:
+    """Flags override INFERSTREAM_* environment variables, which override defaults."""
+    flags = {"bootstrap_servers": bootstrap_servers, "namespace": namespace, "user": user,
+             "workspace": workspace, "data_dir": data_dir, "status_timeout_s": timeout}
+    ctx.obj = Settings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _client(ctx: typer.Context) -> Client:
+    return Client(ctx.obj)
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def to_json(value: Any) -> Any:
+    """Registry entities as plain JSON values (steps in their --steps-file form)."""
+    if isinstance(value, PipelineVersion):
+        return {**to_json({k: v for k, v in vars(value).items() if k != "steps"}),
+                "steps": [step_to_json(s) for s in value.steps]}
+    if isinstance(value, Pipeline):
+        return {**to_json({k: v for k, v in vars(value).items() if k != "versions"}),
+                "versions": [to_json(v) for v in value.versions]}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def show(value: Any, as_json: bool, table: Callable[[], Table] | None = None,
+         message: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(to_json(value), indent=2))
+    elif table is not None:
+        out.print(table())
+    elif message is not None:
+        out.print(message)
+
+
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for row in rows:
+        t.add_row(*("" if v is None else str(v) for v in row))
+    return t
+
+
+def _when(t: datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _specs(specs: Iterable[Any]) -> str:
+    return ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in specs)
+
+
+# -- users -------------------------------------------------------------------------------------
+
+
+@users.command("create")
+def users_create(
+    ctx: typer.Context, name: str, email: Annotated[str | None, typer.Option()] = None,
+    admin: Annotated[bool, typer.Option(help="Make a platform administrator.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Create a user. The very first user creates itself (--user NAME) and is an administrator."""
+    u = _client(ctx).create_user(name, email, admin)
+    show(u, json_out, message=f"created user [bold]{u.name}[/]{' (admin)' if u.admin else ''}")
+
+
+@users.command("list")
+def users_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """List users."""
+    rows = _client(ctx).users()
+    show(rows, json_out, lambda: _table("users", ["name", "email", "admin", "active", "created"],
+         [(u.name, u.email, u.admin, u.active, _when(u.created_at)) for u in rows]))
+
+
+@users.command("get")
+def users_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
+    """Show one user."""
+    user = _client(ctx).registry().users.get(name)
+    if user is None:
+        raise InferstreamError(f"unknown user {name!r}")
+    show(user, json_out, message=f"{user.name} email={user.email} admin={user.admin} "
+         f"active={user.active} created={_when(user.created_at)}")
+
+
+@users.command("deactivate")
+def users_deactivate(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
+    """Deactivate a user: they can no longer act."""
+    status = _client(ctx).deactivate_user(name)
+    show(status, json_out, message=f"deactivated user [bold]{name}[/]")
+
+
+# -- workspaces --------------------------------------------------------------------------------
+
+
+@workspaces.command("create")
+def workspaces_create(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
+    """Create a workspace; you become its owner."""
+    ws = _client(ctx).create_workspace(name)
+    show(ws, json_out, message=f"created workspace [bold]{ws.name}[/]")
+
+
+@workspaces.command("list")
+def workspaces_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """List workspaces and their members."""
+    rows = _client(ctx).workspaces()
+    show(rows, json_out, lambda: _table("workspaces", ["name", "members", "created by", "created"],
+         [(w.name, ", ".join(f"{u} ({r})" for u, r in sorted(w.members.items())), w.created_by,
+           _when(w.created_at)) for w in rows]))
+
+
+@workspaces.command("get")
+def workspaces_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
+    """Show one workspace."""
+    ws = _client(ctx).registry().workspaces.get(name)
+    if ws is None:
+        raise InferstreamError(f"unknown workspace {name!r}")
+    show(ws, json_out, lambda: _table(f"workspace {name}", ["member", "role"],
+         sorted(ws.members.items())))
+
+
+@workspaces.command("add-member")
+def workspaces_add_member(ctx: typer.Context, user: str,
+                          role: Annotated[Role, typer.Option()] = Role.collaborator,
+                          json_out: JsonFlag = False) -> None:
+    """Add a user to the workspace (--workspace), or change their role."""
+    status = _client(ctx).add_member(user, role.value)
+    show(status, json_out, message=f"{user} is now {role.value} of {status.workspace}")
+
+
+@workspaces.command("remove-member")
+def workspaces_remove_member(ctx: typer.Context, user: str, json_out: JsonFlag = False) -> None:
+    """Remove a user from the workspace (--workspace)."""
+    status = _client(ctx).remove_member(user)
+    show(status, json_out, message=f"removed {user} from {status.workspace}")
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+@models.command("upload")
+def models_upload(
+    ctx: typer.Context, name: str,
+    path: Annotated[Path, typer.Argument(exists=True, help=".onnx, .keras or a SavedModel dir")],
+    framework: Annotated[str | None, typer.Option(help="onnx or tensorflow (default: guessed)")
+                         ] = None,
+    file: Annotated[list[Path] | None, typer.Option(
+        "--file", exists=True, help="Extra file (pre/post-processing), repeatable")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Upload a model: a new model, or a new version when NAME exists."""
+    columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(),
+               TransferSpeedColumn())
+    with Progress(*columns, console=err, transient=True, disable=json_out) as bar:
+        task = bar.add_task(f"uploading {path.name}", total=None)
+        version = _client(ctx).upload_model(
+            name, path, framework=framework, files=file or (), description=description,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    show(version, json_out, message=_version_line(version))
+
+
+def _version_line(v: ModelVersion) -> str:
+    return (f"model [bold]{v.model}[/] version [bold]{v.version}[/] ({v.framework}, "
+            f"{v.artifact.size} bytes, sha256 {v.artifact.sha256[:12]}…)\n"
+            f"  inputs  {_specs(v.inputs)}\n  outputs {_specs(v.outputs)}")
+
+
+@models.command("list")
+def models_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """List the models of the workspace with their latest version."""
+    rows = _client(ctx).models()
+    show(rows, json_out, lambda: _table(
+        "models", ["name", "versions", "framework", "latest sha256", "inputs", "outputs"],
+        [(m.name, len(m.versions), m.latest.framework, m.latest.artifact.sha256[:12],
+          _specs(m.latest.inputs), _specs(m.latest.outputs)) for m in rows]))
+
+
+@models.command("get")
+def models_get(ctx: typer.Context, name: str,
+               version: Annotated[int | None, typer.Option(help="Only this version")] = None,
+               json_out: JsonFlag = False) -> None:
+    """Show a model and its versions."""
+    model: Model = _client(ctx).model(name)
+    chosen = [v for v in model.versions if version in (None, v.version)]
+    if not chosen:
+        raise InferstreamError(f"model {name!r} has no version {version}")
+    show(chosen if version is None else chosen[0], json_out, lambda: _table(
+        f"model {name}", ["version", "framework", "size", "sha256", "files", "by", "created"],
+        [(v.version, v.framework, v.artifact.size, v.artifact.sha256[:12],
+          ", ".join(n for n, _ in v.files), v.created_by, _when(v.created_at)) for v in chosen]))
+
+
+# -- pipelines ---------------------------------------------------------------------------------
+
+
+@pipelines.command("create")
+def pipelines_create(ctx: typer.Context, name: str,
+                     description: Annotated[str | None, typer.Option()] = None,
+                     json_out: JsonFlag = False) -> None:
+    """Create a pipeline (its steps come with its versions)."""
+    p = _client(ctx).create_pipeline(name, description)
+    show(p, json_out, message=f"created pipeline [bold]{p.name}[/]")
+
+
+@pipelines.command("version")
+def pipelines_version(
+    ctx: typer.Context, name: str,
+    step: Annotated[list[str] | None, typer.Option(
+        help="A model step MODEL[:VERSION], repeatable, in chain order")] = None,
+    steps_file: Annotated[Path | None, typer.Option(
+        exists=True, help="JSON list of steps (splits, shadows): see README")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Create a new immutable version of a pipeline from its steps."""
+    if bool(step) == bool(steps_file):
+        raise typer.BadParameter("give either --step (one or more) or --steps-file")
+    client = _client(ctx)
+    if steps_file:
+        try:
+            specs = json.loads(steps_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise InferstreamError(f"{steps_file} is not JSON: {exc}") from exc
+    else:
+        registry, ws = client.registry(), client._ws(None)
+
+        def latest(model: str) -> int:
+            found = registry.models.get((ws, model))
+            if found is None:
+                raise InferstreamError(f"unknown model {model!r} in workspace {ws!r}")
+            return found.latest.version
+
+        specs = [parse_model_ref(s, latest) for s in step or []]
+    v = client.create_pipeline_version(name, specs)
+    show(v, json_out, message=f"pipeline [bold]{name}[/] version [bold]{v.version}[/]: "
+         + " → ".join(json.dumps(step_to_json(s)) for s in v.steps))
+
+
+@pipelines.command("list")
+def pipelines_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """List pipelines with their versions and what is deployed."""
+    client = _client(ctx)
+    rows, deployed = client.pipelines(), {d.pipeline: d for d in client.deployments()}
+    show(rows, json_out, lambda: _table("pipelines", ["name", "versions", "deployed", "created"],
+         [(p.name, len(p.versions), _deployed(deployed.get(p.name)), _when(p.created_at))
+          for p in rows]))
+
+
+def _deployed(d: Deployment | None) -> str:
+    return f"v{d.version}" if d and d.active else "-"
+
+
+@pipelines.command("get")
+def pipelines_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
+    """Show a pipeline's versions and steps."""
+    p = _client(ctx).pipeline(name)
+    show(p, json_out, lambda: _table(f"pipeline {name}", ["version", "steps", "by", "created"],
+         [(v.version, " → ".join(json.dumps(step_to_json(s)) for s in v.steps), v.created_by,
+           _when(v.created_at)) for v in p.versions]))
+
+
+@pipelines.command("deploy")
+def pipelines_deploy(
+    ctx: typer.Context, name: str,
+    version: Annotated[int | None, typer.Option(help="Version to deploy (default: latest)")] = None,
+    batch_size: Annotated[int, typer.Option(help="Most records per micro-batch")] = 64,
+    batch_wait_ms: Annotated[int, typer.Option(help="Longest wait to fill a batch (ms)")] = 20,
+    json_out: JsonFlag = False,
+) -> None:
+    """Deploy a pipeline version; running workers switch to it between batches."""
+    d = _client(ctx).deploy(name, version, batch_size=batch_size, batch_wait_ms=batch_wait_ms)
+    show(d, json_out, message=f"deployed pipeline [bold]{name}[/] version [bold]{d.version}[/]")
+
+
+@pipelines.command("undeploy")
+def pipelines_undeploy(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
+    """Stop serving a pipeline; records on its input topic wait for the next deploy."""
+    d = _client(ctx).undeploy(name)
+    show(d, json_out, message=f"undeployed pipeline [bold]{name}[/]")
+
+
+@pipelines.command("rollback")
+def pipelines_rollback(
+    ctx: typer.Context, name: str,
+    version: Annotated[int | None, typer.Option(
+        help="Version to go back to (default: the one deployed before)")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Deploy an earlier version again."""
+    d = _client(ctx).rollback(name, version)
+    show(d, json_out, message=f"rolled pipeline [bold]{name}[/] back to version "
+         f"[bold]{d.version}[/]")
+
+
+# -- the embedded platform -------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    broker: Annotated[BrokerKind, typer.Option(
+        help="auto: Apache Kafka from local jars if present, else Tansu; external: use "
+             "--bootstrap-servers as is")] = BrokerKind.auto,
+    demo: Annotated[bool, typer.Option(help="Register and deploy a demo model")] = True,
+    once: Annotated[bool, typer.Option(help="Stop after the demo instead of serving")] = False,
+) -> None:
+    """Start the embedded platform: a local broker, the registrar and a demo."""
+    from control.demo import run_embedded
+
+    run_embedded(ctx.obj, broker.value, demo=demo, once=once, console=out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `inferstream` command."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except InferstreamError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

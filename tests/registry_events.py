@@ -1,0 +1,181 @@
+"""Builders of control events for tests: one small function per payload, with defaults.
+
+Each builder returns an `Action` (event type, payload) whose payload holds every field of
+its Avro record; `event()` wraps it in a ControlEvent and round trips it through the codec,
+so a test folds exactly what a worker reading the control topic would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from control.events import NAMESPACE, ControlEvent
+
+Action = tuple[str, dict[str, Any]]
+UnionItem = tuple[str, dict[str, Any]]  # how Avro reads a member of a union of records
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)  # whole milliseconds: timestamp-millis keeps them
+ADMIN, WORKSPACE = "ann", "ws"
+
+
+def event(
+    action: Action, actor: str = ADMIN, workspace: str | None = WORKSPACE, offset: int = 0
+) -> ControlEvent:
+    """The event as a worker reads it from the control topic (encoded, then decoded)."""
+    type_, payload = action
+    written = ControlEvent(type=type_, payload=payload, actor=actor, workspace=workspace, time=T0)
+    return ControlEvent.from_bytes(written.to_bytes(), offset=offset)
+
+
+def sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def artifact(
+    content: bytes = b"model bytes", *, digest: str | None = None, size: int = 1024,
+    fmt: str = "onnx", chunks: int = 1,
+) -> dict[str, Any]:
+    """An Artifact record (where a content-addressed blob lives in the artifact topic)."""
+    return {
+        "sha256": sha256(content) if digest is None else digest, "size": size, "format": fmt,
+        "topic": "inferstream.artifacts", "partition": 0, "offset": 0, "chunks": chunks,
+    }
+
+
+def tensor_spec(name: str, dtype: str = "float32", shape: Sequence[int] = (-1, 4)) -> dict:
+    return {"name": name, "dtype": dtype, "shape": list(shape)}
+
+
+# -- users and workspaces --------------------------------------------------------------------
+
+
+def create_user(name: str, email: str | None = None, admin: bool = False) -> Action:
+    return "CreateUser", {"name": name, "email": email, "admin": admin}
+
+
+def deactivate_user(name: str) -> Action:
+    return "DeactivateUser", {"name": name}
+
+
+def create_workspace(name: str) -> Action:
+    return "CreateWorkspace", {"name": name}
+
+
+def add_member(user: str, role: str = "collaborator") -> Action:
+    return "AddMember", {"user": user, "role": role}
+
+
+def remove_member(user: str) -> Action:
+    return "RemoveMember", {"user": user}
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def upload_model(
+    name: str, content: bytes = b"model bytes", *, inputs: Sequence[str | dict] = ("x",),
+    outputs: Sequence[str | dict] = ("y",), framework: str = "onnx",
+    files: Mapping[str, bytes] | None = None, artifact_record: dict | None = None,
+    description: str | None = None,
+) -> Action:
+    """Upload `content` as a model; inputs and outputs are names (float32, shape [-1, 4])."""
+    def specs(items: Sequence[str | dict]) -> list[dict]:
+        return [tensor_spec(i) if isinstance(i, str) else i for i in items]
+
+    return "UploadModel", {
+        "name": name,
+        "framework": framework,
+        "artifact": artifact(content) if artifact_record is None else artifact_record,
+        "files": [{"name": n, "artifact": artifact(c)} for n, c in (files or {}).items()],
+        "inputs": specs(inputs),
+        "outputs": specs(outputs),
+        "description": description,
+    }
+
+
+# -- pipelines -------------------------------------------------------------------------------
+
+
+def model_step(model: str, version: int = 1, input_map: Mapping[str, str] | None = None) -> dict:
+    """A ModelStep record; input_map maps a model input to the field that feeds it."""
+    return {"model": model, "version": version, "input_map": dict(input_map or {})}
+
+
+def random_split(
+    *routes: tuple[float, dict], hash_key: str | None = None
+) -> UnionItem:
+    return NAMESPACE + "RandomSplit", {
+        "routes": [{"weight": w, "step": s} for w, s in routes], "hash_key": hash_key,
+    }
+
+
+def key_split(field: str, routes: Sequence[tuple[str, dict]], default: dict) -> UnionItem:
+    return NAMESPACE + "KeySplit", {
+        "field": field,
+        "routes": [{"value": v, "step": s} for v, s in routes],
+        "default": default,
+    }
+
+
+def shadow(champion: dict, *challengers: dict) -> UnionItem:
+    return NAMESPACE + "ShadowStep", {"champion": champion, "challengers": list(challengers)}
+
+
+def create_pipeline(name: str, description: str | None = None) -> Action:
+    return "CreatePipeline", {"name": name, "description": description}
+
+
+def create_pipeline_version(pipeline: str, *steps: dict | UnionItem) -> Action:
+    """A pipeline version; a plain dict step is a ModelStep."""
+    items = [(NAMESPACE + "ModelStep", s) if isinstance(s, dict) else s for s in steps]
+    return "CreatePipelineVersion", {"pipeline": pipeline, "steps": items}
+
+
+# -- deployments -----------------------------------------------------------------------------
+
+
+def deploy(
+    pipeline: str, version: int | None = None, batch_size: int = 64, batch_wait_ms: int = 20
+) -> Action:
+    return "Deploy", {
+        "pipeline": pipeline, "version": version,
+        "batch_size": batch_size, "batch_wait_ms": batch_wait_ms,
+    }
+
+
+def undeploy(pipeline: str) -> Action:
+    return "Undeploy", {"pipeline": pipeline}
+
+
+def rollback(pipeline: str, version: int | None = None) -> Action:
+    return "Rollback", {"pipeline": pipeline, "version": version}
+
+
+def every_action() -> list[Action]:
+    """One action of each of the 11 payload types, with nested records filled in."""
+    return [
+        create_user("ann", email="ann@example.com", admin=True),
+        deactivate_user("bob"),
+        create_workspace("ws"),
+        add_member("bob", "owner"),
+        remove_member("bob"),
+        upload_model(
+            "scaler", files={"vocab.txt": b"a\nb\n"}, description="scales x",
+            inputs=[tensor_spec("x", "float32", [-1, 4])],
+            outputs=[tensor_spec("y", "float64", [-1, 4]), tensor_spec("tag", "string", [-1])],
+        ),
+        create_pipeline("fraud", description="scores payments"),
+        create_pipeline_version(
+            "fraud",
+            model_step("scaler", 1, {"x": "features"}),
+            random_split((0.9, model_step("a")), (0.1, model_step("b")), hash_key="user"),
+            key_split("country", [("fr", model_step("a"))], default=model_step("b")),
+            shadow(model_step("a"), model_step("b", 2)),
+        ),
+        deploy("fraud", version=2, batch_size=128, batch_wait_ms=5),
+        undeploy("fraud"),
+        rollback("fraud", version=1),
+    ]
