@@ -16,6 +16,12 @@ EVENT_TYPES = (
 )
 
 
+def _now_ms() -> datetime:
+    """Now, at the millisecond precision the schema keeps, so an event equals itself read back."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 @dataclass(frozen=True, slots=True)
 class ControlEvent:
     """One control event: who did what, where, when; `offset` is set once read from the topic."""
@@ -25,7 +31,7 @@ class ControlEvent:
     actor: str
     workspace: str | None = None
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    time: datetime = field(default_factory=_now_ms)
     offset: int = -1
 
     def to_bytes(self) -> bytes:
@@ -66,7 +72,7 @@ class ControlStatus:
     accepted: bool
     reason: str | None = None
     result: dict[str, str] = field(default_factory=dict)
-    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    time: datetime = field(default_factory=_now_ms)
 
     def to_bytes(self) -> bytes:
         return codec("ControlStatus").encode({

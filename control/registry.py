@@ -36,9 +36,9 @@ from control.state import (
 )
 from schemas.errors import Rejected
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # used in topic names: keep it Kafka-safe
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_BATCH_SIZE = 10_000
 MAX_BATCH_WAIT_MS = 60_000
 
@@ -90,7 +90,7 @@ def _payload_name(event: ControlEvent) -> str:
 
 
 def _check_name(kind: str, name: str, pattern: re.Pattern[str] = NAME) -> None:
-    if not isinstance(name, str) or not pattern.match(name):
+    if not isinstance(name, str) or not pattern.fullmatch(name):
         rule = (
             "1-128 letters, digits, '.', '_', '@' or '-'"
             if pattern is USER_NAME
@@ -204,7 +204,7 @@ def _keep_an_owner(ws: Workspace, leaving: str) -> None:
 
 def _artifact(p: Mapping[str, Any], what: str) -> ArtifactRef:
     ref = ArtifactRef.from_record(p)
-    if not SHA256.match(ref.sha256):
+    if not SHA256.fullmatch(ref.sha256):
         raise Rejected(f"{what}: sha256 {ref.sha256!r} is not 64 lowercase hex digits")
     if ref.size <= 0 or ref.chunks <= 0:
         raise Rejected(f"{what}: empty artifact (size {ref.size}, {ref.chunks} chunks)")
@@ -230,12 +230,12 @@ def _upload_model(state: Registry, event: ControlEvent, p: Mapping[str, Any]) ->
     if len({name for name, _ in files}) != len(files):
         raise Rejected(f"model {p['name']!r}: two extra files have the same name")
     model = state.models.get(key) or Model(ws.name, p["name"], ())
-    if model.versions and model.latest.artifact.sha256 == artifact.sha256 \
-            and model.latest.files == files:
-        raise Rejected(
-            f"model {p['name']!r} version {model.latest.version} has this very artifact "
-            f"(sha256 {artifact.sha256[:12]}…); upload a changed file to make a new version"
-        )
+    for earlier in model.versions:
+        if earlier.artifact.sha256 == artifact.sha256 and set(earlier.files) == set(files):
+            raise Rejected(
+                f"model {p['name']!r} version {earlier.version} has this very artifact "
+                f"(sha256 {artifact.sha256[:12]}…); upload a changed file to make a new version"
+            )
     version = ModelVersion(
         workspace=ws.name, model=model.name, version=len(model.versions) + 1,
         framework=p["framework"], artifact=artifact, files=files,
@@ -298,15 +298,22 @@ def _step(state: Registry, ws: str, item: tuple[str, Mapping[str, Any]], where: 
             for i, w in enumerate(r["routes"])
         )
         if not routes or any(not math.isfinite(w) or w <= 0 for w, _ in routes):
-            raise Rejected(f"{where}: a random split needs routes with positive weights")
+            raise Rejected(
+                f"{where}: a random split needs routes with positive weights, "
+                f"got {[w for w, _ in routes]}"
+            )
         return RandomSplit(routes, r["hash_key"])
     if kind == "KeySplit":
         routes = tuple(
             (k["value"], _model_step(state, ws, k["step"], f"{where} key {k['value']!r}"))
             for k in r["routes"]
         )
-        if not routes or len({v for v, _ in routes}) != len(routes):
-            raise Rejected(f"{where}: a key split needs routes with distinct values")
+        values = [v for v, _ in routes]
+        if not routes:
+            raise Rejected(f"{where}: a key split needs routes (and a default)")
+        if len(set(values)) != len(values):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            raise Rejected(f"{where}: each key split route needs its own value, not {repeated}")
         return KeySplit(r["field"], routes, _model_step(state, ws, r["default"], where))
     challengers = tuple(
         _model_step(state, ws, c, f"{where} challenger {i + 1}")
@@ -364,7 +371,9 @@ def _deploy(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Regis
     pipeline = _pipeline(state, ws, p["pipeline"])
     if not pipeline.versions:
         raise Rejected(f"pipeline {pipeline.name!r} has no version to deploy; create one first")
-    number = _existing_version(pipeline, p["version"] or len(pipeline.versions))
+    number = _existing_version(
+        pipeline, len(pipeline.versions) if p["version"] is None else p["version"]
+    )
     if not 1 <= p["batch_size"] <= MAX_BATCH_SIZE:
         raise Rejected(f"batch size {p['batch_size']} is outside 1..{MAX_BATCH_SIZE}")
     if not 0 <= p["batch_wait_ms"] <= MAX_BATCH_WAIT_MS:
@@ -403,18 +412,22 @@ def _rollback(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Reg
     deployment = state.deployments.get((ws.name, pipeline.name))
     if deployment is None:
         raise Rejected(f"pipeline {pipeline.name!r} was never deployed; deploy it first")
+    # Back means an older version: by default the newest one deployed before the current.
     number = p["version"]
     if number is None:
-        earlier = [v for v in deployment.history if v != deployment.version]
+        earlier = [v for v in deployment.history if v < deployment.version]
         if not earlier:
             raise Rejected(
-                f"pipeline {pipeline.name!r} has no earlier deployed version to roll back to; "
-                "name one with --version"
+                f"pipeline {pipeline.name!r} has no deployed version older than "
+                f"{deployment.version} to roll back to; name one with --version"
             )
-        number = earlier[-1]
+        number = max(earlier)
     _existing_version(pipeline, number)
-    if number == deployment.version and deployment.active:
-        raise Rejected(f"pipeline {pipeline.name!r} already serves version {number}")
+    if number >= deployment.version:
+        raise Rejected(
+            f"rolling back goes to a version older than the current {deployment.version}, "
+            f"not {number}; deploy version {number} instead"
+        )
     return _deployed(
         state, event, pipeline, number, deployment.batch_size, deployment.batch_wait_ms
     )

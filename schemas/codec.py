@@ -17,6 +17,7 @@ from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
+from fastavro.validation import ValidationError, validate
 
 from schemas.errors import DecodeError, InferstreamError
 
@@ -42,13 +43,15 @@ class Codec:
         out = io.BytesIO()
         out.write(self._prefix)
         try:
+            # fastavro would silently truncate 1.5 into an int field: validate first.
+            validate(record, self.schema, raise_errors=True)
             fastavro.schemaless_writer(out, self.schema, record)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValidationError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise InferstreamError(f"cannot encode {self.name}: {exc}") from exc
         return out.getvalue()
 
     def decode(self, data: bytes) -> dict[str, Any]:
-        """The record in `data`, read with the current schema; DecodeError says why it is not one."""
+        """The record in `data`, read with the current schema; DecodeError says why not."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise DecodeError(f"expected bytes for a {self.name}, got {type(data).__name__}")
         if len(data) < 10 or data[:2] != MARKER:
@@ -59,9 +62,12 @@ class Codec:
         writer = writer_schemas().get(bytes(data[2:10]))
         if writer is None:
             raise DecodeError(
-                f"unknown writer schema {bytes(data[2:10]).hex()} for a {self.name}: written by a "
-                "newer inferstream? Upgrade this one, or freeze schemas with `python -m schemas freeze`"
+                f"unknown writer schema {bytes(data[2:10]).hex()} for a {self.name}: written by "
+                "a newer inferstream? Upgrade this one, or freeze schemas with "
+                "`python -m schemas freeze`"
             )
+        if writer["name"] != self.full_name:
+            raise DecodeError(f"expected a {self.full_name}, got a {writer['name']}")
         body = io.BytesIO(data[10:])
         try:
             record = fastavro.schemaless_reader(
@@ -72,7 +78,7 @@ class Codec:
             raise DecodeError(f"corrupt {self.name} ({len(data)} bytes): {exc!r}") from exc
         if body.tell() != len(data) - 10:
             raise DecodeError(
-                f"corrupt {self.name}: {len(data) - 10 - body.tell()} trailing bytes after the record"
+                f"corrupt {self.name}: {len(data) - 10 - body.tell()} trailing bytes after it"
             )
         return record
 
@@ -93,6 +99,8 @@ def codec(name: str) -> Codec:
     matches = [p for p in AVRO_DIR.glob("*.avsc") if p.stem == name or p.stem.endswith("." + name)]
     if len(matches) != 1:
         raise InferstreamError(f"no schema named {name!r}; known: {', '.join(schema_names())}")
+    if name != matches[0].stem:  # one parse per schema, whichever name asked for it
+        return codec(matches[0].stem)
     return Codec(matches[0].stem, load_schema(str(matches[0])))
 
 
@@ -120,13 +128,17 @@ def decode(name: str, data: bytes) -> dict[str, Any]:
 
 
 def freeze() -> list[Path]:
-    """Write the canonical form of every current schema to history/ (once per version)."""
+    """Write every current schema, expanded, to history/ (once per version).
+
+    Not the canonical form: it drops logical types, and old timestamps must still read as such.
+    """
     HISTORY_DIR.mkdir(exist_ok=True)
     written = []
     for path in sorted(AVRO_DIR.glob("*.avsc")):
         c = codec(path.stem)
         target = HISTORY_DIR / f"{c.full_name}.{c.fingerprint.hex()}.avsc"
         if not target.exists():
-            target.write_text(to_parsing_canonical_form(c.schema) + "\n")
+            expanded = load_schema(str(path), _write_hint=False)
+            target.write_text(json.dumps(expanded, indent=2) + "\n")
             written.append(target)
     return written

@@ -14,7 +14,7 @@ import pytest
 from registry_events import T0, every_action
 
 import schemas.codec as codec_module
-from control.events import ControlEvent, ControlStatus
+from control.events import EVENT_TYPES, ControlEvent, ControlStatus
 from schemas.codec import MARKER, codec, decode, encode, schema_fingerprint, schema_names
 from schemas.errors import DecodeError, InferstreamError
 
@@ -87,8 +87,6 @@ def test_control_event_round_trips_with_every_payload_type(action: tuple[str, di
 
 
 def test_every_payload_type_is_covered() -> None:
-    from control.events import EVENT_TYPES
-
     assert sorted(t for t, _ in every_action()) == sorted(EVENT_TYPES)
 
 
@@ -136,11 +134,6 @@ def test_encode_names_the_schema_and_the_missing_field() -> None:
         encode("ArtifactChunk", record)
 
 
-@pytest.mark.xfail(
-    reason="Codec.encode does not validate: fastavro's schemaless_writer truncates 1.5 to 1 "
-    "and writes 2**40 into a 32-bit Avro int, bytes other Avro readers reject",
-    strict=True,
-)
 @pytest.mark.parametrize("index", [1.5, 2**40])
 def test_encode_refuses_a_value_that_does_not_fit_its_field(index: float) -> None:
     with pytest.raises(InferstreamError, match="index"):
@@ -189,11 +182,6 @@ def test_every_truncation_of_a_record_is_a_decode_error() -> None:
             decode("ArtifactChunk", good[:end])
 
 
-@pytest.mark.xfail(
-    reason="a record of another schema gives 'corrupt ControlEvent' followed by a ~20 KB dump "
-    "of both schemas instead of naming the record type that was found",
-    strict=True,
-)
 def test_decode_of_another_record_type_names_both_types() -> None:
     status = ControlStatus("e-1", 1, "Deploy", "ann", "ws", True, time=T0).to_bytes()
 
@@ -212,11 +200,6 @@ def test_a_codec_is_parsed_once_and_reused() -> None:
     assert codec_module.writer_schemas() is codec_module.writer_schemas()
 
 
-@pytest.mark.xfail(
-    reason="codec() caches by the name it is given: codec('ControlEvent') and the "
-    "codec('inferstream.control.ControlEvent') that writer_schemas() asks for parse twice",
-    strict=True,
-)
 def test_each_schema_file_is_parsed_once(schema_dirs: pytest.MonkeyPatch) -> None:
     parsed: list[str] = []
 
@@ -366,11 +349,6 @@ def test_old_data_record_decodes_with_the_new_field_at_its_default(
     )
 
 
-@pytest.mark.xfail(
-    reason="freeze() stores the Parsing Canonical Form, which drops logicalType; a record "
-    "written with a frozen (older) schema decodes its timestamp as a bare int",
-    strict=True,
-)
 @pytest.mark.parametrize("top", ["ControlEvent", "InferenceLog"])
 def test_old_record_keeps_its_timestamp_as_a_datetime(
     schema_dirs: pytest.MonkeyPatch, tmp_path: Path, top: str

