@@ -58,17 +58,17 @@ class BrokerKind(StrEnum):
 def options(
     ctx: typer.Context,
     bootstrap_servers: Annotated[str | None, typer.Option(
-        help="Kafka bootstrap servers [env INFERSTREAM_BOOTSTRAP_SERVERS]")] = None,
+        help="Kafka bootstrap servers (env INFERSTREAM_BOOTSTRAP_SERVERS)")] = None,
     namespace: Annotated[str | None, typer.Option(
-        help="Topic name prefix [env INFERSTREAM_NAMESPACE]")] = None,
+        help="Topic name prefix (env INFERSTREAM_NAMESPACE)")] = None,
     user: Annotated[str | None, typer.Option(
-        "--user", "-u", help="Act as this user [env INFERSTREAM_USER]")] = None,
+        "--user", "-u", help="Act as this user (env INFERSTREAM_USER)")] = None,
     workspace: Annotated[str | None, typer.Option(
-        "--workspace", "-w", help="Workspace to act in [env INFERSTREAM_WORKSPACE]")] = None,
+        "--workspace", "-w", help="Workspace to act in (env INFERSTREAM_WORKSPACE)")] = None,
     data_dir: Annotated[Path | None, typer.Option(
-        help="Local data folder [env INFERSTREAM_DATA_DIR]")] = None,
+        help="Local data folder (env INFERSTREAM_DATA_DIR)")] = None,
     timeout: Annotated[float | None, typer.Option(
-        help="Seconds to wait for a control status [env INFERSTREAM_STATUS_TIMEOUT_S]")] = None,
+        help="Seconds to wait for a control status (env INFERSTREAM_STATUS_TIMEOUT_S)")] = None,
 ) -> None:
     """Flags override INFERSTREAM_* environment variables, which override defaults."""
     flags = {"bootstrap_servers": bootstrap_servers, "namespace": namespace, "user": user,
@@ -387,6 +387,22 @@ def up(
     from control.demo import run_embedded
 
     run_embedded(ctx.obj, broker.value, demo=demo, once=once, console=out)
+
+
+@app.command()
+def registrar(ctx: typer.Context) -> None:
+    """Judge control events and publish their statuses, against the configured broker.
+
+    Workers will run it too; one is active at a time, others stand by in its consumer group.
+    """
+    import threading
+
+    from control.registrar import Registrar
+
+    Registrar(ctx.obj).start()
+    out.print(f"registrar on {ctx.obj.bootstrap_servers} namespace {ctx.obj.namespace}; "
+              "Ctrl-C stops it")
+    threading.Event().wait()
 
 
 def main(argv: list[str] | None = None) -> None:
