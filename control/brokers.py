@@ -156,11 +156,33 @@ class LocalBroker:
             raise
 
 
-def find_kafka_jars() -> Path | None:
-    """Folder of the Apache Kafka jars: $INFERSTREAM_KAFKA_JARS, else .ci/kafka's Maven output."""
+def find_kafka_jars(fetch: bool = False) -> Path | None:
+    """Folder of the Apache Kafka jars: $INFERSTREAM_KAFKA_JARS, else .ci/kafka's Maven output.
+
+    fetch: when they are missing and Maven and Java are here, fetch them (once; cached in ~/.m2).
+    """
     env = os.environ.get("INFERSTREAM_KAFKA_JARS")
     folder = Path(env) if env else DEFAULT_JARS
-    return folder if folder.is_dir() and any(folder.glob("kafka_2.13-*.jar")) else None
+    if fetch and not env and not _has_jars(folder):
+        fetch_kafka_jars()
+    return folder if _has_jars(folder) else None
+
+
+def _has_jars(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob("kafka_2.13-*.jar"))
+
+
+def fetch_kafka_jars() -> bool:
+    """Fetch Apache Kafka and its runtime dependencies with Maven; False when that cannot work."""
+    pom = REPO / ".ci" / "kafka" / "pom.xml"
+    if not (pom.exists() and shutil.which("mvn") and shutil.which("java")):
+        return False
+    done = subprocess.run(
+        ["mvn", "-q", "-B", "-Dstyle.color=never", "-f", str(pom),
+         "dependency:copy-dependencies", "-DincludeScope=runtime"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900,
+    )
+    return done.returncode == 0
 
 
 def kafka_version(jars: Path) -> str:
@@ -196,7 +218,7 @@ def start_local_broker(
     """
     if kind not in KINDS:
         raise BrokerError(f"unknown broker kind {kind!r}; choose one of {', '.join(KINDS)}")
-    jars = find_kafka_jars()
+    jars = find_kafka_jars(fetch=kind != "tansu")
     if kind == "auto":
         kind = "kafka" if jars and shutil.which("java") else "tansu"
     data_dir = Path(data_dir).resolve()

@@ -57,9 +57,11 @@ def _chosen() -> BrokerUnderTest:
             bootstrap=os.environ["INFERSTREAM_TEST_BOOTSTRAP"],
             external=True,
         )
-    if _docker_answers():
+    # INFERSTREAM_TEST_BROKER_KIND=tansu (without a bootstrap) forces the Tansu stand-in.
+    forced_tansu = os.environ.get("INFERSTREAM_TEST_BROKER_KIND") == "tansu"
+    if not forced_tansu and _docker_answers():
         return BrokerUnderTest("docker-kafka", DOCKER_KAFKA_IMAGE)
-    jars = find_kafka_jars()
+    jars = None if forced_tansu else find_kafka_jars(fetch=True)
     if jars and shutil.which("java"):
         return BrokerUnderTest("apache-kafka", kafka_version(jars))
     try:

@@ -99,7 +99,10 @@ def test_garbage_on_the_control_topic_gets_a_rejected_status(client: Client) -> 
     assert any(s.reason == status.reason for s in client.statuses())
 
 
-def test_artifacts_round_trip_and_are_checked(settings: Settings, tmp_path: Path) -> None:
+def test_artifacts_round_trip_and_are_checked(settings: Settings, tmp_path: Path, broker) -> None:
+    if broker.kind == "tansu":
+        pytest.skip("Tansu broker: records of multi-record produce batches go missing "
+                    "(chunks 3 and 5 of 6 were never fetched); runs on Apache Kafka")
     settings = settings.model_copy(update={"artifact_chunk_bytes": 100})
     store = ArtifactStore(settings)
     blob = build_onnx_classifier(tmp_path / "m.onnx").read_bytes()
