@@ -405,6 +405,64 @@ def registrar(ctx: typer.Context) -> None:
     threading.Event().wait()
 
 
+@app.command()
+def worker(
+    ctx: typer.Context,
+    web_port: Annotated[int | None, typer.Option(
+        help="HTTP port for inference and health (env INFERSTREAM_WORKER_WEB_PORT)")] = None,
+    loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn",
+) -> None:
+    """Run a worker: serve every deployed pipeline. Start more, anywhere, to scale out."""
+    from agents.app import create_app
+
+    settings: Settings = ctx.obj
+    if web_port is not None:
+        settings = settings.model_copy(update={"worker_web_port": web_port})
+    faust_app = create_app(settings)
+    sys.argv = ["inferstream worker", "worker", "--loglevel", loglevel,
+                "--web-port", str(settings.worker_web_port), "--web-host", "127.0.0.1"]
+    faust_app.main()
+
+
+@app.command()
+def infer(
+    ctx: typer.Context, pipeline: str,
+    file: Annotated[Path | None, typer.Option(
+        exists=True, help="Records: a .jsonl file (one per line) or a .json list or object")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="One record, inline (JSON or V2 JSON)")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for all results")] = 60.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Send records to a deployed pipeline and print their results (or dead-letter reasons)."""
+    if bool(file) == bool(data):
+        raise typer.BadParameter("give either --file or --data")
+    records = _records(file) if file else [data.encode()]
+    replies = _client(ctx).infer(pipeline, records, timeout=timeout)
+    failed = [r for r in replies if not r.ok]
+    if json_out:
+        print(json.dumps([{"key": r.key, "ok": r.ok, **to_json(r.body)} for r in replies],
+                         indent=2, default=str))
+    else:
+        for r in replies:
+            out.print(json.dumps(r.body, default=str) if r.ok
+                      else f"[red]dead letter[/] {r.key}: {r.body['reason']}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _records(path: Path) -> list[bytes]:
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [line.encode() for line in text.splitlines() if line.strip()]
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InferstreamError(f"{path} is not JSON: {exc}") from exc
+    items = parsed if isinstance(parsed, list) else [parsed]
+    return [json.dumps(item).encode() for item in items]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `inferstream` command."""
     try:
@@ -424,3 +482,7 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+if __name__ == "__main__":
+    main()

@@ -13,8 +13,11 @@ raises Rejected with the reason. Reads replay the control topic.
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from control.kafka import (
     consumer,
     end_offsets,
     ensure_topics,
+    pipeline_topics,
     platform_topics,
     producer,
     read_until_end,
@@ -47,9 +51,28 @@ from control.state import (
     Workspace,
 )
 from control.steps import step_from_json, step_to_avro
+from schemas.codec import MARKER, codec
 from schemas.errors import BrokerError, ConfigError, DecodeError, Rejected, StatusTimeout
 
 StepLike = Step | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What became of one inferred record: its result, or its dead letter with the reason."""
+
+    key: str
+    ok: bool
+    body: dict[str, Any]
+
+
+def _reply_body(value: bytes, dead: bool) -> dict[str, Any]:
+    if dead:
+        letter = codec("DeadLetter").decode(value)
+        return {**letter, "original": letter["original"].decode(errors="replace")}
+    if value[:2] == MARKER:
+        return codec("InferenceResult").decode(value)
+    return json.loads(value)
 
 
 class Client:
@@ -297,6 +320,50 @@ class Client:
         ws = self._ws(workspace)
         self.send("Rollback", {"pipeline": pipeline, "version": version}, workspace=ws)
         return self.registry().deployments[(ws, pipeline)]
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def infer(self, pipeline: str, records: Sequence[bytes | Mapping[str, Any]], *,
+              workspace: str | None = None, timeout: float = 60.0) -> list[Reply]:
+        """Publish records to a deployed pipeline and wait for each one's result or dead letter.
+
+        A dict is sent as JSON; bytes as they are (JSON, V2 or Avro). Replies come in the
+        order of `records`; they are correlated by the Kafka key, a fresh id per record.
+        """
+        ws = self._ws(workspace)
+        topic = lambda kind: self.settings.pipeline_topic(ws, pipeline, kind)  # noqa: E731
+        deployment = self.registry().deployments.get((ws, pipeline))
+        if deployment is None or not deployment.active:
+            raise Rejected(f"pipeline {pipeline!r} is not deployed in workspace {ws!r}")
+        ensure_topics(self.settings, pipeline_topics(self.settings, ws, pipeline))
+        starts = {t: end_offsets(self.settings, t) for t in (topic("output"), topic("dead"))}
+        c = consumer(self.settings, **{"enable.partition.eof": False})
+        c.assign([TopicPartition(t, p, o) for t, ends in starts.items() for p, o in ends.items()])
+        keys = [uuid.uuid4().hex.encode() for _ in records]
+        p = self._get_producer()
+        for key, record in zip(keys, records, strict=True):
+            value = record if isinstance(record, bytes) else json.dumps(record).encode()
+            p.produce(topic("input"), key=key, value=value)
+        p.flush(30)
+        replies: dict[bytes, Reply] = {}
+        deadline = time.monotonic() + timeout
+        try:
+            while len(replies) < len(keys) and time.monotonic() < deadline:
+                msg = c.poll(0.2)
+                if msg is None or msg.error() or msg.key() not in keys:
+                    continue
+                dead = msg.topic() == topic("dead")
+                replies[msg.key()] = Reply(msg.key().decode(), not dead, _reply_body(
+                    msg.value(), dead))
+        finally:
+            c.close()
+        missing = len(keys) - len(replies)
+        if missing:
+            raise StatusTimeout(
+                f"{missing} of {len(keys)} records got no result within {timeout:.0f}s: is a "
+                f"worker running (`inferstream worker`) on {self.settings.bootstrap_servers}?"
+            )
+        return [replies[k] for k in keys]
 
     # -- plumbing ----------------------------------------------------------------------------
 

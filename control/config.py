@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     clickhouse_url: str | None = Field(
         None, description="ClickHouse server URL; unset means chDB under data_dir"
     )
+    pipeline_partitions: int = Field(
+        4, description="partitions of a pipeline's input topic: the unit of worker parallelism"
+    )
+    max_record_bytes: int = Field(1_000_000, description="largest input record a worker accepts")
+    worker_web_port: int = Field(6066, description="the worker's HTTP port (inference, health)")
+    worker_name: str | None = Field(None, description="name in logs and results; default host:pid")
 
     def topic(self, name: str) -> str:
         """Full name of one of the platform's topics, e.g. topic('control')."""
@@ -39,6 +45,10 @@ class Settings(BaseSettings):
     @property
     def artifact_cache(self) -> Path:
         return self.data_dir / "artifacts"
+
+    def pipeline_topic(self, workspace: str, pipeline: str, kind: str) -> str:
+        """A pipeline's input, output or dead-letter ("dead") topic."""
+        return f"{self.namespace}.{workspace}.{pipeline}.{kind}"
 
     def kafka_config(self) -> dict[str, str]:
         """Settings every confluent-kafka client of the project starts from."""

@@ -47,6 +47,16 @@ def platform_topics(settings: Settings) -> dict[str, TopicSpec]:
     }
 
 
+def pipeline_topics(settings: Settings, workspace: str, pipeline: str) -> dict[str, TopicSpec]:
+    """A deployed pipeline's input, output and dead-letter topics."""
+    many = TopicSpec(settings.pipeline_partitions)
+    return {
+        settings.pipeline_topic(workspace, pipeline, "input"): many,
+        settings.pipeline_topic(workspace, pipeline, "output"): many,
+        settings.pipeline_topic(workspace, pipeline, "dead"): TopicSpec(1),
+    }
+
+
 def producer(settings: Settings, **overrides: object) -> Producer:
     """An idempotent producer whose key hashing matches Faust/aiokafka (murmur2)."""
     config = {

@@ -24,6 +24,29 @@ from schemas.errors import DecodeError, Rejected
 log = logging.getLogger(__name__)
 
 
+def judge(registry: Registry, msg: Message) -> tuple[Registry, ControlStatus]:
+    """Fold one control message into the registry and say what became of it."""
+    offset = msg.offset()
+    try:
+        event = ControlEvent.from_bytes(msg.value(), offset)
+    except DecodeError as exc:
+        # No event id to be read: the message key (clients key events by id) stands in.
+        key = msg.key().decode(errors="replace") if msg.key() else ""
+        return registry, ControlStatus(
+            event_id=key, offset=offset, type="?", actor="?", workspace=None,
+            accepted=False, reason=f"not a control event: {exc}",
+        )
+    status = ControlStatus(
+        event_id=event.event_id, offset=offset, type=event.type, actor=event.actor,
+        workspace=event.workspace, accepted=True,
+    )
+    try:
+        after = apply(registry, event)
+    except Rejected as exc:
+        return registry, replace(status, accepted=False, reason=str(exc))
+    return after, replace(status, result=result_of(registry, after, event))
+
+
 @dataclass
 class Registrar:
     settings: Settings
@@ -34,30 +57,6 @@ class Registrar:
         self._publish_from = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    def judge(self, msg: Message) -> ControlStatus:
-        """Fold one control message into the registry and say what became of it."""
-        offset = msg.offset()
-        try:
-            event = ControlEvent.from_bytes(msg.value(), offset)
-        except DecodeError as exc:
-            # No event id to be read: the message key (clients key events by id) stands in.
-            key = msg.key().decode(errors="replace") if msg.key() else ""
-            return ControlStatus(
-                event_id=key, offset=offset, type="?", actor="?", workspace=None,
-                accepted=False, reason=f"not a control event: {exc}",
-            )
-        status = ControlStatus(
-            event_id=event.event_id, offset=offset, type=event.type, actor=event.actor,
-            workspace=event.workspace, accepted=True,
-        )
-        try:
-            after = apply(self.registry, event)
-        except Rejected as exc:
-            return replace(status, accepted=False, reason=str(exc))
-        status = replace(status, result=result_of(self.registry, after, event))
-        self.registry = after
-        return status
 
     def run(self) -> None:
         """Follow the control topic until stop() is called."""
@@ -77,7 +76,7 @@ class Registrar:
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         log.warning("control topic: %s", msg.error())
                     continue
-                status = self.judge(msg)
+                self.registry, status = judge(self.registry, msg)
                 self.applied = msg.offset() + 1
                 if msg.offset() >= self._publish_from:
                     p.produce(status_topic, key=status.event_id.encode(), value=status.to_bytes())

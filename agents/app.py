@@ -1,0 +1,88 @@
+"""The Faust app of a worker: wires topics, agents, the registry and the web server.
+
+Every worker of a platform joins the same app (consumer group) `<namespace>-workers`;
+Kafka partitions of the pipelines' input topics are split among them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import faust
+
+from agents import web
+from agents.serving import DeploymentManager
+from control.config import Settings
+from control.events import ControlStatus
+from control.follower import RegistryFollower
+from control.kafka import end_offsets, ensure_topics, platform_topics
+from control.registrar import Registrar
+from control.state import Registry
+
+DEPLOYMENT_EVENTS = {"Deploy", "Undeploy", "Rollback", "UploadModel"}
+
+
+def worker_name(settings: Settings) -> str:
+    return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def create_app(settings: Settings) -> faust.App:
+    """A worker app for the platform `settings` names; run it with app.main()."""
+    datadir = Path(settings.data_dir).resolve() / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{settings.namespace}-workers",
+        broker=[f"kafka://{b}" for b in settings.bootstrap_servers.split(",")],
+        datadir=str(datadir),
+        key_serializer="raw",
+        value_serializer="raw",
+        store="memory://",  # no correctness-critical state lives in Faust tables
+        topic_disable_leader=True,
+        topic_partitions=settings.pipeline_partitions,
+        consumer_auto_offset_reset="earliest",
+        # Quick group joins after a deploy changes the subscription.
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=8.0,
+        web_port=settings.worker_web_port,
+        web_host="127.0.0.1",
+        producer_acks=-1,
+    )
+    # Faust waits 45 s before resubscribing after an agent is added; a deploy should not.
+    app.topics._resubscribe_sleep_lock_seconds = 1.0
+    name = worker_name(settings)
+    manager = DeploymentManager(app, settings, name)
+    app.inferstream = manager  # type: ignore[attr-defined] - the web views reach it here
+    ensure_topics(settings, platform_topics(settings))
+
+    logs = app.topic(settings.topic("logs"), key_type=bytes, value_type=bytes)
+
+    @app.agent(logs, name="logs")
+    async def log_sink(stream: faust.StreamT) -> None:
+        # The ClickHouse log sink (issue 4) takes these batches; until then logs stay in Kafka.
+        async for events in stream.noack_take(5000, within=1.0):
+            for event in events:
+                await stream.ack(event)
+
+    @app.task
+    async def follow_registry() -> None:
+        loop = asyncio.get_running_loop()
+        registrar = Registrar(settings).start()
+        live_from = end_offsets(settings, settings.topic("control")).get(0, 0)
+
+        def changed(registry: Registry, status: ControlStatus) -> None:
+            if status.type in DEPLOYMENT_EVENTS:
+                live = status if status.offset >= live_from else None
+                asyncio.run_coroutine_threadsafe(manager.reconcile(registry, live), loop)
+
+        follower = RegistryFollower(settings, changed).start()
+        registry = await loop.run_in_executor(None, follower.wait_caught_up)
+        await manager.reconcile(registry)
+        manager.ready = True
+        app.inferstream_threads = (registrar, follower)  # type: ignore[attr-defined]
+
+    web.register(app, manager)
+    return app

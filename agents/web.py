@@ -1,0 +1,76 @@
+"""The worker's HTTP endpoints: synchronous inference, health.
+
+    POST /pipelines/{name}/infer      a record in any input format (JSON, V2, Avro)
+    POST /v2/models/{name}/infer      Open Inference Protocol V2
+    GET  /health                      liveness and readiness, with what is served
+
+A request is served in-process by the deployed version (not through the input
+topic) and logged like any other inference; a bad request gets a 4xx with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING
+
+import faust
+from faust.web import Request, Response, View
+
+from agents.formats import BadRecord, decode_record, encode_result
+
+if TYPE_CHECKING:
+    from agents.serving import DeploymentManager, Serving
+
+
+def register(app: faust.App, manager: DeploymentManager) -> None:
+    """Add the inference and health pages to the app's web server."""
+
+    def find(request: Request, name: str) -> tuple[Serving | None, int, str]:
+        workspace = request.query.get("workspace")
+        matches = [s for (ws, p), s in manager.served.items()
+                   if p == name and workspace in (None, ws)]
+        if not matches:
+            where = f" in workspace {workspace!r}" if workspace else ""
+            return None, 404, f"pipeline {name!r} is not deployed{where}"
+        if len(matches) > 1:
+            return None, 400, (f"pipeline {name!r} is deployed in several workspaces; "
+                               "add ?workspace=NAME")
+        return matches[0], 200, ""
+
+    async def infer(view: View, request: Request, name: str) -> Response:
+        serving, status, reason = find(request, name)
+        if serving is None:
+            return view.error(status, reason)
+        body = await request.read()
+        try:
+            record = decode_record(body, None, serving.specs, f"http:{uuid.uuid4().hex}",
+                                   serving.avro, max_bytes=manager.settings.max_record_bytes)
+        except BadRecord as exc:
+            return view.error(400, str(exc))
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            None, serving.runner.run, [record])
+        await asyncio.gather(*await manager.publish_logs(serving, outcome))
+        if outcome.failures:
+            return view.error(422, outcome.failures[0].reason)
+        result = outcome.results[0]
+        value = encode_result(record, result.outputs, manager.meta(serving, result))
+        content_type = "avro/binary" if record.format == "avro" else "application/json"
+        return view.bytes(value, content_type=content_type)
+
+    @app.page("/pipelines/{name}/infer")
+    class PipelineInfer(View):
+        async def post(self, request: Request, name: str) -> Response:
+            return await infer(self, request, name)
+
+    @app.page("/v2/models/{name}/infer")
+    class V2Infer(View):
+        async def post(self, request: Request, name: str) -> Response:
+            return await infer(self, request, name)
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            served = {f"{ws}/{p}": s.deployment.version for (ws, p), s in manager.served.items()}
+            return self.json({"live": True, "ready": manager.ready, "worker": manager.worker,
+                              "serving": served})

@@ -1,0 +1,242 @@
+"""The project's ClickHouse tables: numbered migrations, applied once, and log rows.
+
+Every statement of a migration must be safe to run twice (`IF NOT EXISTS`): two processes
+may migrate at once on a server, or a process may stop between a statement and the
+`schema_version` row that records it.
+
+Idempotent writes: `inference_logs` is a ReplacingMergeTree keyed by the inference (record id,
+step, model, shadow within a pipeline), so a row written twice collapses; readers use FINAL so
+they see it once before the background merge. A replayed batch with the same
+`insert_deduplication_token` is not even written twice (`non_replicated_deduplication_window`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import repeat
+from typing import Any, NamedTuple
+
+from sinks.storage import Storage
+
+SCHEMA_VERSION = """
+CREATE TABLE IF NOT EXISTS schema_version
+(
+    version UInt32,
+    name String,
+    applied_at DateTime64(6, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY version
+"""
+
+# inputs/outputs hold each tensor flattened row-major, so `outputs['score'][1]` (1-based)
+# is one element of one field; shapes, dtypes and string tensors sit beside them.
+INFERENCE_LOGS = """
+CREATE TABLE IF NOT EXISTS inference_logs
+(
+    time DateTime64(6, 'UTC') CODEC(Delta, ZSTD),
+    record_id String,
+    workspace LowCardinality(String),
+    pipeline LowCardinality(String),
+    pipeline_version UInt32,
+    step UInt16,
+    model LowCardinality(String),
+    model_version UInt32,
+    shadow Bool,
+    inputs Map(LowCardinality(String), Array(Float64)),
+    input_shapes Map(LowCardinality(String), Array(Int64)),
+    input_dtypes Map(LowCardinality(String), LowCardinality(String)),
+    input_strings Map(LowCardinality(String), Array(String)),
+    outputs Map(LowCardinality(String), Array(Float64)),
+    output_shapes Map(LowCardinality(String), Array(Int64)),
+    output_dtypes Map(LowCardinality(String), LowCardinality(String)),
+    output_strings Map(LowCardinality(String), Array(String)),
+    elapsed_us Int64,
+    worker LowCardinality(String),
+    error Nullable(String),
+    kafka_topic LowCardinality(String),
+    kafka_partition Int32,
+    kafka_offset Int64,
+    INDEX time_minmax time TYPE minmax GRANULARITY 1
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(time)
+ORDER BY (workspace, pipeline, model, record_id, step, shadow)
+SETTINGS non_replicated_deduplication_window = 10000
+"""
+
+# One row per assay window; re-running a window replaces its row (latest computed_at wins).
+ASSAY_RESULTS = """
+CREATE TABLE IF NOT EXISTS assay_results
+(
+    assay_id LowCardinality(String),
+    workspace LowCardinality(String),
+    pipeline LowCardinality(String),
+    model LowCardinality(String),
+    io LowCardinality(String),
+    field LowCardinality(String),
+    field_index UInt32,
+    window_start DateTime64(6, 'UTC'),
+    window_end DateTime64(6, 'UTC'),
+    binning LowCardinality(String),
+    aggregation LowCardinality(String),
+    metric LowCardinality(String),
+    score Nullable(Float64),
+    status LowCardinality(String),
+    warning_threshold Nullable(Float64),
+    alert_threshold Nullable(Float64),
+    psi Nullable(Float64),
+    sumdiff Nullable(Float64),
+    maxdiff Nullable(Float64),
+    maxdiff_bin Nullable(UInt16),
+    cumulative Nullable(Float64),
+    edges Array(Float64),
+    baseline_counts Array(UInt64),
+    baseline_densities Array(Float64),
+    window_counts Array(UInt64),
+    window_densities Array(Float64),
+    window_count UInt64,
+    window_min Nullable(Float64),
+    window_max Nullable(Float64),
+    window_mean Nullable(Float64),
+    window_median Nullable(Float64),
+    window_std Nullable(Float64),
+    baseline_count UInt64,
+    baseline_min Nullable(Float64),
+    baseline_max Nullable(Float64),
+    baseline_mean Nullable(Float64),
+    baseline_median Nullable(Float64),
+    baseline_std Nullable(Float64),
+    computed_at DateTime64(6, 'UTC')
+)
+ENGINE = ReplacingMergeTree(computed_at)
+ORDER BY (workspace, assay_id, window_start)
+SETTINGS non_replicated_deduplication_window = 1000
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered step of the schema; its statements must be idempotent."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "inference logs", (INFERENCE_LOGS,)),
+    Migration(2, "assay results", (ASSAY_RESULTS,)),
+)
+
+
+def applied_versions(storage: Storage) -> list[int]:
+    """Migration versions recorded in `schema_version`, ascending."""
+    storage.command(SCHEMA_VERSION)
+    rows = storage.query("SELECT version FROM schema_version FINAL ORDER BY version")
+    return [row["version"] for row in rows]
+
+
+def migrate(storage: Storage) -> list[int]:
+    """Apply the migrations not yet recorded, in order; returns the versions applied now."""
+    done = set(applied_versions(storage))
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            storage.command(statement)
+        row = {
+            "version": migration.version,
+            "name": migration.name,
+            "applied_at": datetime.now(UTC),
+        }
+        storage.insert("schema_version", [row])
+        applied.append(migration.version)
+    return applied
+
+
+class KafkaPosition(NamedTuple):
+    """Where a log record was read from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def log_rows(
+    records: Sequence[Mapping[str, Any]],
+    positions: Sequence[KafkaPosition] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of `inference_logs` from decoded InferenceLog records (and where each was read)."""
+    if positions is not None and len(positions) != len(records):
+        raise ValueError(f"{len(records)} records but {len(positions)} positions")
+    rows = []
+    for record, position in zip(records, positions or repeat(None), strict=False):
+        inputs, input_shapes, input_dtypes, input_strings = _tensors(record["inputs"])
+        outputs, output_shapes, output_dtypes, output_strings = _tensors(record["outputs"])
+        rows.append(
+            {
+                "time": _utc(record["time"]),
+                "record_id": record["record_id"],
+                "workspace": record["workspace"],
+                "pipeline": record["pipeline"],
+                "pipeline_version": record["pipeline_version"],
+                "step": record["step"],
+                "model": record["model"],
+                "model_version": record["model_version"],
+                "shadow": bool(record.get("shadow", False)),
+                "inputs": inputs,
+                "input_shapes": input_shapes,
+                "input_dtypes": input_dtypes,
+                "input_strings": input_strings,
+                "outputs": outputs,
+                "output_shapes": output_shapes,
+                "output_dtypes": output_dtypes,
+                "output_strings": output_strings,
+                "elapsed_us": record["elapsed_us"],
+                "worker": record["worker"],
+                "error": record.get("error"),
+                "kafka_topic": position.topic if position else "",
+                "kafka_partition": position.partition if position else -1,
+                "kafka_offset": position.offset if position else -1,
+            }
+        )
+    return rows
+
+
+def batch_token(positions: Iterable[KafkaPosition]) -> str:
+    """A deduplication token that is the same whenever the same offsets are written again."""
+    digest = hashlib.sha256()
+    for position in sorted(positions):
+        digest.update(f"{position.topic}\0{position.partition}\0{position.offset}\n".encode())
+    return f"logs-{digest.hexdigest()}"
+
+
+def _tensors(
+    tensors: Iterable[Mapping[str, Any]],
+) -> tuple[dict[str, list[float]], dict[str, list[int]], dict[str, str], dict[str, list[str]]]:
+    values: dict[str, list[float]] = {}
+    shapes: dict[str, list[int]] = {}
+    dtypes: dict[str, str] = {}
+    strings: dict[str, list[str]] = {}
+    for tensor in tensors:
+        name = tensor["name"]
+        values[name] = [float(v) for v in tensor.get("values", ())]
+        shapes[name] = [int(d) for d in tensor["shape"]]
+        dtypes[name] = tensor["dtype"]
+        if tensor.get("strings"):
+            strings[name] = list(tensor["strings"])
+    return values, shapes, dtypes, strings
+
+
+def _utc(value: datetime | int) -> datetime:
+    """fastavro gives timestamp-micros as an aware datetime; raw longs are micros since epoch."""
+    if isinstance(value, int):
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
+    if value.tzinfo is None:
+        raise ValueError(f"inference log time {value} has no timezone; give it in UTC")
+    return value.astimezone(UTC)

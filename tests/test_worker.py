@@ -1,0 +1,244 @@
+"""Workers against the real broker: chained ONNX → TensorFlow inference, formats, dead letters,
+deploys while records flow, routing, shadows, two workers, the HTTP endpoint."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.demo_models import build_keras_model, build_onnx_classifier, iris_rows
+from agents.formats import avro_input
+from agents.runtimes import load_model
+from control.client import Client
+from control.config import Settings
+from control.kafka import read_until_end
+from control.registrar import Registrar
+from schemas.codec import codec
+from tests.helpers import wait_until
+from tests.worker_process import WorkerProcess
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+class Platform:
+    """One namespace for the module: registrar, models, a worker; tests add pipelines."""
+
+    def __init__(self, settings: Settings, tmp: Path) -> None:
+        self.settings, self.tmp = settings, tmp
+        self.registrar = Registrar(settings).start()
+        self.client = Client(settings, user="ann", workspace="lab")
+        self.client.create_user("ann")
+        self.client.create_workspace("lab")
+        self.paths = {
+            "clf": build_onnx_classifier(tmp / "clf.onnx", seed=0),
+            "clf2": build_onnx_classifier(tmp / "clf2.onnx", seed=1, C=0.05),
+            "scorer": build_keras_model(tmp / "scorer", "savedmodel", seed=0),
+            "scorer2": build_keras_model(tmp / "scorer2", "savedmodel", seed=7),
+        }
+        self.client.upload_model("clf", self.paths["clf"])
+        self.client.upload_model("clf", self.paths["clf2"])
+        self.client.upload_model("scorer", self.paths["scorer"])
+        self.client.upload_model("scorer", self.paths["scorer2"])
+        self.workers: list[WorkerProcess] = []
+
+    def worker(self, name: str) -> WorkerProcess:
+        w = WorkerProcess(self.settings, name, self.tmp)
+        self.workers.append(w)
+        return w
+
+    def pipeline(self, name: str, steps: list) -> None:
+        self.client.create_pipeline(name)
+        self.client.create_pipeline_version(name, steps)
+
+    def deploy(self, name: str, version: int | None = None, **batching: int) -> None:
+        d = self.client.deploy(name, version, **batching)
+        for w in self.workers:
+            w.wait_ready(f"lab/{name}")
+            wait_until(lambda w=w: w.health()["serving"][f"lab/{name}"] == d.version, 30,
+                       f"{w.name} serves {name} v{d.version}")
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.client.close()
+        self.registrar.stop()
+
+
+@pytest.fixture(scope="module")
+def platform(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    from uuid import uuid4
+
+    tmp = tmp_path_factory.mktemp("platform")
+    settings = Settings(bootstrap_servers=broker.bootstrap, namespace=f"w{uuid4().hex[:8]}",
+                        data_dir=tmp / "cli", pipeline_partitions=4)
+    p = Platform(settings, tmp)
+    p.worker("w1").wait_ready()
+    yield p
+    p.close()
+
+
+def rows(n: int, start: int = 0) -> np.ndarray:
+    return np.resize(iris_rows(), (start + n, 4))[start:]
+
+
+def json_records(n: int, start: int = 0, **fields: object) -> list[dict]:
+    return [{"id": f"r{start + i}", "float_input": row.tolist(), **fields}
+            for i, row in enumerate(rows(n, start))]
+
+
+def test_two_step_chain_equals_the_runtimes_called_directly(platform: Platform) -> None:
+    platform.pipeline("chain", [{"model": "clf", "version": 1}, {"model": "scorer", "version": 1}])
+    platform.deploy("chain")
+    replies = platform.client.infer("chain", json_records(40))
+    clf = load_model("onnx", platform.paths["clf"])
+    scorer = load_model("tensorflow", platform.paths["scorer"])
+    want = scorer.predict(clf.predict({"float_input": rows(40)}))["score"]
+    got = np.array([r.body["outputs"]["score"] for r in replies]).reshape(want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    first = replies[0].body
+    assert first["id"] == "r0" and first["pipeline"] == "chain" and first["pipeline_version"] == 1
+    assert [(m["model"], m["version"]) for m in first["models"]] == [("clf", 1), ("scorer", 1)]
+    # One log record per inference per model, on the logs topic.
+    logs = [codec("InferenceLog").decode(m.value())
+            for m in read_until_end(platform.settings, platform.settings.topic("logs"))]
+    ours = [entry for entry in logs if entry["pipeline"] == "chain"]
+    assert Counter(e["model"] for e in ours) == {"clf": 40, "scorer": 40}
+
+
+def test_all_three_input_formats(platform: Platform) -> None:
+    platform.pipeline("formats", [{"model": "clf", "version": 1}])
+    platform.deploy("formats")
+    x = rows(3)
+    v2 = {"id": "v2-1", "inputs": [{"name": "float_input", "shape": [3, 4], "datatype": "FP32",
+                                    "data": x.ravel().tolist()}]}
+    specs = platform.client.model("clf").version(1).inputs
+    avro = avro_input(specs, "inferstream.input.lab.formats").encode(
+        {"id": "avro-1", "float_input": x.tolist()})
+    json_reply, v2_reply, avro_reply = platform.client.infer(
+        "formats", [{"id": "json-1", "float_input": x.tolist()}, json.dumps(v2).encode(), avro])
+    want = load_model("onnx", platform.paths["clf"]).predict({"float_input": x})["probabilities"]
+    np.testing.assert_allclose(json_reply.body["outputs"]["probabilities"], want, rtol=1e-6)
+    v2_out = {o["name"]: o for o in v2_reply.body["outputs"]}["probabilities"]
+    assert v2_reply.body["id"] == "v2-1" and v2_out["shape"] == [3, 3]
+    np.testing.assert_allclose(np.reshape(v2_out["data"], (3, 3)), want, rtol=1e-6)
+    assert avro_reply.body["record_id"] == "avro-1"
+    avro_out = {t["name"]: t for t in avro_reply.body["outputs"]}["probabilities"]
+    np.testing.assert_allclose(np.reshape(avro_out["values"], (3, 3)), want, rtol=1e-6)
+
+
+def test_bad_record_mid_batch_goes_to_dead_letters_alone(platform: Platform) -> None:
+    platform.pipeline("bad", [{"model": "clf", "version": 1}])
+    platform.deploy("bad", batch_size=50, batch_wait_ms=200)
+    good = json_records(5)
+    records = [*good[:2], {"id": "short", "float_input": [1.0, 2.0, 3.0]}, b"\x00garbage",
+               *good[2:]]
+    replies = platform.client.infer("bad", records)
+    assert [r.ok for r in replies] == [True, True, False, False, True, True, True]
+    assert "float_input" in replies[2].body["reason"] and "[1, 3]" in replies[2].body["reason"]
+    assert replies[3].body["original"] == "\x00garbage"
+    assert replies[3].body["pipeline_version"] == 1
+
+
+def test_redeploy_while_records_flow_and_rollback(platform: Platform) -> None:
+    platform.pipeline("live", [{"model": "clf", "version": 1}])
+    platform.client.create_pipeline_version("live", [{"model": "clf", "version": 2}])
+    platform.deploy("live", 1, batch_size=16, batch_wait_ms=10)
+    replies: list = []
+
+    def stream() -> None:
+        for chunk in range(8):
+            replies.extend(platform.client.infer("live", json_records(50, chunk * 50)))
+
+    flowing = threading.Thread(target=stream)
+    flowing.start()
+    wait_until(lambda: len(replies) >= 100, 60, "records flowing")
+    platform.deploy("live", 2)
+    flowing.join(120)
+    ids = [r.body["id"] for r in replies]
+    assert len(ids) == len(set(ids)) == 400  # each record served once
+    versions = [r.body["pipeline_version"] for r in replies]
+    assert set(versions) == {1, 2}
+    # Every record was served by exactly one version, and says which model made it.
+    for r in replies:
+        v = r.body["pipeline_version"]
+        assert [(m["model"], m["version"]) for m in r.body["models"]] == [("clf", v)]
+    platform.client.rollback("live")
+    platform.deploy("live", 1)  # waits until the worker serves v1 again
+    assert platform.client.infer("live", json_records(1))[0].body["pipeline_version"] == 1
+
+
+def test_random_split_shares_and_sticky_keys(platform: Platform) -> None:
+    platform.pipeline("split", [{"random_split": {"hash_key": "customer", "routes": [
+        {"weight": 0.8, "model": "clf", "version": 1},
+        {"weight": 0.2, "model": "clf", "version": 2}]}}])
+    platform.deploy("split", batch_size=64)
+    replies = platform.client.infer("split", json_records(1000))
+    shares = Counter(r.body["models"][0]["version"] for r in replies)
+    # Binomial(1000, 0.2): sd ≈ 12.6; 5 sd either side cannot flake in practice.
+    assert abs(shares[2] - 200) < 65, shares
+    sticky = [{**r, "customer": f"c{i % 10}"} for i, r in enumerate(json_records(200))]
+    routed = {}
+    for r in platform.client.infer("split", sticky):
+        customer = f"c{int(r.body['id'][1:]) % 10}"
+        routed.setdefault(customer, set()).add(r.body["models"][0]["version"])
+    assert all(len(v) == 1 for v in routed.values()), routed
+
+
+def test_key_split_routes_by_field(platform: Platform) -> None:
+    platform.pipeline("bycountry", [{"key_split": {"field": "country", "routes": [
+        {"value": "de", "model": "clf", "version": 2}], "default": {"model": "clf",
+                                                                    "version": 1}}}])
+    platform.deploy("bycountry")
+    replies = platform.client.infer("bycountry", [
+        *json_records(3, country="de"), *json_records(3, country="fr"), *json_records(2)])
+    assert [r.body["models"][0]["version"] for r in replies] == [2, 2, 2, 1, 1, 1, 1, 1]
+
+
+def test_shadow_outputs_only_in_logs(platform: Platform) -> None:
+    platform.pipeline("shadowed", [{"shadow": {"champion": {"model": "clf", "version": 1},
+                                               "challengers": [{"model": "clf", "version": 2}]}}])
+    platform.deploy("shadowed")
+    replies = platform.client.infer("shadowed", json_records(10))
+    clf1 = load_model("onnx", platform.paths["clf"]).predict({"float_input": rows(10)})
+    got = np.array([r.body["outputs"]["probabilities"] for r in replies]).reshape(10, 3)
+    np.testing.assert_allclose(got, clf1["probabilities"], rtol=1e-6)
+    logs = [codec("InferenceLog").decode(m.value())
+            for m in read_until_end(platform.settings, platform.settings.topic("logs"))]
+    shadow = [e for e in logs if e["pipeline"] == "shadowed" and e["shadow"]]
+    assert len(shadow) == 10 and {e["model_version"] for e in shadow} == {2}
+    assert all(not e["shadow"] for e in logs if e["pipeline"] == "shadowed"
+               and e["model_version"] == 1)
+
+
+def test_http_endpoint(platform: Platform) -> None:
+    platform.pipeline("http", [{"model": "clf", "version": 1}, {"model": "scorer", "version": 1}])
+    platform.deploy("http")
+    w = platform.workers[0]
+    status, body = w.post("/pipelines/http/infer", json.dumps(json_records(1)[0]).encode())
+    assert status == 200, body
+    assert json.loads(body)["pipeline_version"] == 1 and "score" in json.loads(body)["outputs"]
+    v2 = {"inputs": [{"name": "float_input", "shape": [2, 4], "datatype": "FP32",
+                      "data": rows(2).ravel().tolist()}]}
+    status, body = w.post("/v2/models/http/infer", json.dumps(v2).encode())
+    assert status == 200 and {o["name"] for o in json.loads(body)["outputs"]} == {"score"}
+    status, body = w.post("/pipelines/http/infer", b'{"float_input": [1, 2]}')
+    assert status == 400 and "float_input" in json.loads(body)["error"]
+    status, body = w.post("/pipelines/nope/infer", b"{}")
+    assert status == 404
+
+
+def test_two_workers_share_the_partitions(platform: Platform) -> None:
+    platform.pipeline("shared", [{"model": "clf", "version": 1}])
+    platform.deploy("shared")
+    second = platform.worker("w2")
+    second.wait_ready("lab/shared")
+    replies = platform.client.infer("shared", json_records(400), timeout=120)
+    workers = Counter(r.body["worker"] for r in replies)
+    assert set(workers) == {"w1", "w2"}, workers
+    assert len({r.body["id"] for r in replies}) == 400

@@ -1,0 +1,83 @@
+"""A worker in a process of its own, as an operator would run it: `inferstream worker`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from control.brokers import free_port
+from control.config import Settings
+from tests.helpers import wait_until
+
+
+class WorkerProcess:
+    """Starts `inferstream worker` for a platform and waits until it is ready."""
+
+    def __init__(self, settings: Settings, name: str, log_dir: Path) -> None:
+        self.settings, self.name = settings, name
+        self.port = free_port()
+        self.log_path = log_dir / f"{name}.log"
+        env = {
+            **os.environ,
+            "INFERSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "INFERSTREAM_NAMESPACE": settings.namespace,
+            "INFERSTREAM_DATA_DIR": str(log_dir / name),
+            "INFERSTREAM_WORKER_NAME": name,
+            "INFERSTREAM_PIPELINE_PARTITIONS": str(settings.pipeline_partitions),
+        }
+        self.log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "control.cli", "worker", "--web-port", str(self.port),
+             "--loglevel", "info"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def health(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    def wait_ready(self, serving: str | None = None, timeout: float = 90.0) -> dict:
+        def ready() -> dict | None:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited:\n{self.tail()}")
+            h = self.health()
+            if h and h["ready"] and (serving is None or serving in h["serving"]):
+                return h
+            return None
+
+        return wait_until(ready, timeout, f"worker {self.name} ready ({serving or 'any'})")
+
+    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body,
+                                         method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def tail(self, lines: int = 40) -> str:
+        self.log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.process.send_signal(sig)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()
