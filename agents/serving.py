@@ -10,9 +10,10 @@ undeployed pipeline's agent stops and its records wait in the input topic.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from agents.formats import (
     dead_letter,
     decode_record,
     encode_result,
+    input_schema_name,
     tensor_records,
 )
 from agents.model_cache import ModelCache
@@ -60,11 +62,6 @@ class Serving:
         return self.deployment.batch_size, self.deployment.batch_wait_ms
 
 
-def input_schema_name(workspace: str, pipeline: str) -> str:
-    """Full name of a pipeline's Avro input record."""
-    return f"inferstream.input.{workspace}.{pipeline}"
-
-
 class DeploymentManager:
     """Keeps one agent per deployed pipeline and the runner of its deployed version."""
 
@@ -88,6 +85,8 @@ class DeploymentManager:
                 del self.served[key]
                 log.info("undeployed %s/%s", *key)
             for key, deployment in wanted.items():
+                about = status if status and (
+                    status.workspace, status.result.get("pipeline")) == key else None
                 current = self.served.get(key)
                 if current is not None and current.deployment == deployment:
                     continue
@@ -95,13 +94,16 @@ class DeploymentManager:
                     serving = await asyncio.get_running_loop().run_in_executor(
                         None, self._prepare, registry, deployment)
                 except Exception as exc:  # a version that cannot load must not stop the others
-                    self._refuse(deployment, current, exc, status)
+                    self._refuse(deployment, current, exc, about)
                     continue
                 self.served[key] = serving  # the agent's next batch uses it
                 log.info("serving %s/%s v%s", *key, deployment.version)
                 if current is None or current.batching != serving.batching:
                     await self._stop_agent(key)
                     await self._start_agent(key, serving)
+                self._report(about, accepted=True, serving=deployment.version)
+            # Loaded models live as long as the worker: keep the collector from rescanning them.
+            gc.freeze()
 
     def _prepare(self, registry: Registry, deployment: Deployment) -> Serving:
         pipeline = registry.pipelines[(deployment.workspace, deployment.pipeline)]
@@ -121,22 +123,28 @@ class DeploymentManager:
 
     def _refuse(self, deployment: Deployment, current: Serving | None, exc: Exception,
                 status: ControlStatus | None) -> None:
-        keeps = f"it keeps serving version {current.version.version}" if current else \
-            "it is not served"
+        keeps = (f"it keeps serving version {current.version.version}" if current
+                 else "it is not served")
         reason = (f"worker {self.worker} cannot load {deployment.pipeline} version "
                   f"{deployment.version}: {exc}; {keeps}")
         log.error(reason)
-        if status is not None and status.type in ("Deploy", "Rollback"):
-            if self._status_producer is None:
-                self._status_producer = producer(self.settings)
-            refused = ControlStatus(
-                event_id=status.event_id, offset=status.offset, type=status.type,
-                actor=status.actor, workspace=status.workspace, accepted=False, reason=reason,
-                result={"worker": self.worker},
-            )
-            self._status_producer.produce(self.settings.topic("control.status"),
-                                          key=status.event_id.encode(), value=refused.to_bytes())
-            self._status_producer.flush(10)
+        self._report(status, accepted=False, reason=reason)
+
+    def _report(self, status: ControlStatus | None, accepted: bool, reason: str | None = None,
+                serving: int | None = None) -> None:
+        """Tell the operator waiting on a deploy or rollback what this worker made of it."""
+        if status is None or status.type not in ("Deploy", "Rollback"):
+            return
+        if self._status_producer is None:
+            self._status_producer = producer(self.settings)
+        result = {"worker": self.worker}
+        if serving is not None:
+            result["serving"] = str(serving)
+        report = replace(status, accepted=accepted, reason=reason, result=result,
+                         time=datetime.now(UTC))
+        self._status_producer.produce(self.settings.topic("control.status"),
+                                      key=status.event_id.encode(), value=report.to_bytes())
+        self._status_producer.flush(10)
 
     async def _start_agent(self, key: Key, serving: Serving) -> None:
         topic = self.app.topic(serving.input_topic, key_type=bytes, value_type=bytes,
@@ -225,7 +233,8 @@ class DeploymentManager:
     async def _dead(self, serving: Serving, message: Any, reason: str) -> Awaitable[Any]:
         d = serving.deployment
         value = dead_letter(message.value, message.key, reason, d.pipeline, d.version,
-                            message.topic, message.partition, message.offset)
+                            message.topic, message.partition, message.offset,
+                            workspace=d.workspace)
         return await self._send(serving.dead_topic, message.key, value)
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:

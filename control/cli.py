@@ -21,6 +21,7 @@ from rich.table import Table
 
 from control.client import Client
 from control.config import Settings
+from control.events import ControlStatus
 from control.state import Deployment, Model, ModelVersion, Pipeline, PipelineVersion
 from control.steps import parse_model_ref, step_to_json
 from schemas.errors import InferstreamError
@@ -40,6 +41,8 @@ app.add_typer(pipelines, name="pipelines")
 out = Console()
 err = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+WaitWorkers = Annotated[float, typer.Option(
+    help="Seconds to wait for a worker to serve it (or refuse); 0: don't wait")]
 
 
 class Role(StrEnum):
@@ -315,6 +318,16 @@ def pipelines_version(
          + " → ".join(json.dumps(step_to_json(s)) for s in v.steps))
 
 
+@pipelines.command("input-schema")
+def pipelines_input_schema(
+    ctx: typer.Context, name: str,
+    version: Annotated[int | None, typer.Option(help="Pipeline version (default: deployed)")
+                       ] = None,
+) -> None:
+    """Print the Avro schema of the pipeline's input records (for Avro producers)."""
+    print(json.dumps(_client(ctx).input_schema(name, version), indent=2))
+
+
 @pipelines.command("list")
 def pipelines_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """List pipelines with their versions and what is deployed."""
@@ -344,11 +357,26 @@ def pipelines_deploy(
     version: Annotated[int | None, typer.Option(help="Version to deploy (default: latest)")] = None,
     batch_size: Annotated[int, typer.Option(help="Most records per micro-batch")] = 64,
     batch_wait_ms: Annotated[int, typer.Option(help="Longest wait to fill a batch (ms)")] = 20,
+    wait_workers: WaitWorkers = 15.0,
     json_out: JsonFlag = False,
 ) -> None:
     """Deploy a pipeline version; running workers switch to it between batches."""
-    d = _client(ctx).deploy(name, version, batch_size=batch_size, batch_wait_ms=batch_wait_ms)
-    show(d, json_out, message=f"deployed pipeline [bold]{name}[/] version [bold]{d.version}[/]")
+    client = _client(ctx)
+    status = client.send("Deploy", {"pipeline": name, "version": version,
+                                    "batch_size": batch_size, "batch_wait_ms": batch_wait_ms},
+                         worker_wait=wait_workers)
+    d = client.registry().deployments[(client._ws(None), name)]
+    show(d, json_out, message=f"deployed pipeline [bold]{name}[/] version [bold]{d.version}[/]"
+         + _served_by(status, wait_workers))
+
+
+def _served_by(status: ControlStatus, waited: float) -> str:
+    if not waited:
+        return ""
+    if status.result.get("worker"):
+        return f"; worker {status.result['worker']} serves it"
+    return (f"\n[yellow]warning:[/] no worker confirmed within {waited:g}s; "
+            "is one running (`inferstream worker`)?")
 
 
 @pipelines.command("undeploy")
@@ -363,12 +391,16 @@ def pipelines_rollback(
     ctx: typer.Context, name: str,
     version: Annotated[int | None, typer.Option(
         help="Version to go back to (default: the one deployed before)")] = None,
+    wait_workers: WaitWorkers = 15.0,
     json_out: JsonFlag = False,
 ) -> None:
     """Deploy an earlier version again."""
-    d = _client(ctx).rollback(name, version)
+    client = _client(ctx)
+    status = client.send("Rollback", {"pipeline": name, "version": version},
+                         worker_wait=wait_workers)
+    d = client.registry().deployments[(client._ws(None), name)]
     show(d, json_out, message=f"rolled pipeline [bold]{name}[/] back to version "
-         f"[bold]{d.version}[/]")
+         f"[bold]{d.version}[/]" + _served_by(status, wait_workers))
 
 
 # -- the embedded platform -------------------------------------------------------------------

@@ -17,7 +17,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from control.state import (
     Step,
     User,
     Workspace,
+    step_models,
 )
 from control.steps import step_from_json, step_to_avro
 from schemas.codec import MARKER, codec
@@ -64,6 +65,24 @@ class Reply:
     key: str
     ok: bool
     body: dict[str, Any]
+
+
+def _next_status(c: Any, event_id: str, wait: float,
+                 wanted: Callable[[ControlStatus], bool]) -> ControlStatus | None:
+    """The next status of event_id that `wanted` accepts, or None after `wait` seconds."""
+    deadline = time.monotonic() + wait
+    key = event_id.encode()
+    while time.monotonic() < deadline:
+        msg = c.poll(0.2)
+        if msg is None or msg.error():
+            if msg is not None and msg.error().code() != KafkaError._PARTITION_EOF:
+                raise BrokerError(f"reading statuses: {msg.error()}")
+            continue
+        if msg.key() == key:
+            status = ControlStatus.from_bytes(msg.value())
+            if wanted(status):
+                return status
+    return None
 
 
 def _reply_body(value: bytes, dead: bool) -> dict[str, Any]:
@@ -104,6 +123,7 @@ class Client:
     def send(
         self, type: str, payload: Mapping[str, Any], *, workspace: str | None = None,
         scoped: bool = True, check: bool = True, timeout: float | None = None,
+        worker_wait: float = 0.0,
     ) -> ControlStatus:
         """Publish one control event and wait for its status; Rejected when check and rejected."""
         if not self.user:
@@ -112,13 +132,18 @@ class Client:
             type=type, payload=dict(payload), actor=self.user,
             workspace=(workspace or self.workspace) if scoped else None,
         )
-        status = self.publish(event.to_bytes(), event.event_id, timeout)
+        status = self.publish(event.to_bytes(), event.event_id, timeout, worker_wait)
         if check and not status.accepted:
             raise Rejected(status.reason or "rejected")
         return status
 
-    def publish(self, data: bytes, event_id: str, timeout: float | None = None) -> ControlStatus:
-        """Put raw bytes on the control topic and wait for the status of event_id."""
+    def publish(self, data: bytes, event_id: str, timeout: float | None = None,
+                worker_wait: float = 0.0) -> ControlStatus:
+        """Put raw bytes on the control topic and wait for the status of event_id.
+
+        With worker_wait, an accepted deploy or rollback also waits that long for the first
+        worker to report that it serves the version, or that it cannot load it (rejected).
+        """
         self._ensure_topics()
         status_topic = self.settings.topic("control.status")
         start = end_offsets(self.settings, status_topic)
@@ -130,21 +155,19 @@ class Client:
             if p.flush(30):
                 raise BrokerError(f"control event {event_id} was not delivered within 30s")
             wait = timeout if timeout is not None else self.settings.status_timeout_s
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                msg = c.poll(0.2)
-                if msg is None or msg.error():
-                    if msg is not None and msg.error().code() != KafkaError._PARTITION_EOF:
-                        raise BrokerError(f"reading statuses: {msg.error()}")
-                    continue
-                if msg.key() == event_id.encode():
-                    return ControlStatus.from_bytes(msg.value())
+            status = _next_status(c, event_id, wait, lambda s: "worker" not in s.result)
+            if status is None:
+                raise StatusTimeout(
+                    f"no status for control event {event_id} after {wait:.0f}s: is a registrar "
+                    f"running on {self.settings.bootstrap_servers} (`inferstream up` or "
+                    "`inferstream worker`)?"
+                )
+            if status.accepted and worker_wait > 0:
+                served = _next_status(c, event_id, worker_wait, lambda s: "worker" in s.result)
+                return served or replace(status, result={**status.result, "worker": ""})
+            return status
         finally:
             c.close()
-        raise StatusTimeout(
-            f"no status for control event {event_id} after {wait:.0f}s: is a registrar running "
-            f"on {self.settings.bootstrap_servers} (`inferstream up` or `inferstream worker`)?"
-        )
 
     def statuses(self) -> list[ControlStatus]:
         """Every status record still on the status topic, oldest first."""
@@ -304,10 +327,13 @@ class Client:
         return self.pipeline(pipeline, ws).versions[int(status.result["version"]) - 1]
 
     def deploy(self, pipeline: str, version: int | None = None, *, batch_size: int = 64,
-               batch_wait_ms: int = 20, workspace: str | None = None) -> Deployment:
+               batch_wait_ms: int = 20, workspace: str | None = None,
+               worker_wait: float = 0.0) -> Deployment:
+        """Deploy a version; with worker_wait, also wait for a worker to serve it (or refuse)."""
         ws = self._ws(workspace)
         self.send("Deploy", {"pipeline": pipeline, "version": version, "batch_size": batch_size,
-                             "batch_wait_ms": batch_wait_ms}, workspace=ws)
+                             "batch_wait_ms": batch_wait_ms}, workspace=ws,
+                  worker_wait=worker_wait)
         return self.registry().deployments[(ws, pipeline)]
 
     def undeploy(self, pipeline: str, workspace: str | None = None) -> Deployment:
@@ -316,12 +342,36 @@ class Client:
         return self.registry().deployments[(ws, pipeline)]
 
     def rollback(self, pipeline: str, version: int | None = None,
-                 workspace: str | None = None) -> Deployment:
+                 workspace: str | None = None, worker_wait: float = 0.0) -> Deployment:
         ws = self._ws(workspace)
-        self.send("Rollback", {"pipeline": pipeline, "version": version}, workspace=ws)
+        self.send("Rollback", {"pipeline": pipeline, "version": version}, workspace=ws,
+                  worker_wait=worker_wait)
         return self.registry().deployments[(ws, pipeline)]
 
     # -- inference ---------------------------------------------------------------------------
+
+    def input_schema(self, pipeline: str, version: int | None = None,
+                     workspace: str | None = None) -> dict[str, Any]:
+        """The Avro schema of a pipeline version's input records (default: the deployed one).
+
+        Producers write records of it with Avro single-object encoding (schemas.codec-style:
+        C3 01, the schema's CRC-64-AVRO fingerprint, the body); see agents.formats.
+        """
+        from agents.formats import input_schema, input_schema_name
+
+        ws = self._ws(workspace)
+        registry = self.registry()
+        found = registry.pipelines.get((ws, pipeline))
+        if found is None or not found.versions:
+            raise Rejected(f"pipeline {pipeline!r} in workspace {ws!r} has no version")
+        deployed = registry.deployments.get((ws, pipeline))
+        number = version or (deployed.version if deployed else len(found.versions))
+        chosen = found.version(number)
+        if chosen is None:
+            raise Rejected(f"pipeline {pipeline!r} has no version {number}")
+        first = step_models(chosen.steps[0])[0]
+        inputs = registry.models[(ws, first.model)].version(first.version).inputs
+        return input_schema(inputs, input_schema_name(ws, pipeline))
 
     def infer(self, pipeline: str, records: Sequence[bytes | Mapping[str, Any]], *,
               workspace: str | None = None, timeout: float = 60.0) -> list[Reply]:
