@@ -3,6 +3,7 @@ deploys while records flow, routing, shadows, two workers, the HTTP endpoint."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import Counter
@@ -17,9 +18,10 @@ from agents.formats import avro_input
 from agents.runtimes import load_model
 from control.client import Client
 from control.config import Settings
-from control.kafka import read_until_end
+from control.kafka import end_offsets, producer, read_until_end
 from control.registrar import Registrar
 from schemas.codec import codec
+from schemas.errors import Rejected
 from tests.helpers import wait_until
 from tests.worker_process import WorkerProcess
 
@@ -57,7 +59,7 @@ class Platform:
         self.client.create_pipeline_version(name, steps)
 
     def deploy(self, name: str, version: int | None = None, **batching: int) -> None:
-        d = self.client.deploy(name, version, **batching)
+        d = self.client.deploy(name, version, worker_wait=30 if self.workers else 0, **batching)
         for w in self.workers:
             w.wait_ready(f"lab/{name}")
             wait_until(lambda w=w: w.health()["serving"][f"lab/{name}"] == d.version, 30,
@@ -242,3 +244,50 @@ def test_two_workers_share_the_partitions(platform: Platform) -> None:
     workers = Counter(r.body["worker"] for r in replies)
     assert set(workers) == {"w1", "w2"}, workers
     assert len({r.body["id"] for r in replies}) == 400
+
+
+def test_a_version_that_cannot_load_is_refused_and_the_old_one_serves(
+        platform: Platform) -> None:
+    # A model version whose stored bytes do not hash to its sha256 (corrupted in Kafka).
+    good = platform.client.model("clf").version(1)
+    claimed = hashlib.sha256(b"bytes that were uploaded").hexdigest()
+    p = producer(platform.settings)
+    p.produce(platform.settings.topic("artifacts"), key=f"{claimed}:0".encode(),
+              value=codec("ArtifactChunk").encode({"sha256": claimed, "index": 0, "count": 1,
+                                                   "size": 9, "data": b"corrupted"}))
+    p.flush(10)
+    artifact = {**{f: getattr(good.artifact, f) for f in
+                   ("format", "topic", "partition")}, "sha256": claimed, "size": 9,
+                "offset": 10**12, "chunks": 1}
+    spec = lambda s: {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}  # noqa: E731
+    platform.client.send("UploadModel", {
+        "name": "broken", "framework": "onnx", "artifact": artifact, "files": [],
+        "inputs": [spec(s) for s in good.inputs], "outputs": [spec(s) for s in good.outputs],
+        "description": None})
+    platform.pipeline("guarded", [{"model": "clf", "version": 1}])
+    platform.client.create_pipeline_version("guarded", [{"model": "broken", "version": 1}])
+    platform.deploy("guarded", 1)
+    with pytest.raises(Rejected, match=r"cannot load guarded version 2.*corrupt.*keeps serving "
+                                       r"version 1"):
+        platform.client.deploy("guarded", 2, worker_wait=30)
+    assert platform.workers[0].health()["serving"]["lab/guarded"] == 1
+    assert platform.client.infer("guarded", json_records(2))[0].body["pipeline_version"] == 1
+
+
+def test_records_for_an_undeployed_pipeline_wait_for_the_next_deploy(
+        platform: Platform) -> None:
+    platform.pipeline("paused", [{"model": "clf", "version": 1}])
+    platform.deploy("paused")
+    platform.client.undeploy("paused")
+    wait_until(lambda: "lab/paused" not in platform.workers[0].health()["serving"], 30,
+               "worker stopped serving")
+    topic = platform.settings.pipeline_topic("lab", "paused", "input")
+    p = producer(platform.settings)
+    for record in json_records(5):
+        p.produce(topic, key=record["id"].encode(), value=json.dumps(record).encode())
+    p.flush(10)
+    output = platform.settings.pipeline_topic("lab", "paused", "output")
+    before = sum(end_offsets(platform.settings, output).values())
+    platform.deploy("paused")
+    wait_until(lambda: sum(end_offsets(platform.settings, output).values()) - before == 5, 60,
+               "the waiting records served")
