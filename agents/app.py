@@ -7,6 +7,7 @@ Kafka partitions of the pipelines' input topics are split among them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from pathlib import Path
@@ -14,13 +15,18 @@ from pathlib import Path
 import faust
 
 from agents import web
+from agents.assay_scheduler import AssayScheduler
+from agents.log_sink import LogSink
 from agents.serving import DeploymentManager
 from control.config import Settings
 from control.events import ControlStatus
 from control.follower import RegistryFollower
-from control.kafka import end_offsets, ensure_topics, platform_topics
+from control.kafka import end_offsets, ensure_topics, platform_topics, producer
 from control.registrar import Registrar
 from control.state import Registry
+from sinks.storage import StorageError
+
+log = logging.getLogger(__name__)
 
 DEPLOYMENT_EVENTS = {"Deploy", "Undeploy", "Rollback", "UploadModel"}
 
@@ -40,7 +46,7 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",  # no correctness-critical state lives in Faust tables
-        topic_disable_leader=True,
+        topic_disable_leader=False,  # the leader runs the assays when storage is a server
         topic_partitions=settings.pipeline_partitions,
         consumer_auto_offset_reset="earliest",
         # Quick group joins after a deploy changes the subscription.
@@ -59,13 +65,33 @@ def create_app(settings: Settings) -> faust.App:
     ensure_topics(settings, platform_topics(settings))
 
     logs = app.topic(settings.topic("logs"), key_type=bytes, value_type=bytes)
+    sink = LogSink(settings, f"http://127.0.0.1:{settings.worker_web_port}")
+    app.inferstream_sink = sink  # type: ignore[attr-defined]
 
     @app.agent(logs, name="logs")
     async def log_sink(stream: faust.StreamT) -> None:
-        # The ClickHouse log sink (issue 4) takes these batches; until then logs stay in Kafka.
+        # Thousands of rows or about a second, whichever first; acked only once inserted.
         async for events in stream.noack_take(5000, within=1.0):
+            await write_until_stored(sink, [e.message for e in events])
             for event in events:
                 await stream.ack(event)
+
+    alerts_producer = producer(settings)
+    scheduler = AssayScheduler(
+        lambda key, value: alerts_producer.produce(settings.topic("alerts"), key=key,
+                                                   value=value))
+
+    @app.timer(settings.assay_tick_s)
+    async def run_assays() -> None:
+        # chDB: the worker whose sink owns the folder; a server: the group leader.
+        owns = sink.storage is not None if not settings.clickhouse_url else app.is_leader()
+        follower = getattr(app, "inferstream_follower", None)
+        if not owns or follower is None:
+            return
+        storage = await asyncio.get_running_loop().run_in_executor(None, sink.open)
+        await asyncio.get_running_loop().run_in_executor(
+            None, scheduler.tick, storage, follower.registry)
+        alerts_producer.flush(10)
 
     @app.task
     async def follow_registry() -> None:
@@ -82,7 +108,21 @@ def create_app(settings: Settings) -> faust.App:
         registry = await loop.run_in_executor(None, follower.wait_caught_up)
         await manager.reconcile(registry)
         manager.ready = True
-        app.inferstream_threads = (registrar, follower)  # type: ignore[attr-defined]
+        app.inferstream_follower = follower  # type: ignore[attr-defined]
+        app.inferstream_registrar = registrar  # type: ignore[attr-defined]
 
-    web.register(app, manager)
+    web.register(app, manager, sink)
     return app
+
+
+async def write_until_stored(sink: LogSink, messages: list) -> None:
+    """Insert a batch, waiting out a busy chDB folder or a storage outage; never drop it."""
+    delay = 0.5
+    while True:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, sink.write, messages)
+            return
+        except StorageError as exc:
+            log.warning("log sink waits %.1fs: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -119,3 +119,24 @@ def build_keras_model(
     else:
         raise ValueError(f"kind must be 'savedmodel' or 'keras', got {kind!r}")
     return path
+
+
+def build_trained_scorer(path: Path, classifier: Path, epochs: int = 40, seed: int = 0) -> Path:
+    """Train keras_scorer on the classifier's iris probabilities to score "is virginica".
+
+    The demo's TensorFlow model: trained at start, in about a second, from bundled data.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(classifier), providers=["CPUExecutionProvider"])
+    probabilities = session.run(["probabilities"], {"float_input": iris_rows()})[0]
+    target = (load_iris().target == 2).astype(np.float32).reshape(-1, 1)
+    model = keras_scorer(probabilities.shape[1], seed)
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss={"score": "binary_crossentropy"})
+    model.fit(probabilities, {"score": target}, epochs=epochs, batch_size=32, verbose=0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.export(str(path), verbose=False)
+    return path

@@ -2,6 +2,7 @@
 
     POST /pipelines/{name}/infer      a record in any input format (JSON, V2, Avro)
     POST /v2/models/{name}/infer      Open Inference Protocol V2
+    POST /storage/query               read-only SQL on the chDB folder this worker owns
     GET  /health                      liveness and readiness, with what is served
 
 A request is served in-process by the deployed version (not through the input
@@ -11,6 +12,8 @@ topic) and logged like any other inference; a bad request gets a 4xx with the re
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import uuid
 from typing import TYPE_CHECKING
 
@@ -18,13 +21,18 @@ import faust
 from faust.web import Request, Response, View
 
 from agents.formats import BadRecord, decode_record, encode_result
+from sinks.access import from_wire, to_wire
+from sinks.storage import StorageError
+
+READ_ONLY = re.compile(r"\s*(SELECT|WITH)\b", re.IGNORECASE)
 
 if TYPE_CHECKING:
+    from agents.log_sink import LogSink
     from agents.serving import DeploymentManager, Serving
 
 
-def register(app: faust.App, manager: DeploymentManager) -> None:
-    """Add the inference and health pages to the app's web server."""
+def register(app: faust.App, manager: DeploymentManager, sink: LogSink) -> None:
+    """Add the inference, storage and health pages to the app's web server."""
 
     def find(request: Request, name: str) -> tuple[Serving | None, int, str]:
         workspace = request.query.get("workspace")
@@ -67,6 +75,25 @@ def register(app: faust.App, manager: DeploymentManager) -> None:
     class V2Infer(View):
         async def post(self, request: Request, name: str) -> Response:
             return await infer(self, request, name)
+
+    @app.page("/storage/query")
+    class StorageQuery(View):
+        """Read-only SQL on the chDB folder this worker owns, for the CLI (loopback only)."""
+
+        async def post(self, request: Request) -> Response:
+            if sink.storage is None:
+                return self.error(409, "this worker does not own the storage")
+            body = from_wire(json.loads(await request.read()))
+            sql = body.get("sql", "")
+            if not READ_ONLY.match(sql):
+                return self.error(400, "only SELECT (or WITH … SELECT) queries are served")
+            try:
+                rows = await asyncio.get_running_loop().run_in_executor(
+                    None, sink.storage.query, sql, body.get("params") or {})
+            except StorageError as exc:
+                return self.error(400, str(exc))
+            return self.bytes(json.dumps({"rows": to_wire(rows)}, default=str).encode(),
+                              content_type="application/json")
 
     @app.page("/health")
     class Health(View):

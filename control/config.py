@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(1_000_000, description="largest input record a worker accepts")
     worker_web_port: int = Field(6066, description="the worker's HTTP port (inference, health)")
     worker_name: str | None = Field(None, description="name in logs and results; default host:pid")
+    assay_tick_s: float = Field(10.0, description="how often a worker looks for closed windows")
 
     def topic(self, name: str) -> str:
         """Full name of one of the platform's topics, e.g. topic('control')."""

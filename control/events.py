@@ -13,6 +13,7 @@ NAMESPACE = "inferstream.control."
 EVENT_TYPES = (
     "CreateUser", "DeactivateUser", "CreateWorkspace", "AddMember", "RemoveMember",
     "UploadModel", "CreatePipeline", "CreatePipelineVersion", "Deploy", "Undeploy", "Rollback",
+    "CreateAssay", "PauseAssay", "ResumeAssay", "DeleteAssay",
 )
 
 

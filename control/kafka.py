@@ -42,7 +42,8 @@ def platform_topics(settings: Settings) -> dict[str, TopicSpec]:
         settings.topic("control.status"): TopicSpec(1, {"retention.ms": str(7 * 86_400_000)}),
         # Chunk keys are unique (sha256:index), so compaction keeps every artifact forever.
         settings.topic("artifacts"): TopicSpec(1, {"cleanup.policy": "compact"}),
-        settings.topic("logs"): TopicSpec(3),
+        # chDB has one owner, so one consumer of the logs; a server takes several.
+        settings.topic("logs"): TopicSpec(3 if settings.clickhouse_url else 1),
         settings.topic("alerts"): TopicSpec(1),
     }
 

@@ -1,7 +1,8 @@
 """The registry as a pure fold over control events: apply(state, event) -> state.
 
-Every rule of the control plane lives here. A broken rule raises Rejected with a
-reason a person can act on, and the caller keeps the state it had. No I/O.
+The rules of the control plane live here and, for assays, in registry_assays.py; the checks
+both use are in rules.py. A broken rule raises Rejected with a reason a person can act on, and
+the caller keeps the state it had. No I/O.
 """
 
 from __future__ import annotations
@@ -15,8 +16,17 @@ from typing import Any
 
 from agents.runtimes.base import TensorSpec
 from control.events import EVENT_TYPES, ControlEvent
+from control.registry_assays import ASSAY_HANDLERS
+from control.rules import (
+    USER_NAME,
+    active_user,
+    admin,
+    check_name,
+    member,
+    owner_or_admin,
+    pipeline_of,
+)
 from control.state import (
-    COLLABORATOR,
     OWNER,
     ArtifactRef,
     Deployment,
@@ -36,8 +46,6 @@ from control.state import (
 )
 from schemas.errors import Rejected
 
-NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # used in topic names: keep it Kafka-safe
-USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_BATCH_SIZE = 10_000
 MAX_BATCH_WAIT_MS = 60_000
@@ -51,7 +59,7 @@ def apply(state: Registry, event: ControlEvent) -> Registry:
     if handler is None:
         raise Rejected(f"unknown event type {event.type!r}; known: {', '.join(EVENT_TYPES)}")
     if not (event.type == "CreateUser" and not state.users):
-        _active_user(state, event.actor)
+        active_user(state, event.actor)
     try:
         return handler(state, event, event.payload)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -72,6 +80,9 @@ def result_of(before: Registry, after: Registry, event: ControlEvent) -> dict[st
     """What an accepted event made, for its status record (e.g. the new version number)."""
     key = (event.workspace or "", _payload_name(event))
     match event.type:
+        case "CreateAssay":
+            name = event.payload["name"]
+            return {"assay": name, "assay_id": after.assays[(key[0], name)].assay_id}
         case "UploadModel":
             return {"model": key[1], "version": str(after.models[key].latest.version)}
         case "CreatePipelineVersion":
@@ -86,73 +97,18 @@ def _payload_name(event: ControlEvent) -> str:
     return p.get("pipeline") or p.get("name") or p.get("user") or ""
 
 
-# -- checks shared by the rules --------------------------------------------------------------
-
-
-def _check_name(kind: str, name: str, pattern: re.Pattern[str] = NAME) -> None:
-    if not isinstance(name, str) or not pattern.fullmatch(name):
-        rule = (
-            "1-128 letters, digits, '.', '_', '@' or '-'"
-            if pattern is USER_NAME
-            else "1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit"
-        )
-        raise Rejected(f"invalid {kind} name {name!r}: use {rule}")
-
-
-def _active_user(state: Registry, name: str) -> User:
-    user = state.users.get(name)
-    if user is None:
-        raise Rejected(f"unknown user {name!r}: an administrator must create it first")
-    if not user.active:
-        raise Rejected(f"user {name!r} is deactivated and cannot act")
-    return user
-
-
-def _admin(state: Registry, event: ControlEvent) -> None:
-    if not state.users[event.actor].admin:
-        raise Rejected(f"{event.type} needs a platform administrator; {event.actor!r} is not one")
-
-
-def _workspace(state: Registry, event: ControlEvent) -> Workspace:
-    if not event.workspace:
-        raise Rejected(f"{event.type} acts in a workspace: name one (--workspace)")
-    ws = state.workspaces.get(event.workspace)
-    if ws is None:
-        raise Rejected(f"unknown workspace {event.workspace!r}; create it first")
-    return ws
-
-
-def _member(state: Registry, event: ControlEvent) -> Workspace:
-    """The event's workspace, when the actor is an owner or collaborator in it."""
-    ws = _workspace(state, event)
-    if ws.role_of(event.actor) not in (OWNER, COLLABORATOR):
-        raise Rejected(
-            f"{event.actor!r} is not a member of workspace {ws.name!r}; an owner must add them"
-        )
-    return ws
-
-
-def _owner_or_admin(state: Registry, event: ControlEvent) -> Workspace:
-    ws = _workspace(state, event)
-    if ws.role_of(event.actor) != OWNER and not state.users[event.actor].admin:
-        raise Rejected(
-            f"{event.type} in workspace {ws.name!r} needs an owner of it; {event.actor!r} is not"
-        )
-    return ws
-
-
 # -- users and workspaces --------------------------------------------------------------------
 
 
 def _create_user(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    _check_name("user", p["name"], USER_NAME)
+    check_name("user", p["name"], USER_NAME)
     first = not state.users
     if first and event.actor != p["name"]:
         raise Rejected(
             f"the first user must create itself: actor {event.actor!r} != name {p['name']!r}"
         )
     if not first:
-        _admin(state, event)
+        admin(state, event)
     if p["name"] in state.users:
         raise Rejected(f"user {p['name']!r} already exists")
     user = User(p["name"], p["email"], first or p["admin"], True, event.time)
@@ -160,8 +116,8 @@ def _create_user(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> 
 
 
 def _deactivate_user(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    _admin(state, event)
-    user = _active_user(state, p["name"])
+    admin(state, event)
+    user = active_user(state, p["name"])
     admins = [u for u in state.users.values() if u.admin and u.active]
     if user.admin and len(admins) == 1:
         raise Rejected(f"{user.name!r} is the last active administrator; make another one first")
@@ -169,7 +125,7 @@ def _deactivate_user(state: Registry, event: ControlEvent, p: Mapping[str, Any])
 
 
 def _create_workspace(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    _check_name("workspace", p["name"])
+    check_name("workspace", p["name"])
     if p["name"] in state.workspaces:
         raise Rejected(f"workspace {p['name']!r} already exists")
     ws = Workspace(p["name"], event.actor, event.time, {event.actor: OWNER})
@@ -177,8 +133,8 @@ def _create_workspace(state: Registry, event: ControlEvent, p: Mapping[str, Any]
 
 
 def _add_member(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    ws = _owner_or_admin(state, event)
-    _active_user(state, p["user"])
+    ws = owner_or_admin(state, event)
+    active_user(state, p["user"])
     if ws.role_of(p["user"]) == OWNER and p["role"] != OWNER:
         _keep_an_owner(ws, p["user"])
     ws = replace(ws, members={**ws.members, p["user"]: p["role"]})
@@ -186,7 +142,7 @@ def _add_member(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> R
 
 
 def _remove_member(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    ws = _owner_or_admin(state, event)
+    ws = owner_or_admin(state, event)
     if p["user"] not in ws.members:
         raise Rejected(f"{p['user']!r} is not a member of workspace {ws.name!r}")
     _keep_an_owner(ws, p["user"])
@@ -222,8 +178,8 @@ def _specs(records: Iterable[Mapping[str, Any]], what: str) -> tuple[TensorSpec,
 
 
 def _upload_model(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    ws = _member(state, event)
-    _check_name("model", p["name"])
+    ws = member(state, event)
+    check_name("model", p["name"])
     key = (ws.name, p["name"])
     artifact = _artifact(p["artifact"], f"model {p['name']!r}")
     files = tuple((f["name"], _artifact(f["artifact"], f"file {f['name']!r}")) for f in p["files"])
@@ -250,20 +206,13 @@ def _upload_model(state: Registry, event: ControlEvent, p: Mapping[str, Any]) ->
 
 
 def _create_pipeline(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    ws = _member(state, event)
-    _check_name("pipeline", p["name"])
+    ws = member(state, event)
+    check_name("pipeline", p["name"])
     key = (ws.name, p["name"])
     if key in state.pipelines:
         raise Rejected(f"pipeline {p['name']!r} already exists in workspace {ws.name!r}")
     pipeline = Pipeline(ws.name, p["name"], p["description"], event.actor, event.time)
     return replace(state, pipelines={**state.pipelines, key: pipeline})
-
-
-def _pipeline(state: Registry, ws: Workspace, name: str) -> Pipeline:
-    pipeline = state.pipelines.get((ws.name, name))
-    if pipeline is None:
-        raise Rejected(f"unknown pipeline {name!r} in workspace {ws.name!r}")
-    return pipeline
 
 
 def _existing_version(pipeline: Pipeline, number: int) -> int:
@@ -348,8 +297,8 @@ def _check_chain(state: Registry, ws: str, steps: tuple[Step, ...]) -> None:
 def _create_pipeline_version(
     state: Registry, event: ControlEvent, p: Mapping[str, Any]
 ) -> Registry:
-    ws = _member(state, event)
-    pipeline = _pipeline(state, ws, p["pipeline"])
+    ws = member(state, event)
+    pipeline = pipeline_of(state, ws, p["pipeline"])
     if not p["steps"]:
         raise Rejected(f"pipeline {pipeline.name!r}: a version needs at least one step")
     steps = tuple(
@@ -367,8 +316,8 @@ def _create_pipeline_version(
 
 
 def _deploy(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    ws = _member(state, event)
-    pipeline = _pipeline(state, ws, p["pipeline"])
+    ws = member(state, event)
+    pipeline = pipeline_of(state, ws, p["pipeline"])
     if not pipeline.versions:
         raise Rejected(f"pipeline {pipeline.name!r} has no version to deploy; create one first")
     number = _existing_version(
@@ -396,8 +345,8 @@ def _deployed(
 
 
 def _undeploy(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    ws = _member(state, event)
-    pipeline = _pipeline(state, ws, p["pipeline"])
+    ws = member(state, event)
+    pipeline = pipeline_of(state, ws, p["pipeline"])
     key = (ws.name, pipeline.name)
     deployment = state.deployments.get(key)
     if deployment is None or not deployment.active:
@@ -407,8 +356,8 @@ def _undeploy(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Reg
 
 
 def _rollback(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    ws = _member(state, event)
-    pipeline = _pipeline(state, ws, p["pipeline"])
+    ws = member(state, event)
+    pipeline = pipeline_of(state, ws, p["pipeline"])
     deployment = state.deployments.get((ws.name, pipeline.name))
     if deployment is None:
         raise Rejected(f"pipeline {pipeline.name!r} was never deployed; deploy it first")
@@ -445,4 +394,5 @@ _HANDLERS: dict[str, Handler] = {
     "Deploy": _deploy,
     "Undeploy": _undeploy,
     "Rollback": _rollback,
+    **ASSAY_HANDLERS,
 }

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from agents.runtimes.base import TensorSpec
+from sinks.assay_config import AssayConfig
 
 OWNER, COLLABORATOR = "owner", "collaborator"
 
@@ -165,6 +166,26 @@ class Deployment:
     deployed_at: datetime
 
 
+@dataclass(frozen=True)
+class Assay:
+    """A named assay of a workspace: what it monitors (its config) and whether it runs.
+
+    `config.assay_id` is the assay's name and the start of the event that created it, so
+    an assay deleted and created again under the same name does not inherit old results.
+    """
+
+    workspace: str
+    name: str
+    config: AssayConfig
+    active: bool
+    created_by: str
+    created_at: datetime
+
+    @property
+    def assay_id(self) -> str:
+        return self.config.assay_id
+
+
 Key = tuple[str, str]  # (workspace, name)
 
 
@@ -177,6 +198,10 @@ class Registry:
     models: Mapping[Key, Model] = field(default_factory=dict)
     pipelines: Mapping[Key, Pipeline] = field(default_factory=dict)
     deployments: Mapping[Key, Deployment] = field(default_factory=dict)
+    assays: Mapping[Key, Assay] = field(default_factory=dict)
 
     def active_deployments(self) -> list[Deployment]:
         return [d for d in self.deployments.values() if d.active]
+
+    def active_assays(self) -> list[Assay]:
+        return [a for a in self.assays.values() if a.active]

@@ -7,12 +7,18 @@ so a test folds exactly what a worker reading the control topic would.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from control.events import NAMESPACE, ControlEvent
+from control.registry import apply
+from control.state import Registry
+from schemas.errors import Rejected
 
 Action = tuple[str, dict[str, Any]]
 UnionItem = tuple[str, dict[str, Any]]  # how Avro reads a member of a union of records
@@ -28,6 +34,25 @@ def event(
     type_, payload = action
     written = ControlEvent(type=type_, payload=payload, actor=actor, workspace=workspace, time=T0)
     return ControlEvent.from_bytes(written.to_bytes(), offset=offset)
+
+
+def given(state: Registry, *events: ControlEvent) -> Registry:
+    """The registry after events that must all be accepted: a broken setup fails loudly."""
+    for e in events:
+        state = apply(state, e)
+    return state
+
+
+def reject(state: Registry, e: ControlEvent, *mentions: str) -> str:
+    """Assert `e` is rejected with a reason naming each of `mentions`, and changes nothing."""
+    snapshot = copy.deepcopy(state)
+    with pytest.raises(Rejected) as caught:
+        apply(state, e)
+    reason = str(caught.value)
+    for text in mentions:
+        assert text in reason, f"{text!r} is not in the reason: {reason}"
+    assert state == snapshot, "a rejected event changed the registry"
+    return reason
 
 
 def sha256(content: bytes) -> str:
@@ -154,8 +179,54 @@ def rollback(pipeline: str, version: int | None = None) -> Action:
     return "Rollback", {"pipeline": pipeline, "version": version}
 
 
+# -- assays ----------------------------------------------------------------------------------
+
+HOUR_S = 3600
+
+
+def baseline_range(start: datetime = T0, end: datetime | None = None) -> UnionItem:
+    """An assay baseline from the logs of [start, end) (default: T0's hour)."""
+    end = end or start + timedelta(hours=1)
+    return NAMESPACE + "BaselineRange", {"start": start, "end": end}
+
+
+def baseline_values(*values: float) -> UnionItem:
+    return NAMESPACE + "BaselineValues", {"values": [float(v) for v in values]}
+
+
+def create_assay(
+    name: str, pipeline: str = "fraud", model: str = "scaler", field: str = "y", *,
+    io: str = "output", index: int = 0, baseline: UnionItem | None = None,
+    width_s: int = HOUR_S, interval_s: int | None = None,
+    first_window_start: datetime | None = None, binning: str = "quantile", bins: int = 5,
+    edges: Sequence[float] | None = None, aggregation: str = "density", metric: str = "psi",
+    warning: float | None = None, alert: float | None = None, epsilon: float = 0.005,
+) -> Action:
+    """An assay of `model`'s `field` in `pipeline`, hourly windows after a baseline hour."""
+    return "CreateAssay", {
+        "name": name, "pipeline": pipeline, "model": model, "io": io, "field": field,
+        "index": index, "baseline": baseline or baseline_range(), "width_s": width_s,
+        "interval_s": interval_s, "first_window_start": first_window_start,
+        "binning": binning, "bins": bins, "edges": None if edges is None else list(edges),
+        "aggregation": aggregation, "metric": metric, "warning_threshold": warning,
+        "alert_threshold": alert, "epsilon": epsilon,
+    }
+
+
+def pause_assay(name: str) -> Action:
+    return "PauseAssay", {"name": name}
+
+
+def resume_assay(name: str) -> Action:
+    return "ResumeAssay", {"name": name}
+
+
+def delete_assay(name: str) -> Action:
+    return "DeleteAssay", {"name": name}
+
+
 def every_action() -> list[Action]:
-    """One action of each of the 11 payload types, with nested records filled in."""
+    """One action of each of the 15 payload types, with nested records filled in."""
     return [
         create_user("ann", email="ann@example.com", admin=True),
         deactivate_user("bob"),
@@ -178,4 +249,13 @@ def every_action() -> list[Action]:
         deploy("fraud", version=2, batch_size=128, batch_wait_ms=5),
         undeploy("fraud"),
         rollback("fraud", version=1),
+        create_assay(
+            "drift", io="input", field="x", index=2, baseline=baseline_values(1, 2.5, 3),
+            first_window_start=T0, interval_s=600, binning="provided", bins=2,
+            edges=[0, 1.5, 3], aggregation="cumulative", metric="maxdiff", warning=0.1,
+            alert=0.25, epsilon=0.001,
+        ),
+        pause_assay("drift"),
+        resume_assay("drift"),
+        delete_assay("drift"),
     ]

@@ -16,6 +16,7 @@ import pytest
 from agents.demo_models import build_keras_model, build_onnx_classifier, iris_rows
 from agents.formats import avro_input
 from agents.runtimes import load_model
+from agents.worker_process import WorkerProcess
 from control.client import Client
 from control.config import Settings
 from control.kafka import end_offsets, producer, read_until_end
@@ -23,7 +24,6 @@ from control.registrar import Registrar
 from schemas.codec import codec
 from schemas.errors import Rejected
 from tests.helpers import wait_until
-from tests.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

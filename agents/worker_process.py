@@ -1,4 +1,7 @@
-"""A worker in a process of its own, as an operator would run it: `inferstream worker`."""
+"""A worker in a process of its own, as an operator would run it: `inferstream worker`.
+
+`inferstream up` starts one this way, and so do the tests.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +10,21 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 from control.brokers import free_port
 from control.config import Settings
-from tests.helpers import wait_until
+from schemas.errors import InferstreamError
 
 
 class WorkerProcess:
     """Starts `inferstream worker` for a platform and waits until it is ready."""
 
-    def __init__(self, settings: Settings, name: str, log_dir: Path) -> None:
+    def __init__(self, settings: Settings, name: str, log_dir: Path,
+                 data_dir: Path | None = None) -> None:
         self.settings, self.name = settings, name
         self.port = free_port()
         self.log_path = log_dir / f"{name}.log"
@@ -26,10 +32,12 @@ class WorkerProcess:
             **os.environ,
             "INFERSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "INFERSTREAM_NAMESPACE": settings.namespace,
-            "INFERSTREAM_DATA_DIR": str(log_dir / name),
+            "INFERSTREAM_DATA_DIR": str(data_dir or log_dir / name),
             "INFERSTREAM_WORKER_NAME": name,
             "INFERSTREAM_PIPELINE_PARTITIONS": str(settings.pipeline_partitions),
         }
+        if settings.clickhouse_url:
+            env["INFERSTREAM_CLICKHOUSE_URL"] = settings.clickhouse_url
         self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "control.cli", "worker", "--web-port", str(self.port),
@@ -45,15 +53,19 @@ class WorkerProcess:
             return None
 
     def wait_ready(self, serving: str | None = None, timeout: float = 90.0) -> dict:
-        def ready() -> dict | None:
+        """Block until the worker is ready (and serves `serving`, e.g. 'ws/pipeline')."""
+        deadline = time.monotonic() + timeout
+        while True:
             if self.process.poll() is not None:
-                raise AssertionError(f"worker {self.name} exited:\n{self.tail()}")
+                raise InferstreamError(f"worker {self.name} exited:\n{self.tail()}")
             h = self.health()
             if h and h["ready"] and (serving is None or serving in h["serving"]):
                 return h
-            return None
-
-        return wait_until(ready, timeout, f"worker {self.name} ready ({serving or 'any'})")
+            if time.monotonic() > deadline:
+                raise InferstreamError(
+                    f"worker {self.name} not ready ({serving or 'any'}) in {timeout:g}s; "
+                    f"its log: {self.log_path}")
+            time.sleep(0.2)
 
     def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body,
