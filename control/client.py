@@ -8,7 +8,8 @@
         c.deploy("scoring")
 
 A change publishes a control event and waits for its status record; a rejection
-raises Rejected with the reason. Reads replay the control topic.
+raises Rejected with the reason. Reads replay the control topic; assays and inference
+logs come from control.monitoring, which reads ClickHouse.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from control.kafka import (
     producer,
     read_until_end,
 )
+from control.monitoring import Monitoring
 from control.registry import fold
 from control.state import (
     ArtifactRef,
@@ -94,8 +96,8 @@ def _reply_body(value: bytes, dead: bool) -> dict[str, Any]:
     return json.loads(value)
 
 
-class Client:
-    """One operator's connection to an inferstream platform."""
+class Client(Monitoring):
+    """One operator's connection to an inferstream platform (assays and logs: Monitoring)."""
 
     def __init__(
         self, settings: Settings | None = None, *, user: str | None = None,

@@ -1,0 +1,234 @@
+"""The client's monitoring half: assays (control events) and what ClickHouse holds about them.
+
+`Client` inherits these methods. Reads go through `sinks.access.open_reader`: a ClickHouse
+server when one is configured, else chDB under the data folder, opened here when it is free
+(or already open in this process, whose handle is shared), else through the worker that
+owns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from control.registry_assays import assay_payload
+from control.state import Assay, Registry
+from schemas.errors import InferstreamError, Rejected
+from sinks.access import open_reader
+from sinks.assay_config import AssayConfig
+from sinks.assays import AssayResult, load_results, preview
+from sinks.storage import StorageError
+
+if TYPE_CHECKING:
+    from control.config import Settings
+    from control.events import ControlStatus
+
+# Every column of inference_logs a person may want, in reading order.
+LOG_COLUMNS = (
+    "time", "record_id", "workspace", "pipeline", "pipeline_version", "step", "model",
+    "model_version", "shadow", "inputs", "input_shapes", "input_dtypes", "input_strings",
+    "outputs", "output_shapes", "output_dtypes", "output_strings", "elapsed_us", "worker",
+    "error", "kafka_topic", "kafka_partition", "kafka_offset",
+)
+# A row's place in time order; unique, since FINAL collapses rows of the same sorting key.
+_ORDER = ("time", "record_id", "step", "model", "shadow")
+_ORDER_TYPES = ("DateTime64(6, 'UTC')", "String", "UInt16", "String", "Bool")
+_TIME = "DateTime64(6, 'UTC')"
+
+
+class Monitoring:
+    """Assays and inference logs, for the CLI, notebooks and scripts."""
+
+    if TYPE_CHECKING:
+        settings: Settings
+
+        def _ws(self, workspace: str | None) -> str: ...
+        def registry(self) -> Registry: ...
+        def send(self, type: str, payload: Mapping[str, Any], *,
+                 workspace: str | None = None) -> ControlStatus: ...
+
+    # -- assays: control events ------------------------------------------------------------
+
+    def define_assay(self, name: str = "preview", *, workspace: str | None = None,
+                     **options: Any) -> AssayConfig:
+        """An assay config in the workspace, checked here; `options` are AssayConfig fields.
+
+        pipeline, model, field, io, index, baseline_start and baseline_end (or
+        baseline_values), width, interval, first_window_start, binning, bins, edges,
+        aggregation, metric, warning_threshold, alert_threshold, epsilon.
+        """
+        return AssayConfig(assay_id=name, workspace=self._ws(workspace), **options)
+
+    def create_assay(self, name: str, *, workspace: str | None = None,
+                     **options: Any) -> Assay:
+        """Create an assay (options as for define_assay); it runs from its first window on."""
+        config = self.define_assay(name, workspace=workspace, **options)
+        self.send("CreateAssay", assay_payload(name, config), workspace=config.workspace)
+        return self.assay(name, config.workspace)
+
+    def assays(self, workspace: str | None = None) -> list[Assay]:
+        ws = self._ws(workspace)
+        return [a for (w, _), a in sorted(self.registry().assays.items()) if w == ws]
+
+    def assay(self, name: str, workspace: str | None = None) -> Assay:
+        ws = self._ws(workspace)
+        assay = self.registry().assays.get((ws, name))
+        if assay is None:
+            raise Rejected(f"unknown assay {name!r} in workspace {ws!r}")
+        return assay
+
+    def assay_config(self, name: str, workspace: str | None = None) -> AssayConfig:
+        """What the assay computes, as the workers run it."""
+        return self.assay(name, workspace).config
+
+    def pause_assay(self, name: str, workspace: str | None = None) -> Assay:
+        ws = self._ws(workspace)
+        self.send("PauseAssay", {"name": name}, workspace=ws)
+        return self.assay(name, ws)
+
+    def resume_assay(self, name: str, workspace: str | None = None) -> Assay:
+        """Run a paused assay again; the windows it missed are backfilled."""
+        ws = self._ws(workspace)
+        self.send("ResumeAssay", {"name": name}, workspace=ws)
+        return self.assay(name, ws)
+
+    def delete_assay(self, name: str, workspace: str | None = None) -> ControlStatus:
+        """Remove an assay; its stored results stay under its old id."""
+        return self.send("DeleteAssay", {"name": name}, workspace=self._ws(workspace))
+
+    # -- assays: results -------------------------------------------------------------------
+
+    def assay_results(self, name: str, start: datetime | None = None,
+                      end: datetime | None = None, workspace: str | None = None
+                      ) -> list[AssayResult]:
+        """Stored results of an assay, oldest window first; windows starting in [start, end)."""
+        config = self.assay_config(name, workspace)
+        with self._reader() as reader:
+            return load_results(reader, config.workspace, config.assay_id, start, end)
+
+    def preview_assay(self, assay: AssayConfig | str, start: datetime, end: datetime,
+                      workspace: str | None = None) -> list[AssayResult]:
+        """Run an assay (a config, or a registered one's name) over [start, end); saves nothing.
+
+        Windows start at `start`, every interval, and must end by `end`.
+        """
+        config = self.assay_config(assay, workspace) if isinstance(assay, str) else assay
+        if end <= start:
+            raise InferstreamError(f"preview range: --from {start} is not before --to {end}")
+        with self._reader() as reader:
+            return preview(reader, config, start, end)
+
+    # -- inference logs --------------------------------------------------------------------
+
+    def logs(self, pipeline: str, start: datetime | None = None, end: datetime | None = None,
+             limit: int | None = 100, *, pipeline_version: int | None = None,
+             model: str | None = None, only_failures: bool = False,
+             workspace: str | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` inference logs of a pipeline in [start, end), oldest first.
+
+        Filters: pipeline version, model, and only failed inferences (error set).
+        """
+        where, params = self._log_filter(pipeline, start, end, pipeline_version, model,
+                                         only_failures, workspace)
+        columns = ", ".join(LOG_COLUMNS)
+        newest = ", ".join(f"{c} DESC" for c in _ORDER)
+        sql = f"SELECT {columns} FROM inference_logs FINAL WHERE {where} ORDER BY {newest}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._reader() as reader:
+            rows = reader.query(sql, params)
+        return rows[::-1]
+
+    def count_logs(self, pipeline: str, start: datetime | None = None,
+                   end: datetime | None = None, *, pipeline_version: int | None = None,
+                   model: str | None = None, only_failures: bool = False,
+                   workspace: str | None = None) -> int:
+        """How many inference logs match (for a progress bar, or before an export)."""
+        where, params = self._log_filter(pipeline, start, end, pipeline_version, model,
+                                         only_failures, workspace)
+        sql = f"SELECT count() AS n FROM inference_logs FINAL WHERE {where}"
+        with self._reader() as reader:
+            return int(reader.query(sql, params)[0]["n"])
+
+    def iter_logs(self, pipeline: str, start: datetime | None = None,
+                  end: datetime | None = None, limit: int | None = None, *,
+                  pipeline_version: int | None = None, model: str | None = None,
+                  only_failures: bool = False, page_size: int = 10_000,
+                  workspace: str | None = None) -> Iterator[list[dict[str, Any]]]:
+        """The logs `logs()` would return, any number of them, in pages, oldest first.
+
+        Each page is one query that starts after the last row of the one before, so memory
+        stays at one page and a log written meanwhile is neither skipped nor repeated.
+        """
+        if page_size <= 0:
+            raise InferstreamError(f"page size {page_size} must be positive")
+        where, params = self._log_filter(pipeline, start, end, pipeline_version, model,
+                                         only_failures, workspace)
+        columns, ascending = ", ".join(LOG_COLUMNS), ", ".join(_ORDER)
+        left = limit
+        with self._reader() as reader:
+            if limit is not None and limit > 0:  # the newest `limit` start at the limit-th newest
+                newest = ", ".join(f"{c} DESC" for c in _ORDER)
+                first = reader.query(f"SELECT {ascending} FROM inference_logs FINAL WHERE {where} "
+                                     f"ORDER BY {newest} LIMIT 1 OFFSET {int(limit) - 1}", params)
+                if first:
+                    where += f" AND {_position('>=', 'first')}"
+                    params |= {f"first_{c}": first[0][c] for c in _ORDER}
+            after: dict[str, Any] = {}
+            while left is None or left > 0:
+                size = page_size if left is None else min(page_size, left)
+                page_where = f"{where} AND {_position('>', 'after')}" if after else where
+                page = reader.query(f"SELECT {columns} FROM inference_logs FINAL WHERE "
+                                    f"{page_where} ORDER BY {ascending} LIMIT {size}",
+                                    params | after)
+                if not page:
+                    return
+                yield page
+                if left is not None:
+                    left -= len(page)
+                after = {f"after_{c}": page[-1][c] for c in _ORDER}
+
+    def _log_filter(self, pipeline: str, start: datetime | None, end: datetime | None,
+                    pipeline_version: int | None, model: str | None, only_failures: bool,
+                    workspace: str | None) -> tuple[str, dict[str, Any]]:
+        params: dict[str, Any] = {"workspace": self._ws(workspace), "pipeline": pipeline}
+        where = ["workspace = {workspace:String}", "pipeline = {pipeline:String}"]
+        if start is not None and end is not None and end <= start:
+            raise InferstreamError(f"time range: --from {start} is not before --to {end}")
+        for name, value, clause in [
+            ("lo", start, f"time >= {{lo:{_TIME}}}"),
+            ("hi", end, f"time < {{hi:{_TIME}}}"),
+            ("pipeline_version", pipeline_version, "pipeline_version = {pipeline_version:UInt32}"),
+            ("model", model, "model = {model:String}"),
+        ]:
+            if value is not None:
+                where.append(clause)
+                params[name] = value
+        if only_failures:
+            where.append("error IS NOT NULL")
+        return " AND ".join(where), params
+
+    @contextmanager
+    def _reader(self) -> Iterator[Any]:
+        """A storage reader for the duration of one call; UNKNOWN_TABLE explained."""
+        reader = open_reader(self.settings)
+        try:
+            yield reader
+        except StorageError as exc:
+            if "UNKNOWN_TABLE" not in str(exc):
+                raise
+            raise InferstreamError(
+                f"nothing is stored yet ({exc}). Inference logs and assay results reach "
+                "ClickHouse through a worker: is one running (`inferstream worker`) with the "
+                "same --data-dir or INFERSTREAM_CLICKHOUSE_URL?"
+            ) from exc
+        finally:
+            reader.close()
+
+
+def _position(op: str, prefix: str) -> str:
+    """`(time, record_id, ...) op (bound parameters prefix_time, ...)`: a place in time order."""
+    bound = ", ".join(f"{{{prefix}_{c}:{t}}}" for c, t in zip(_ORDER, _ORDER_TYPES, strict=True))
+    return f"({', '.join(_ORDER)}) {op} ({bound})"
