@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 import faust
@@ -17,7 +18,9 @@ import faust
 from agents import web
 from agents.assay_scheduler import AssayScheduler
 from agents.log_sink import LogSink
+from agents.orchestration import RunExecutor
 from agents.serving import DeploymentManager
+from agents.task_scheduler import TaskScheduler
 from control.config import Settings
 from control.events import ControlStatus
 from control.follower import RegistryFollower
@@ -64,34 +67,55 @@ def create_app(settings: Settings) -> faust.App:
     app.inferstream = manager  # type: ignore[attr-defined] - the web views reach it here
     ensure_topics(settings, platform_topics(settings))
 
-    logs = app.topic(settings.topic("logs"), key_type=bytes, value_type=bytes)
     sink = LogSink(settings, f"http://127.0.0.1:{settings.worker_web_port}")
     app.inferstream_sink = sink  # type: ignore[attr-defined]
+    if settings.log_sink:
+        logs = app.topic(settings.topic("logs"), key_type=bytes, value_type=bytes)
 
-    @app.agent(logs, name="logs")
-    async def log_sink(stream: faust.StreamT) -> None:
-        # Thousands of rows or about a second, whichever first; acked only once inserted.
-        async for events in stream.noack_take(5000, within=1.0):
-            await write_until_stored(sink, [e.message for e in events])
-            for event in events:
-                await stream.ack(event)
+        @app.agent(logs, name="logs")
+        async def log_sink(stream: faust.StreamT) -> None:
+            # Thousands of rows or about a second, whichever first; acked only once inserted.
+            async for events in stream.noack_take(5000, within=1.0):
+                started = time.perf_counter_ns()
+                await write_until_stored(sink, [e.message for e in events])
+                manager.metrics.sunk(len(events), time.perf_counter_ns() - started)
+                for event in events:
+                    await stream.ack(event)
 
     alerts_producer = producer(settings)
     scheduler = AssayScheduler(
         lambda key, value: alerts_producer.produce(settings.topic("alerts"), key=key,
                                                    value=value))
 
+    def scheduling() -> RegistryFollower | None:
+        """The registry follower when this worker runs schedules: with chDB the worker whose
+        sink owns the folder, with a server the group leader."""
+        owns = sink.storage is not None if not settings.clickhouse_url else app.is_leader()
+        return getattr(app, "inferstream_follower", None) if owns else None
+
     @app.timer(settings.assay_tick_s)
     async def run_assays() -> None:
-        # chDB: the worker whose sink owns the folder; a server: the group leader.
-        owns = sink.storage is not None if not settings.clickhouse_url else app.is_leader()
-        follower = getattr(app, "inferstream_follower", None)
-        if not owns or follower is None:
+        follower = scheduling()
+        if follower is None:
             return
-        storage = await asyncio.get_running_loop().run_in_executor(None, sink.open)
-        await asyncio.get_running_loop().run_in_executor(
-            None, scheduler.tick, storage, follower.registry)
+        loop = asyncio.get_running_loop()
+        storage = await loop.run_in_executor(None, sink.open)
+        await loop.run_in_executor(None, scheduler.tick, storage, follower.registry)
         alerts_producer.flush(10)
+
+    tasks: list[TaskScheduler] = []  # made on first use: it needs the broker's claims topic
+
+    @app.timer(settings.task_tick_s)
+    async def run_tasks() -> None:
+        follower = scheduling()
+        if follower is None:
+            return
+        loop = asyncio.get_running_loop()
+        if not tasks:
+            executor = RunExecutor(settings, manager.cache, name)
+            tasks.append(await loop.run_in_executor(None, TaskScheduler, settings, executor, name))
+        storage = await loop.run_in_executor(None, sink.open)
+        await loop.run_in_executor(None, tasks[0].tick, storage, lambda: follower.registry)
 
     @app.task
     async def follow_registry() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from agents.formats import (
     input_schema_name,
     tensor_records,
 )
+from agents.metrics import StageMetrics
 from agents.model_cache import ModelCache
 from agents.runner import BatchOutcome, PipelineRunner, RecordResult
 from agents.runtimes.base import TensorSpec
@@ -74,6 +76,7 @@ class DeploymentManager:
         self._agents: dict[Key, Any] = {}
         self._lock = asyncio.Lock()
         self._status_producer = None
+        self.metrics = StageMetrics()
         self.ready = False  # set once the registry is replayed and its deployments served
 
     async def reconcile(self, registry: Registry, status: ControlStatus | None = None) -> None:
@@ -151,11 +154,18 @@ class DeploymentManager:
                                partitions=self.settings.pipeline_partitions)
         size, wait_ms = serving.batching
 
+        metrics = self.metrics
+
         async def serve(stream: faust.StreamT) -> None:
+            started = time.perf_counter_ns()
             async for events in stream.noack_take(size, within=max(wait_ms, 1) / 1000):
+                metrics.add("consume", started)
                 await self.process(key, events)
+                acking = time.perf_counter_ns()
                 for event in events:
                     await stream.ack(event)
+                metrics.served(len(events))
+                started = metrics.add("ack", acking)
 
         agent = self.app.agent(topic, name=f"serve.{key[0]}.{key[1]}")(serve)
         self._agents[key] = agent
@@ -175,6 +185,8 @@ class DeploymentManager:
     async def process(self, key: Key, events: Sequence[faust.EventT]) -> None:
         """Serve one micro-batch: results, dead letters and logs, all delivered before acks."""
         serving = self.served[key]
+        metrics = self.metrics
+        started = time.perf_counter_ns()
         records: list[InputRecord] = []
         sources: dict[int, Any] = {}  # id(record) -> its Kafka message, for dead letters
         pending: list[Awaitable[Any]] = []
@@ -190,9 +202,11 @@ class DeploymentManager:
                 continue
             records.append(record)
             sources[id(record)] = m
+        started = metrics.add("decode", started)
         if records:
             outcome = await asyncio.get_running_loop().run_in_executor(
                 None, serving.runner.run, records)
+            started = metrics.add("infer", started)
             for result in outcome.results:
                 value = encode_result(result.record, result.outputs, self.meta(serving, result))
                 pending.append(await self._send(serving.output_topic, result.record.key, value))
@@ -200,7 +214,9 @@ class DeploymentManager:
                 pending.append(await self._dead(serving, sources[id(failure.record)],
                                                 failure.reason))
             pending += await self.publish_logs(serving, outcome)
+            started = metrics.add("encode", started)
         await asyncio.gather(*pending)
+        metrics.add("produce", started)
 
     def meta(self, serving: Serving, result: RecordResult) -> ResultMeta:
         d = serving.deployment

@@ -4,6 +4,7 @@
     POST /v2/models/{name}/infer      Open Inference Protocol V2
     POST /storage/query               read-only SQL on the chDB folder this worker owns
     GET  /health                      liveness and readiness, with what is served
+    GET  /metrics                     time per stage (decode, infer, ...), records served
 
 A request is served in-process by the deployed version (not through the input
 topic) and logged like any other inference; a bad request gets a 4xx with the reason.
@@ -94,6 +95,13 @@ def register(app: faust.App, manager: DeploymentManager, sink: LogSink) -> None:
                 return self.error(400, str(exc))
             return self.bytes(json.dumps({"rows": to_wire(rows)}, default=str).encode(),
                               content_type="application/json")
+
+    @app.page("/metrics")
+    class Metrics(View):
+        """Where the time goes: nanoseconds per stage since start (agents.metrics)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(manager.metrics.snapshot())
 
     @app.page("/health")
     class Health(View):

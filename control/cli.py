@@ -5,24 +5,23 @@ Exit codes: 0 done, 1 rejected or failed (the reason is printed), 2 bad usage.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-from rich.table import Table
 
-from control.client import Client
+from control.cli_assays import assays
+from control.cli_base import JsonFlag, client_of, err, rows_table, show, when
+from control.cli_logs import logs
+from control.cli_platform import infer, registrar, up, worker
 from control.config import Settings
 from control.events import ControlStatus
-from control.state import Deployment, Model, ModelVersion, Pipeline, PipelineVersion
+from control.state import Deployment, Model, ModelVersion
 from control.steps import parse_model_ref, step_to_json
 from schemas.errors import InferstreamError
 
@@ -37,10 +36,11 @@ app.add_typer(users, name="users")
 app.add_typer(workspaces, name="workspaces")
 app.add_typer(models, name="models")
 app.add_typer(pipelines, name="pipelines")
+app.add_typer(assays, name="assays")
+app.command("logs")(logs)
+for command in (up, registrar, worker, infer):
+    app.command()(command)
 
-out = Console()
-err = Console(stderr=True)
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 WaitWorkers = Annotated[float, typer.Option(
     help="Seconds to wait for a worker to serve it (or refuse); 0: don't wait")]
 
@@ -48,13 +48,6 @@ WaitWorkers = Annotated[float, typer.Option(
 class Role(StrEnum):
     owner = "owner"
     collaborator = "collaborator"
-
-
-class BrokerKind(StrEnum):
-    auto = "auto"
-    kafka = "kafka"
-    tansu = "tansu"
-    external = "external"
 
 
 @app.callback()
@@ -79,53 +72,7 @@ def options(
     ctx.obj = Settings(**{k: v for k, v in flags.items() if v is not None})
 
 
-def _client(ctx: typer.Context) -> Client:
-    return Client(ctx.obj)
-
-
 # -- output ------------------------------------------------------------------------------------
-
-
-def to_json(value: Any) -> Any:
-    """Registry entities as plain JSON values (steps in their --steps-file form)."""
-    if isinstance(value, PipelineVersion):
-        return {**to_json({k: v for k, v in vars(value).items() if k != "steps"}),
-                "steps": [step_to_json(s) for s in value.steps]}
-    if isinstance(value, Pipeline):
-        return {**to_json({k: v for k, v in vars(value).items() if k != "versions"}),
-                "versions": [to_json(v) for v in value.versions]}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-def show(value: Any, as_json: bool, table: Callable[[], Table] | None = None,
-         message: str | None = None) -> None:
-    if as_json:
-        print(json.dumps(to_json(value), indent=2))
-    elif table is not None:
-        out.print(table())
-    elif message is not None:
-        out.print(message)
-
-
-def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
-    t = Table(title=title)
-    for c in columns:
-        t.add_column(c)
-    for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
-    return t
-
-
-def _when(t: datetime) -> str:
-    return t.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _specs(specs: Iterable[Any]) -> str:
@@ -142,32 +89,33 @@ def users_create(
     json_out: JsonFlag = False,
 ) -> None:
     """Create a user. The very first user creates itself (--user NAME) and is an administrator."""
-    u = _client(ctx).create_user(name, email, admin)
+    u = client_of(ctx).create_user(name, email, admin)
     show(u, json_out, message=f"created user [bold]{u.name}[/]{' (admin)' if u.admin else ''}")
 
 
 @users.command("list")
 def users_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """List users."""
-    rows = _client(ctx).users()
-    show(rows, json_out, lambda: _table("users", ["name", "email", "admin", "active", "created"],
-         [(u.name, u.email, u.admin, u.active, _when(u.created_at)) for u in rows]))
+    rows = client_of(ctx).users()
+    show(rows, json_out, lambda: rows_table(
+        "users", ["name", "email", "admin", "active", "created"],
+        [(u.name, u.email, u.admin, u.active, when(u.created_at)) for u in rows]))
 
 
 @users.command("get")
 def users_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
     """Show one user."""
-    user = _client(ctx).registry().users.get(name)
+    user = client_of(ctx).registry().users.get(name)
     if user is None:
         raise InferstreamError(f"unknown user {name!r}")
     show(user, json_out, message=f"{user.name} email={user.email} admin={user.admin} "
-         f"active={user.active} created={_when(user.created_at)}")
+         f"active={user.active} created={when(user.created_at)}")
 
 
 @users.command("deactivate")
 def users_deactivate(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
     """Deactivate a user: they can no longer act."""
-    status = _client(ctx).deactivate_user(name)
+    status = client_of(ctx).deactivate_user(name)
     show(status, json_out, message=f"deactivated user [bold]{name}[/]")
 
 
@@ -177,26 +125,27 @@ def users_deactivate(ctx: typer.Context, name: str, json_out: JsonFlag = False) 
 @workspaces.command("create")
 def workspaces_create(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
     """Create a workspace; you become its owner."""
-    ws = _client(ctx).create_workspace(name)
+    ws = client_of(ctx).create_workspace(name)
     show(ws, json_out, message=f"created workspace [bold]{ws.name}[/]")
 
 
 @workspaces.command("list")
 def workspaces_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """List workspaces and their members."""
-    rows = _client(ctx).workspaces()
-    show(rows, json_out, lambda: _table("workspaces", ["name", "members", "created by", "created"],
-         [(w.name, ", ".join(f"{u} ({r})" for u, r in sorted(w.members.items())), w.created_by,
-           _when(w.created_at)) for w in rows]))
+    rows = client_of(ctx).workspaces()
+    show(rows, json_out, lambda: rows_table(
+        "workspaces", ["name", "members", "created by", "created"],
+        [(w.name, ", ".join(f"{u} ({r})" for u, r in sorted(w.members.items())), w.created_by,
+          when(w.created_at)) for w in rows]))
 
 
 @workspaces.command("get")
 def workspaces_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
     """Show one workspace."""
-    ws = _client(ctx).registry().workspaces.get(name)
+    ws = client_of(ctx).registry().workspaces.get(name)
     if ws is None:
         raise InferstreamError(f"unknown workspace {name!r}")
-    show(ws, json_out, lambda: _table(f"workspace {name}", ["member", "role"],
+    show(ws, json_out, lambda: rows_table(f"workspace {name}", ["member", "role"],
          sorted(ws.members.items())))
 
 
@@ -205,14 +154,14 @@ def workspaces_add_member(ctx: typer.Context, user: str,
                           role: Annotated[Role, typer.Option()] = Role.collaborator,
                           json_out: JsonFlag = False) -> None:
     """Add a user to the workspace (--workspace), or change their role."""
-    status = _client(ctx).add_member(user, role.value)
+    status = client_of(ctx).add_member(user, role.value)
     show(status, json_out, message=f"{user} is now {role.value} of {status.workspace}")
 
 
 @workspaces.command("remove-member")
 def workspaces_remove_member(ctx: typer.Context, user: str, json_out: JsonFlag = False) -> None:
     """Remove a user from the workspace (--workspace)."""
-    status = _client(ctx).remove_member(user)
+    status = client_of(ctx).remove_member(user)
     show(status, json_out, message=f"removed {user} from {status.workspace}")
 
 
@@ -235,7 +184,7 @@ def models_upload(
                TransferSpeedColumn())
     with Progress(*columns, console=err, transient=True, disable=json_out) as bar:
         task = bar.add_task(f"uploading {path.name}", total=None)
-        version = _client(ctx).upload_model(
+        version = client_of(ctx).upload_model(
             name, path, framework=framework, files=file or (), description=description,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
@@ -251,8 +200,8 @@ def _version_line(v: ModelVersion) -> str:
 @models.command("list")
 def models_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """List the models of the workspace with their latest version."""
-    rows = _client(ctx).models()
-    show(rows, json_out, lambda: _table(
+    rows = client_of(ctx).models()
+    show(rows, json_out, lambda: rows_table(
         "models", ["name", "versions", "framework", "latest sha256", "inputs", "outputs"],
         [(m.name, len(m.versions), m.latest.framework, m.latest.artifact.sha256[:12],
           _specs(m.latest.inputs), _specs(m.latest.outputs)) for m in rows]))
@@ -263,14 +212,14 @@ def models_get(ctx: typer.Context, name: str,
                version: Annotated[int | None, typer.Option(help="Only this version")] = None,
                json_out: JsonFlag = False) -> None:
     """Show a model and its versions."""
-    model: Model = _client(ctx).model(name)
+    model: Model = client_of(ctx).model(name)
     chosen = [v for v in model.versions if version in (None, v.version)]
     if not chosen:
         raise InferstreamError(f"model {name!r} has no version {version}")
-    show(chosen if version is None else chosen[0], json_out, lambda: _table(
+    show(chosen if version is None else chosen[0], json_out, lambda: rows_table(
         f"model {name}", ["version", "framework", "size", "sha256", "files", "by", "created"],
         [(v.version, v.framework, v.artifact.size, v.artifact.sha256[:12],
-          ", ".join(n for n, _ in v.files), v.created_by, _when(v.created_at)) for v in chosen]))
+          ", ".join(n for n, _ in v.files), v.created_by, when(v.created_at)) for v in chosen]))
 
 
 # -- pipelines ---------------------------------------------------------------------------------
@@ -281,7 +230,7 @@ def pipelines_create(ctx: typer.Context, name: str,
                      description: Annotated[str | None, typer.Option()] = None,
                      json_out: JsonFlag = False) -> None:
     """Create a pipeline (its steps come with its versions)."""
-    p = _client(ctx).create_pipeline(name, description)
+    p = client_of(ctx).create_pipeline(name, description)
     show(p, json_out, message=f"created pipeline [bold]{p.name}[/]")
 
 
@@ -297,7 +246,7 @@ def pipelines_version(
     """Create a new immutable version of a pipeline from its steps."""
     if bool(step) == bool(steps_file):
         raise typer.BadParameter("give either --step (one or more) or --steps-file")
-    client = _client(ctx)
+    client = client_of(ctx)
     if steps_file:
         try:
             specs = json.loads(steps_file.read_text())
@@ -325,17 +274,18 @@ def pipelines_input_schema(
                        ] = None,
 ) -> None:
     """Print the Avro schema of the pipeline's input records (for Avro producers)."""
-    print(json.dumps(_client(ctx).input_schema(name, version), indent=2))
+    print(json.dumps(client_of(ctx).input_schema(name, version), indent=2))
 
 
 @pipelines.command("list")
 def pipelines_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """List pipelines with their versions and what is deployed."""
-    client = _client(ctx)
+    client = client_of(ctx)
     rows, deployed = client.pipelines(), {d.pipeline: d for d in client.deployments()}
-    show(rows, json_out, lambda: _table("pipelines", ["name", "versions", "deployed", "created"],
-         [(p.name, len(p.versions), _deployed(deployed.get(p.name)), _when(p.created_at))
-          for p in rows]))
+    show(rows, json_out, lambda: rows_table(
+        "pipelines", ["name", "versions", "deployed", "created"],
+        [(p.name, len(p.versions), _deployed(deployed.get(p.name)), when(p.created_at))
+         for p in rows]))
 
 
 def _deployed(d: Deployment | None) -> str:
@@ -345,10 +295,10 @@ def _deployed(d: Deployment | None) -> str:
 @pipelines.command("get")
 def pipelines_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
     """Show a pipeline's versions and steps."""
-    p = _client(ctx).pipeline(name)
-    show(p, json_out, lambda: _table(f"pipeline {name}", ["version", "steps", "by", "created"],
+    p = client_of(ctx).pipeline(name)
+    show(p, json_out, lambda: rows_table(f"pipeline {name}", ["version", "steps", "by", "created"],
          [(v.version, " → ".join(json.dumps(step_to_json(s)) for s in v.steps), v.created_by,
-           _when(v.created_at)) for v in p.versions]))
+           when(v.created_at)) for v in p.versions]))
 
 
 @pipelines.command("deploy")
@@ -361,7 +311,7 @@ def pipelines_deploy(
     json_out: JsonFlag = False,
 ) -> None:
     """Deploy a pipeline version; running workers switch to it between batches."""
-    client = _client(ctx)
+    client = client_of(ctx)
     status = client.send("Deploy", {"pipeline": name, "version": version,
                                     "batch_size": batch_size, "batch_wait_ms": batch_wait_ms},
                          worker_wait=wait_workers)
@@ -382,7 +332,7 @@ def _served_by(status: ControlStatus, waited: float) -> str:
 @pipelines.command("undeploy")
 def pipelines_undeploy(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
     """Stop serving a pipeline; records on its input topic wait for the next deploy."""
-    d = _client(ctx).undeploy(name)
+    d = client_of(ctx).undeploy(name)
     show(d, json_out, message=f"undeployed pipeline [bold]{name}[/]")
 
 
@@ -395,7 +345,7 @@ def pipelines_rollback(
     json_out: JsonFlag = False,
 ) -> None:
     """Deploy an earlier version again."""
-    client = _client(ctx)
+    client = client_of(ctx)
     status = client.send("Rollback", {"pipeline": name, "version": version},
                          worker_wait=wait_workers)
     d = client.registry().deployments[(client._ws(None), name)]
@@ -403,114 +353,22 @@ def pipelines_rollback(
          f"[bold]{d.version}[/]" + _served_by(status, wait_workers))
 
 
-# -- the embedded platform -------------------------------------------------------------------
-
-
-@app.command()
-def up(
-    ctx: typer.Context,
-    broker: Annotated[BrokerKind, typer.Option(
-        help="auto: Apache Kafka from local jars if present, else Tansu; external: use "
-             "--bootstrap-servers as is")] = BrokerKind.auto,
-    demo: Annotated[bool, typer.Option(help="Register and deploy a demo model")] = True,
-    once: Annotated[bool, typer.Option(help="Stop after the demo instead of serving")] = False,
-) -> None:
-    """Start the embedded platform: a local broker, the registrar and a demo."""
-    from control.demo import run_embedded
-
-    run_embedded(ctx.obj, broker.value, demo=demo, once=once, console=out)
-
-
-@app.command()
-def registrar(ctx: typer.Context) -> None:
-    """Judge control events and publish their statuses, against the configured broker.
-
-    Workers will run it too; one is active at a time, others stand by in its consumer group.
-    """
-    import threading
-
-    from control.registrar import Registrar
-
-    Registrar(ctx.obj).start()
-    out.print(f"registrar on {ctx.obj.bootstrap_servers} namespace {ctx.obj.namespace}; "
-              "Ctrl-C stops it")
-    threading.Event().wait()
-
-
-@app.command()
-def worker(
-    ctx: typer.Context,
-    web_port: Annotated[int | None, typer.Option(
-        help="HTTP port for inference and health (env INFERSTREAM_WORKER_WEB_PORT)")] = None,
-    loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn",
-) -> None:
-    """Run a worker: serve every deployed pipeline. Start more, anywhere, to scale out."""
-    from agents.app import create_app
-
-    settings: Settings = ctx.obj
-    if web_port is not None:
-        settings = settings.model_copy(update={"worker_web_port": web_port})
-    faust_app = create_app(settings)
-    sys.argv = ["inferstream worker", "worker", "--loglevel", loglevel,
-                "--web-port", str(settings.worker_web_port), "--web-host", "127.0.0.1"]
-    faust_app.main()
-
-
-@app.command()
-def infer(
-    ctx: typer.Context, pipeline: str,
-    file: Annotated[Path | None, typer.Option(
-        exists=True, help="Records: a .jsonl file (one per line) or a .json list or object")
-    ] = None,
-    data: Annotated[str | None, typer.Option(help="One record, inline (JSON or V2 JSON)")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for all results")] = 60.0,
-    json_out: JsonFlag = False,
-) -> None:
-    """Send records to a deployed pipeline and print their results (or dead-letter reasons)."""
-    if bool(file) == bool(data):
-        raise typer.BadParameter("give either --file or --data")
-    records = _records(file) if file else [data.encode()]
-    replies = _client(ctx).infer(pipeline, records, timeout=timeout)
-    failed = [r for r in replies if not r.ok]
-    if json_out:
-        print(json.dumps([{"key": r.key, "ok": r.ok, **to_json(r.body)} for r in replies],
-                         indent=2, default=str))
-    else:
-        for r in replies:
-            out.print(json.dumps(r.body, default=str) if r.ok
-                      else f"[red]dead letter[/] {r.key}: {r.body['reason']}", highlight=False)
-    if failed:
-        raise typer.Exit(1)
-
-
-def _records(path: Path) -> list[bytes]:
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        return [line.encode() for line in text.splitlines() if line.strip()]
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InferstreamError(f"{path} is not JSON: {exc}") from exc
-    items = parsed if isinstance(parsed, list) else [parsed]
-    return [json.dumps(item).encode() for item in items]
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `inferstream` command."""
     try:
         app(args=argv, standalone_mode=False)
     except InferstreamError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # Usage errors: click's, or the copy of click that newer typers carry (typer._click).
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None),
+                                                                 int):
             exc.show()
             sys.exit(exc.exit_code)
         raise

@@ -114,5 +114,3 @@ def format_duration(span: timedelta) -> str:
             parts.append(f"{n}{unit}")
     return "".join(parts) or "0s"
 
-
-TimeOption = Callable[..., Any]

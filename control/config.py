@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     worker_web_port: int = Field(6066, description="the worker's HTTP port (inference, health)")
     worker_name: str | None = Field(None, description="name in logs and results; default host:pid")
     assay_tick_s: float = Field(10.0, description="how often a worker looks for closed windows")
+    task_tick_s: float = Field(2.0, description="how often a worker looks for task runs to start")
+    task_stale_s: float = Field(
+        60.0, description="a running task run not updated for this long lost its worker"
+    )
+    log_sink: bool = Field(
+        True, description="whether a worker sinks the logs topic into ClickHouse; off, logs are "
+        "still published and another worker (or none) sinks them")
 
     def topic(self, name: str) -> str:
         """Full name of one of the platform's topics, e.g. topic('control')."""

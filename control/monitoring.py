@@ -159,8 +159,8 @@ class Monitoring:
                   workspace: str | None = None) -> Iterator[list[dict[str, Any]]]:
         """The logs `logs()` would return, any number of them, in pages, oldest first.
 
-        Each page is one query that starts after the last row of the one before, so memory
-        stays at one page and a log written meanwhile is neither skipped nor repeated.
+        Each page is one query that starts after the last row of the one before (in time
+        order), so memory stays at one page and no row is repeated or skipped between pages.
         """
         if page_size <= 0:
             raise InferstreamError(f"page size {page_size} must be positive")

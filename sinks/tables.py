@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from typing import Any, NamedTuple
 
+from sinks.runs import TASK_RUN_LOGS, TASK_RUNS
 from sinks.storage import Storage
 
 SCHEMA_VERSION = """
@@ -130,6 +131,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "inference logs", (INFERENCE_LOGS,)),
     Migration(2, "assay results", (ASSAY_RESULTS,)),
+    Migration(3, "task runs", (TASK_RUNS, TASK_RUN_LOGS)),
 )
 
 

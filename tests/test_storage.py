@@ -116,7 +116,8 @@ def test_migrations_are_applied_once(storage: Storage) -> None:
     tables = storage.query(
         "SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name"
     )
-    assert [t["name"] for t in tables] == ["assay_results", "inference_logs", "schema_version"]
+    assert [t["name"] for t in tables] == [
+        "assay_results", "inference_logs", "schema_version", "task_run_logs", "task_runs"]
 
 
 def test_one_element_of_one_field_is_selectable(storage: Storage) -> None:

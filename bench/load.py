@@ -1,0 +1,150 @@
+"""Load generation and output taps, each in a process of its own (their own GIL and core share).
+
+Records are keyed by their sequence number. A fixed-rate run schedules record i at
+t0 + i / rate and stamps that as the record's create time, so a producer that falls behind
+(or a worker that backs up) shows as latency instead of being hidden by a slower send; the
+tap reads the output topic and takes each result's latency from its key's scheduled time.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+_SPAWN = mp.get_context("spawn")  # fresh interpreters: no librdkafka threads forked mid-flight
+
+
+@dataclass(frozen=True)
+class Send:
+    """What a load process sends: `count` records cycling through `pool`, keyed 0, 1, ..."""
+
+    bootstrap: str
+    topic: str
+    pool: Sequence[bytes]
+    count: int
+    rate: float | None  # records per second; None: as fast as the producer goes
+
+
+@dataclass(frozen=True)
+class Tap:
+    """What a tap reads: a topic from given offsets until `expected` records or the deadline."""
+
+    bootstrap: str
+    topic: str
+    offsets: dict[int, int]
+    expected: int
+    deadline_s: float
+    out: Path  # .npz with keys (int64) and receipt times (float64, time.time())
+
+
+def producer_config(bootstrap: str) -> dict[str, object]:
+    """A latency-minded producer: small linger, acks from every replica, idempotent."""
+    return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+            "linger.ms": 1, "batch.num.messages": 10000, "queue.buffering.max.messages": 1000000,
+            "queue.buffering.max.kbytes": 1048576, "partitioner": "murmur2_random"}
+
+
+def send(job: Send, report: Any) -> None:
+    """Produce the records on schedule (or at full speed), wait until all are delivered, and
+    put (record 0's scheduled time, time the last was sent) on the report queue."""
+    p = Producer(producer_config(job.bootstrap))
+    p.list_topics(job.topic, timeout=10)  # connected before the clock starts
+    pool, n, i = job.pool, len(job.pool), 0
+    start_at = time.time() + 0.01
+    while i < job.count:
+        now = time.time()
+        due = job.count if job.rate is None else min(
+            job.count, int((now - start_at) * job.rate) + 1)
+        if due <= i:
+            time.sleep(max(0.0, min(0.0005, start_at + i / job.rate - now)))  # type: ignore[operator]
+            continue
+        while i < due:
+            stamp = now if job.rate is None else start_at + i / job.rate
+            try:
+                p.produce(job.topic, pool[i % n], str(i).encode(), timestamp=int(stamp * 1000))
+            except BufferError:  # the local queue is full: let librdkafka drain it
+                p.poll(0.01)
+                continue
+            i += 1
+        p.poll(0)
+    sent_at = time.time()
+    if p.flush(60):
+        raise KafkaException(f"{len(p)} records to {job.topic} were not delivered in 60s")
+    report.put((start_at, sent_at))
+
+
+def tap(job: Tap) -> None:
+    """Read the topic and write each record's key and receipt time to job.out."""
+    c = Consumer({"bootstrap.servers": job.bootstrap, "group.id": "bench-tap",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+                  "fetch.message.max.bytes": 4_000_000})
+    c.assign([TopicPartition(job.topic, p, o) for p, o in job.offsets.items()])
+    c.consume(1, 0.5)  # fetching before the sender starts, so no record waits for the tap
+    job.out.with_suffix(".ready").touch()
+    keys = np.zeros(job.expected, dtype=np.int64)
+    times = np.zeros(job.expected, dtype=np.float64)
+    got, deadline = 0, time.monotonic() + job.deadline_s
+    try:
+        while got < job.expected and time.monotonic() < deadline:
+            batch = c.consume(2000, 0.05)
+            now = time.time()
+            for m in batch:
+                if m.error() or got >= job.expected:
+                    continue
+                keys[got], times[got] = int(m.key()), now
+                got += 1
+    finally:
+        c.close()
+    np.savez(job.out, keys=keys[:got], times=times[:got])
+
+
+def start(target: Callable[..., None], *args: Any) -> BaseProcess:
+    """Run send, tap or the relay in a process of its own."""
+    process = _SPAWN.Process(target=target, args=args, daemon=True)  # type: ignore[attr-defined]
+    process.start()
+    return process
+
+
+def queue() -> Any:
+    """A queue the processes of start() can report on."""
+    return _SPAWN.Queue()
+
+
+def read_tap(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Keys and receipt times a tap wrote, in receipt order."""
+    with np.load(path) as data:
+        return data["keys"], data["times"]
+
+
+def latencies_ms(keys: np.ndarray, times: np.ndarray, start_at: float, rate: float
+                 ) -> np.ndarray:
+    """Each record's latency from its scheduled send time, in milliseconds."""
+    return (times - (start_at + keys / rate)) * 1000.0
+
+
+def percentiles(values: np.ndarray) -> dict[str, float]:
+    """p50, p99, p99.9 and max of latencies (ms)."""
+    if not len(values):
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "p999_ms": float("nan"),
+                "max_ms": float("nan")}
+    p50, p99, p999 = np.percentile(values, [50, 99, 99.9])
+    return {"p50_ms": float(p50), "p99_ms": float(p99), "p999_ms": float(p999),
+            "max_ms": float(values.max())}
+
+
+def throughput(times: np.ndarray, low: float = 0.2, high: float = 0.95) -> tuple[float, float,
+                                                                              float]:
+    """Steady-state rate of a drained backlog: records between the low and high quantiles of
+    arrival over the time between them; returns (rate, window start, window end)."""
+    times = np.sort(times)
+    a, b = int(len(times) * low), max(int(len(times) * high) - 1, 0)
+    span = times[b] - times[a]
+    return ((b - a) / span if span > 0 else float("nan")), float(times[a]), float(times[b])

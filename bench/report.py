@@ -1,0 +1,117 @@
+"""The run's figures: ratios and the bar, a printed table, and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+BAR = {"e2e_over_transport": 0.5, "chain_over_single": 0.9, "sink_on_over_off": 0.9}
+P99_BAR_MS, P99_BAR_LOAD = 100.0, 70
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": socket.gethostname(), "cpus": os.cpu_count(), "cpu": model,
+            "python": platform.python_version(), "system": platform.platform()}
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float]:
+    """The figures the bar is about, and the others the issue asks for."""
+    e2e = result["scenarios"]["single"]["saturation"]["msgs_per_s"]
+    batch = result["settings"]["batch_size"]
+    ceiling = result["inference"]["gbt"]
+    at_batch = ceiling[min(ceiling, key=lambda b: abs(int(b) - batch))]
+    return {
+        "e2e_over_transport": e2e / result["transport"]["msgs_per_s"],
+        "e2e_over_inference": e2e / at_batch,
+        "e2e_over_inference_best": e2e / max(ceiling.values()),
+        "chain_over_single": result["scenarios"]["chain"]["saturation"]["msgs_per_s"] / e2e,
+        "sink_on_over_off": result["scenarios"]["sink"]["saturation"]["msgs_per_s"] / e2e,
+        "chain_inference_over_single_inference": (
+            result["inference"]["chain"][str(batch) if str(batch) in result["inference"]["chain"]
+                                         else max(result["inference"]["chain"])] / at_batch),
+    }
+
+
+def bar(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each line of the bar: the figure reached, what it must be, and whether it is met."""
+    out = {name: {"reached": result["ratios"][name], "needed": f">= {need}",
+                  "met": result["ratios"][name] >= need} for name, need in BAR.items()}
+    p99 = result["scenarios"]["single"]["latency"][str(P99_BAR_LOAD)]["p99_ms"]
+    out[f"p99_ms_at_{P99_BAR_LOAD}pct"] = {"reached": p99, "needed": f"<= {P99_BAR_MS:g}",
+                                         "met": p99 <= P99_BAR_MS}
+    return out
+
+
+def write(result: dict[str, Any], out: Path | None = None) -> Path:
+    """The JSON file of the run: bench/results/<date>-<machine>.json unless out is given."""
+    if out is None:
+        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "machine"
+        out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-{host}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=_plain) + "\n")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The run as text: ceilings, scenarios, latency, stages, ratios and the bar."""
+    lines = [f"inferstream bench {result['time']} on {result['machine']['cpus']} CPUs "
+             f"({result['machine']['cpu']}), broker {result['broker']}, "
+             f"records {result['settings']['format']} ~{result['settings']['record_bytes']} B, "
+             f"batch {result['settings']['batch_size']}/{result['settings']['batch_wait_ms']} ms",
+             "", "inference ceiling (ONNX Runtime, rows/s)",
+             "  batch      " + "".join(f"{b:>10}" for b in result["inference"]["gbt"])]
+    for model, by_batch in result["inference"].items():
+        lines.append(f"  {model:<10} " + "".join(f"{_n(v):>10}" for v in by_batch.values()))
+    t = result["transport"]
+    lines += ["", f"transport ceiling (confluent-kafka relay): {_n(t['msgs_per_s'])} msgs/s, "
+                  f"CPU s/10k: " + ", ".join(f"{k} {_n(v, 2)}" for k, v in
+                                             t["cpu_s_per_10k"].items()), "",
+              "end to end, one worker     msgs/s   worker s/10k  broker s/10k"
+              "    p50/p99/p99.9 ms at 25%, 50%, 70%, 75%, 90% of saturation"]
+    for s in result["scenarios"].values():
+        sat = s["saturation"]
+        cpu = sat["cpu_s_per_10k"]
+        lat = "  ".join(f"{_n(v['p50_ms'], 1)}/{_n(v['p99_ms'], 1)}/{_n(v['p999_ms'], 1)}"
+                        for v in s["latency"].values())
+        lines.append(f"  {s['label']:<22}{_n(sat['msgs_per_s']):>10}{_n(cpu.get('worker'), 2):>15}"
+                     f"{_n(cpu.get('broker'), 2):>14}    {lat}")
+    lines += ["", "worker stages, µs per record at saturation"]
+    stages = [k for k in next(iter(result["scenarios"].values()))["saturation"]["stages_us"] or {}]
+    lines.append("  " + " " * 22 + "".join(f"{k:>10}" for k in stages))
+    for s in result["scenarios"].values():
+        st = s["saturation"]["stages_us"] or {}
+        lines.append(f"  {s['label']:<22}" + "".join(f"{_n(st.get(k), 1):>10}" for k in stages))
+    lines += ["", "ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in result["ratios"].items()),
+              "", "the bar:"]
+    for name, b in result["bar"].items():
+        lines.append(f"  {'met    ' if b['met'] else 'NOT MET'} {name}: {b['reached']:.3f} "
+                     f"(needed {b['needed']})")
+    return "\n".join(lines)

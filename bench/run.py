@@ -1,0 +1,134 @@
+"""One benchmark run: `python3 -m bench` (see --help). Prints a table, writes bench/results/.
+
+Order: the inference ceiling; a broker (ours, or INFERSTREAM_BOOTSTRAP_SERVERS); the transport
+ceiling; then three scenarios, each on a pipeline of its own: the GBT with the log sink on
+(first, so its sink stores only the logs of its own run), the GBT with the sink off, and the
+three-model chain with the sink off. Each scenario deploys, drains a calibration backlog,
+drains a backlog of about --drain-s seconds (saturation), then offers fixed rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agents.worker_process import WorkerProcess
+from bench.inference import ceiling
+from bench.models import build
+from bench.platform import BenchPlatform, broker, metrics
+from bench.report import bar, machine, ratios, table, write
+from bench.scenarios import Flow, latency, run_flow, saturation, steady_rate, transport
+
+LOADS = (25, 50, 70, 75, 90)  # % of saturation; 70 is the bar's
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m bench", description=__doc__)
+    parser.add_argument("--format", choices=("avro", "json"), default="avro",
+                        help="input records: Avro (~150 B) or JSON")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-wait-ms", type=int, default=10)
+    parser.add_argument("--drain-s", type=float, default=12.0,
+                        help="seconds of backlog for the saturation figure")
+    parser.add_argument("--latency-s", type=float, default=8.0,
+                        help="seconds of each fixed-rate run")
+    parser.add_argument("--relay-records", type=int, default=400_000)
+    parser.add_argument("--only", choices=("sink", "single", "chain"), action="append",
+                        help="run only these scenarios (repeatable); ratios need all three")
+    parser.add_argument("--out", type=Path, help="JSON file (default bench/results/DATE-HOST)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    folder = Path(tempfile.mkdtemp(prefix="inferstream-bench-"))
+    say(f"work folder {folder}; building models")
+    models = build(folder / "models")
+    say("inference ceiling")
+    inference = ceiling(models)
+    result: dict[str, Any] = {
+        "time": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}", "machine": machine(),
+        "settings": {"format": args.format, "batch_size": args.batch_size,
+                     "batch_wait_ms": args.batch_wait_ms, "loads_pct": list(LOADS),
+                     "drain_s": args.drain_s, "latency_s": args.latency_s},
+        "inference": {m: {str(b): v for b, v in r.items()} for m, r in inference.items()},
+        "scenarios": {},
+    }
+    with broker(folder / "broker") as (bootstrap, local):
+        result["broker"] = f"apache-kafka {local.version}" if local else f"external {bootstrap}"
+        pid = local.pid if local else None
+        platform = BenchPlatform(bootstrap, folder, models, args.format)
+        try:
+            pool = platform.payloads("single")
+            result["settings"]["record_bytes"] = round(sum(map(len, pool)) / len(pool))
+            say("transport ceiling")
+            result["transport"] = transport(platform, pool, args.relay_records, pid)
+            wanted = args.only or ["sink", "single", "chain"]
+            if "sink" in wanted:
+                w = platform.worker("w-sink", sink=True)
+                result["scenarios"]["sink"] = scenario(
+                    platform, w, "sink", "GBT, log sink on", False, args, pid)
+                w.stop()
+            if {"single", "chain"} & set(wanted):
+                w = platform.worker("w", sink=False)
+                for name, label, chain in (("single", "GBT, sink off", False),
+                                           ("chain", "3-model chain", True)):
+                    if name in wanted:
+                        result["scenarios"][name] = scenario(
+                            platform, w, name, label, chain, args, pid)
+        finally:
+            platform.close()
+    if not args.only:
+        result["ratios"] = ratios(result)
+        result["bar"] = bar(result)
+        print(table(result))
+    result["elapsed_s"] = time.monotonic() - started
+    path = write(result, args.out)
+    say(f"wrote {path} in {result['elapsed_s']:.0f}s")
+    return 0
+
+
+def scenario(platform: BenchPlatform, w: WorkerProcess, pipeline: str, label: str,
+             chain: bool, args: argparse.Namespace, broker_pid: int | None) -> dict[str, Any]:
+    """Deploy, calibrate, saturate, then offer the fixed rates; undeploy."""
+    say(f"{label}: deploy")
+    platform.pipeline(pipeline, chain)
+    platform.deploy(w, pipeline, args.batch_size, args.batch_wait_ms)
+    pool = platform.payloads(pipeline)
+    flow = Flow(platform.settings.bootstrap_servers, platform.topic(pipeline, "input"),
+                platform.topic(pipeline, "output"), pool, platform.folder)
+    _, times, _, sent_at = run_flow(flow, platform.ends(flow.sink), 20_000, None, 120)
+    guess = steady_rate(times, sent_at)[0]
+    count = int(min(max(guess * args.drain_s, 20_000), 1_000_000))
+    say(f"{label}: calibrated at {guess:,.0f}/s; saturation over {count:,} records")
+    sat = saturation(platform, w, pipeline, pool, count, broker_pid)
+    if pipeline == "sink":
+        sat["sink_caught_up_s"] = sink_catch_up(w, count)
+    out: dict[str, Any] = {"label": label, "saturation": sat, "latency": {}}
+    for load in LOADS:
+        rate = sat["msgs_per_s"] * load / 100
+        say(f"{label}: {load}% = {rate:,.0f}/s for {args.latency_s:g}s")
+        out["latency"][str(load)] = latency(platform, pipeline, pool, rate, args.latency_s)
+    platform.undeploy(w, pipeline)
+    return out
+
+
+def sink_catch_up(w: WorkerProcess, records: int, timeout: float = 60.0) -> float | None:
+    """Seconds after the last result until the sink had stored as many log rows as results."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        m = metrics(w)
+        if m and m["sink_rows"] >= m["records"]:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    return None
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

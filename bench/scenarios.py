@@ -1,0 +1,141 @@
+"""The measurements: drain a backlog (saturation), fixed offered rates (latency), the relay."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import numpy as np
+
+from agents.metrics import per_record_us
+from agents.worker_process import WorkerProcess
+from bench.cpu import CpuSampler
+from bench.load import (
+    Send,
+    Tap,
+    latencies_ms,
+    percentiles,
+    queue,
+    read_tap,
+    send,
+    start,
+    tap,
+    throughput,
+)
+from bench.platform import BenchPlatform, metrics
+from bench.relay import Relay, relay
+from control.kafka import TopicSpec, ensure_topics
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Records in at one topic, out at another."""
+
+    bootstrap: str
+    source: str
+    sink: str
+    pool: list[bytes]
+    folder: Path
+
+
+def run_flow(flow: Flow, offsets: dict[int, int], count: int, rate: float | None,
+             deadline_s: float) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Send count records (at rate, or all at once) and tap them at the other end.
+
+    Returns keys and receipt times of what came out, record 0's scheduled time, and when the
+    last record was sent.
+    """
+    out = flow.folder / f"tap-{uuid4().hex[:8]}.npz"
+    tapping = start(tap, Tap(flow.bootstrap, flow.sink, offsets, count, deadline_s, out))
+    _wait_for(out.with_suffix(".ready"), tapping)
+    report = queue()
+    sending = start(send, Send(flow.bootstrap, flow.source, flow.pool, count, rate), report)
+    start_at, sent_at = report.get(timeout=deadline_s + 60)
+    sending.join(30)
+    tapping.join(deadline_s + 30)
+    keys, times = read_tap(out)
+    return keys, times, start_at, sent_at
+
+
+def _wait_for(path: Path, process: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if not process.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the tap did not start (exit code {process.exitcode})")
+        time.sleep(0.02)
+
+
+def steady_rate(times: np.ndarray, sent_at: float) -> tuple[float, float, float]:
+    """Throughput of a drain, from when the sender was done (or 20 % out) to 95 % out."""
+    rate, a, b = throughput(times)
+    if sent_at > a:
+        inside = (times >= sent_at) & (times <= b)
+        a = sent_at
+        rate = float(inside.sum() / (b - a)) if b > a else float("nan")
+    return rate, a, b
+
+
+def saturation(platform: BenchPlatform, w: WorkerProcess, pipeline: str, pool: list[bytes],
+               count: int, broker_pid: int | None) -> dict[str, Any]:
+    """Drain a backlog of count records through the worker: throughput, CPU, stage times."""
+    flow = Flow(platform.settings.bootstrap_servers, platform.topic(pipeline, "input"),
+                platform.topic(pipeline, "output"), pool, platform.folder)
+    before = metrics(w)
+    with CpuSampler({"worker": w.process.pid, "broker": broker_pid}) as cpu:
+        keys, times, _, sent_at = run_flow(flow, platform.ends(flow.sink), count, None,
+                                           deadline_s=180)
+    after = metrics(w)
+    rate, a, b = steady_rate(times, sent_at)
+    records = rate * (b - a)
+    used = cpu.used(a, b)
+    return {
+        "records": int(count), "received": len(keys), "msgs_per_s": rate, "window_s": b - a,
+        "cpu_s_per_10k": {name: s * 10_000 / records for name, s in used.items()},
+        "cpu_cores": {name: s / (b - a) for name, s in used.items()},
+        "stages_us": per_record_us(before, after) if before and after else None,
+    }
+
+
+def latency(platform: BenchPlatform, pipeline: str, pool: list[bytes], rate: float,
+            seconds: float) -> dict[str, Any]:
+    """Offer records at a fixed rate for `seconds`: latency percentiles from scheduled send."""
+    flow = Flow(platform.settings.bootstrap_servers, platform.topic(pipeline, "input"),
+                platform.topic(pipeline, "output"), pool, platform.folder)
+    count = max(int(rate * seconds), 100)
+    keys, times, start_at, _ = run_flow(flow, platform.ends(flow.sink), count, rate,
+                                        deadline_s=seconds + 60)
+    lat = latencies_ms(keys, times, start_at, rate)
+    span = float(times.max() - start_at) if len(times) else float("nan")
+    return {"offered_per_s": rate, "records": count, "received": len(keys),
+            "achieved_per_s": len(keys) / span if span else float("nan"), **percentiles(lat)}
+
+
+def transport(platform: BenchPlatform, pool: list[bytes], count: int,
+              broker_pid: int | None) -> dict[str, Any]:
+    """The plain relay over a preloaded backlog: msgs/s and CPU per 10k records."""
+    source, sink = platform.settings.topic("relay.input"), platform.settings.topic("relay.output")
+    many = TopicSpec(platform.settings.pipeline_partitions)
+    ensure_topics(platform.settings, {source: many, sink: many})
+    flow = Flow(platform.settings.bootstrap_servers, source, sink, pool, platform.folder)
+    report = queue()
+    loading = start(send, Send(flow.bootstrap, source, pool, count, None), report)
+    report.get(timeout=120)
+    loading.join(30)
+    out = platform.folder / f"tap-{uuid4().hex[:8]}.npz"
+    tapping = start(tap, Tap(flow.bootstrap, sink, platform.ends(sink), count, 120, out))
+    _wait_for(out.with_suffix(".ready"), tapping)
+    relaying = start(relay, Relay(flow.bootstrap, source, sink, count,
+                                  group=f"{platform.settings.namespace}.relay"))
+    with CpuSampler({"relay": relaying.pid, "broker": broker_pid}) as cpu:
+        tapping.join(150)
+    relaying.join(60)
+    keys, times = read_tap(out)
+    rate, a, b = throughput(times)
+    records = rate * (b - a)
+    used = cpu.used(a, b)
+    return {"records": count, "received": len(keys), "msgs_per_s": rate, "window_s": b - a,
+            "cpu_s_per_10k": {name: s * 10_000 / records for name, s in used.items()},
+            "cpu_cores": {name: s / (b - a) for name, s in used.items()}}

@@ -1,0 +1,92 @@
+"""A picture of an assay's results: score over time with its thresholds, and one window's bins.
+
+Drawn with matplotlib's Agg backend (no display needed), through a Figure of its own
+rather than pyplot, so nothing global is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+from matplotlib.figure import Figure
+
+from schemas.errors import InferstreamError
+from sinks.assays import AssayResult
+
+STATUS_COLOURS = {"ok": "tab:green", "warning": "tab:orange", "alert": "tab:red",
+                  "no_data": "tab:gray"}
+
+
+def chosen_window(results: Sequence[AssayResult], start: datetime | None) -> AssayResult:
+    """The window starting at `start` (else the last one starting before it); default latest."""
+    if not results:
+        raise InferstreamError("no assay results to plot: no window has been scored yet")
+    if start is None:
+        return results[-1]
+    earlier = [r for r in results if r.window_start <= start]
+    if not earlier:
+        raise InferstreamError(
+            f"no window starts at or before {start.isoformat()}; the first starts "
+            f"{results[0].window_start.isoformat()}"
+        )
+    return earlier[-1]
+
+
+def bin_labels(edges: Sequence[float]) -> list[str]:
+    """Labels of the k + 2 bins of ASSAYS.md: < e0, [e0, e1], (e1, e2], ..., > ek."""
+    e = [f"{x:.4g}" for x in edges]
+    inner = [f"({e[i - 1]}, {e[i]}]" for i in range(1, len(e))]
+    if inner:
+        inner[0] = "[" + inner[0][1:]
+    return [f"< {e[0]}", *inner, f"> {e[-1]}"]
+
+
+def plot_results(results: Sequence[AssayResult], path: Path, title: str,
+                 window: datetime | None = None) -> Path:
+    """Draw the results to a PNG at `path`; returns the path written."""
+    chosen = chosen_window(results, window)
+    figure = Figure(figsize=(10, 8), layout="constrained")
+    FigureCanvasAgg(figure)
+    score_axes, bins_axes = figure.subplots(2, 1)
+
+    scored = [r for r in results if r.score is not None]
+    metric = "cumulative" if chosen.aggregation == "cumulative" else chosen.metric
+    score_axes.plot([r.window_start for r in scored], [r.score for r in scored],
+                    color="tab:blue", linewidth=1, zorder=1)
+    score_axes.scatter([r.window_start for r in scored], [r.score for r in scored],
+                       c=[STATUS_COLOURS[r.status] for r in scored], zorder=2)
+    for value, name, colour in [(chosen.warning_threshold, "warning", "tab:orange"),
+                                (chosen.alert_threshold, "alert", "tab:red")]:
+        if value is not None:
+            score_axes.axhline(value, color=colour, linestyle="--", label=f"{name} {value:g}")
+    score_axes.axvline(chosen.window_start, color="gray", linestyle=":",
+                       label=f"window {chosen.window_start:%Y-%m-%d %H:%M}")
+    score_axes.set_title(f"{title}: {metric} per window")
+    score_axes.set_ylabel(metric)
+    score_axes.set_xlabel("window start (UTC)")
+    score_axes.legend(loc="best")
+    locator = AutoDateLocator()
+    score_axes.xaxis.set_major_locator(locator)
+    score_axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+    labels = bin_labels(chosen.edges)
+    places = range(len(labels))
+    bins_axes.bar([i - 0.2 for i in places], chosen.baseline_densities, width=0.4,
+                  label="baseline", color="tab:gray")
+    bins_axes.bar([i + 0.2 for i in places], chosen.window_densities, width=0.4,
+                  label="window", color=STATUS_COLOURS[chosen.status])
+    bins_axes.set_xticks(list(places), labels, rotation=20, ha="right")
+    score = "no data" if chosen.score is None else f"{metric} {chosen.score:.6f}"
+    bins_axes.set_title(
+        f"window {chosen.window_start:%Y-%m-%d %H:%M} to {chosen.window_end:%Y-%m-%d %H:%M} "
+        f"({chosen.window.count} values): {score}, {chosen.status}")
+    bins_axes.set_ylabel("density")
+    bins_axes.legend()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100)
+    return path

@@ -1,0 +1,110 @@
+"""CLI commands that run the platform or talk to it as data: up, registrar, worker, infer."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from control.cli_base import JsonFlag, client_of, out, to_json
+from control.config import Settings
+from schemas.errors import InferstreamError
+
+
+class BrokerKind(StrEnum):
+    auto = "auto"
+    kafka = "kafka"
+    tansu = "tansu"
+    external = "external"
+
+
+# -- the embedded platform -------------------------------------------------------------------
+
+
+def up(
+    ctx: typer.Context,
+    broker: Annotated[BrokerKind, typer.Option(
+        help="auto: Apache Kafka from local jars if present, else Tansu; external: use "
+             "--bootstrap-servers as is")] = BrokerKind.auto,
+    demo: Annotated[bool, typer.Option(help="Register and deploy a demo model")] = True,
+    once: Annotated[bool, typer.Option(help="Stop after the demo instead of serving")] = False,
+) -> None:
+    """Start the embedded platform: a local broker, the registrar and a demo."""
+    from control.demo import run_embedded
+
+    run_embedded(ctx.obj, broker.value, demo=demo, once=once, console=out)
+
+
+def registrar(ctx: typer.Context) -> None:
+    """Judge control events and publish their statuses, against the configured broker.
+
+    Workers will run it too; one is active at a time, others stand by in its consumer group.
+    """
+    import threading
+
+    from control.registrar import Registrar
+
+    Registrar(ctx.obj).start()
+    out.print(f"registrar on {ctx.obj.bootstrap_servers} namespace {ctx.obj.namespace}; "
+              "Ctrl-C stops it")
+    threading.Event().wait()
+
+
+def worker(
+    ctx: typer.Context,
+    web_port: Annotated[int | None, typer.Option(
+        help="HTTP port for inference and health (env INFERSTREAM_WORKER_WEB_PORT)")] = None,
+    loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn",
+) -> None:
+    """Run a worker: serve every deployed pipeline. Start more, anywhere, to scale out."""
+    from agents.app import create_app
+
+    settings: Settings = ctx.obj
+    if web_port is not None:
+        settings = settings.model_copy(update={"worker_web_port": web_port})
+    faust_app = create_app(settings)
+    sys.argv = ["inferstream worker", "worker", "--loglevel", loglevel,
+                "--web-port", str(settings.worker_web_port), "--web-host", "127.0.0.1"]
+    faust_app.main()
+
+
+def infer(
+    ctx: typer.Context, pipeline: str,
+    file: Annotated[Path | None, typer.Option(
+        exists=True, help="Records: a .jsonl file (one per line) or a .json list or object")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="One record, inline (JSON or V2 JSON)")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for all results")] = 60.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Send records to a deployed pipeline and print their results (or dead-letter reasons)."""
+    if bool(file) == bool(data):
+        raise typer.BadParameter("give either --file or --data")
+    records = _records(file) if file else [data.encode()]
+    replies = client_of(ctx).infer(pipeline, records, timeout=timeout)
+    failed = [r for r in replies if not r.ok]
+    if json_out:
+        print(json.dumps([{"key": r.key, "ok": r.ok, **to_json(r.body)} for r in replies],
+                         indent=2, default=str))
+    else:
+        for r in replies:
+            out.print(json.dumps(r.body, default=str) if r.ok
+                      else f"[red]dead letter[/] {r.key}: {r.body['reason']}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _records(path: Path) -> list[bytes]:
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [line.encode() for line in text.splitlines() if line.strip()]
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InferstreamError(f"{path} is not JSON: {exc}") from exc
+    items = parsed if isinstance(parsed, list) else [parsed]
+    return [json.dumps(item).encode() for item in items]

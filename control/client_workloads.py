@@ -1,0 +1,125 @@
+"""The Python client's batch workloads: connections, orchestrations, tasks and runs.
+
+A mixin of control.client.Client, kept apart so each file stays one subject.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from control.workloads import TOPICS, Connection, Orchestration, OrchestrationVersion, Task
+from schemas.errors import InferstreamError, Rejected, StatusTimeout
+from sinks.runs import Run, run_by_id, run_logs, runs
+
+if TYPE_CHECKING:
+    from control.config import Settings
+    from control.events import ControlStatus
+    from control.state import Registry
+
+
+class WorkloadClient:
+    """Methods of Client for batch workloads."""
+
+    settings: Settings
+
+    if TYPE_CHECKING:
+        def send(self, type: str, payload: Mapping[str, Any], **kw: Any) -> ControlStatus: ...
+        def registry(self) -> Registry: ...
+        def _ws(self, workspace: str | None) -> str: ...
+
+    # -- connections -------------------------------------------------------------------------
+
+    def create_connection(self, name: str, type: str, details: Mapping[str, str],
+                          workspace: str | None = None) -> Connection:
+        ws = self._ws(workspace)
+        self.send("CreateConnection", {"name": name, "type": type, "details": dict(details)},
+                  workspace=ws)
+        return self.registry().connections[(ws, name)]
+
+    def delete_connection(self, name: str, workspace: str | None = None) -> None:
+        self.send("DeleteConnection", {"name": name}, workspace=self._ws(workspace))
+
+    def connections(self, workspace: str | None = None) -> list[Connection]:
+        ws = self._ws(workspace)
+        return [c for (w, _), c in sorted(self.registry().connections.items()) if w == ws]
+
+    # -- orchestrations ----------------------------------------------------------------------
+
+    def create_orchestration(
+        self, name: str, *, source: str, pipelines: Sequence[str], destination: str,
+        errors: str | None = None, batch_size: int = 1000, carry: Sequence[str] = (),
+        mode: str = TOPICS, parameters: Mapping[str, str | None] | None = None,
+        workspace: str | None = None,
+    ) -> OrchestrationVersion:
+        """A new orchestration, or a new version of one when the name exists."""
+        ws = self._ws(workspace)
+        self.send("CreateOrchestration", {
+            "name": name, "source": source, "pipelines": list(pipelines),
+            "destination": destination, "errors": errors, "batch_size": batch_size,
+            "carry": list(carry), "mode": mode, "parameters": dict(parameters or {}),
+        }, workspace=ws)
+        return self.registry().orchestrations[(ws, name)].latest
+
+    def orchestrations(self, workspace: str | None = None) -> list[Orchestration]:
+        ws = self._ws(workspace)
+        return [o for (w, _), o in sorted(self.registry().orchestrations.items()) if w == ws]
+
+    # -- tasks and runs ----------------------------------------------------------------------
+
+    def create_task(self, name: str, orchestration: str, *, version: int | None = None,
+                    schedule: str | None = None, timezone: str = "UTC",
+                    arguments: Mapping[str, str] | None = None,
+                    workspace: str | None = None) -> Task:
+        """Run an orchestration once (no schedule) or on a cron schedule in a time zone."""
+        ws = self._ws(workspace)
+        self.send("CreateTask", {
+            "name": name, "orchestration": orchestration, "version": version,
+            "schedule": schedule, "timezone": timezone, "arguments": dict(arguments or {}),
+        }, workspace=ws)
+        return self.registry().tasks[(ws, name)]
+
+    def kill_task(self, name: str, workspace: str | None = None) -> None:
+        """Stop a task: its running run ends `killed` at the next batch; no more runs start."""
+        self.send("KillTask", {"name": name}, workspace=self._ws(workspace))
+
+    def tasks(self, workspace: str | None = None) -> list[Task]:
+        ws = self._ws(workspace)
+        return [t for (w, _), t in sorted(self.registry().tasks.items()) if w == ws]
+
+    def runs(self, task: str | None = None, workspace: str | None = None,
+             limit: int = 100) -> list[Run]:
+        with self._reader() as reader:
+            return runs(reader, self._ws(workspace), task, limit)
+
+    def run(self, run_id: str) -> Run | None:
+        with self._reader() as reader:
+            return run_by_id(reader, run_id)
+
+    def run_logs(self, run_id: str) -> list[dict[str, Any]]:
+        with self._reader() as reader:
+            return run_logs(reader, run_id)
+
+    def wait_for_run(self, run_id: str, timeout: float = 3600.0,
+                     progress: Callable[[Run], None] | None = None) -> Run:
+        """Poll a run until it finishes; `progress` hears every state it passes through."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.run(run_id)
+            if run is not None:
+                if progress:
+                    progress(run)
+                if run.finished:
+                    return run
+            time.sleep(0.5)
+        raise StatusTimeout(f"run {run_id} did not finish within {timeout:.0f}s; is a worker "
+                            "running (`inferstream worker`)? `tasks runs` shows where it is")
+
+    def _reader(self) -> Any:
+        from sinks.access import open_reader
+
+        try:
+            return open_reader(self.settings)
+        except InferstreamError as exc:
+            raise Rejected(f"cannot read task runs: {exc}") from exc

@@ -1,0 +1,68 @@
+"""The worker's own Avro writers give the very bytes the schema codec (fastavro) gives."""
+
+from __future__ import annotations
+
+import io
+
+import fastavro
+import numpy as np
+import pytest
+
+from agents.avro_writer import LogWriter, ResultWriter, long
+from agents.formats import tensor_records
+from schemas.codec import codec, decode
+
+RNG = np.random.default_rng(0)
+TENSORS = [
+    {"float_input": RNG.normal(size=(1, 30)).astype(np.float32)},
+    {"x": np.array([np.nan, np.inf, -0.0, 1e300])},
+    {"i": np.arange(-5, 5).reshape(2, 5), "u": np.array([2**63], dtype=np.uint64)},
+    {"b": np.array([True, False])},
+    {"text": np.array(["a", "ü"]), "objects": np.array(["x", 1], dtype=object)},
+    {"raw": np.array([b"ab", b"\xff"], dtype=object)},
+    {"no_rows": np.zeros((0, 3)), "no_text": np.array([], dtype=str)},
+    {"scalar": np.float64(3.5), "half": np.array([[1.5]], dtype=np.float16)},
+    {},
+]
+OUTPUTS = {"label": np.array([1]), "probabilities": np.array([[0.1, 0.9]], dtype=np.float32)}
+
+
+@pytest.mark.parametrize("n", [0, 1, -1, 63, 64, -64, -65, 127, 128, 2**31 - 1, -(2**31),
+                               2**62, -(2**63), 1_795_559_347_813_000])
+def test_long_is_a_zigzag_varint(n: int) -> None:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, {"type": "long"}, n)
+    assert long(n) == out.getvalue()
+
+
+@pytest.mark.parametrize("inputs", TENSORS)
+@pytest.mark.parametrize("error", [None, "step 2 (m v7): boom ü"])
+def test_inference_log_bytes_match_the_codec(inputs: dict, error: str | None) -> None:
+    writer = LogWriter("ws", "pipe", 3, "host:1")
+    got = writer.encode(1_795_559_347_813_123, "r1ü", 2, "m", 7, True, inputs, OUTPUTS, 1234,
+                        error)
+    want = codec("InferenceLog").encode({
+        "time": 1_795_559_347_813_123, "record_id": "r1ü", "workspace": "ws",
+        "pipeline": "pipe", "pipeline_version": 3, "step": 2, "model": "m", "model_version": 7,
+        "shadow": True, "inputs": tensor_records(inputs), "outputs": tensor_records(OUTPUTS),
+        "elapsed_us": 1234, "worker": "host:1", "error": error})
+    assert got == want
+    assert decode("InferenceLog", got)["error"] == error
+
+
+@pytest.mark.parametrize("outputs", TENSORS)
+@pytest.mark.parametrize("key", [None, b"", b"k\x00\xff"])
+@pytest.mark.parametrize("models", [[], [(1, "a", 2, "model")],
+                                    [(1, "a", 2, "champion"), (2, "b", 3, "route")]])
+def test_inference_result_bytes_match_the_codec(outputs: dict, key: bytes | None,
+                                                models: list) -> None:
+    writer = ResultWriter("ws", "pipe", 3, "host:1")
+    for _ in range(2):  # the second time from the writer's caches
+        got = writer.encode("r1", key, models, outputs, 99, 1_795_559_347_813_123)
+        want = codec("InferenceResult").encode({
+            "record_id": "r1", "key": key, "workspace": "ws", "pipeline": "pipe",
+            "pipeline_version": 3,
+            "models": [{"step": s, "model": m, "version": v, "role": r} for s, m, v, r in models],
+            "outputs": tensor_records(outputs), "elapsed_us": 99,
+            "time": 1_795_559_347_813_123, "worker": "host:1"})
+        assert got == want
