@@ -118,6 +118,19 @@ def create_app(settings: Settings) -> faust.App:
         await loop.run_in_executor(None, tasks[0].tick, storage, lambda: follower.registry)
 
     @app.task
+    async def own_storage() -> None:
+        # Open (and, with chDB, own) the storage from the start, so that a CLI started later
+        # reads through this worker instead of taking the folder for itself.
+        delay = 0.5
+        while sink.storage is None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, sink.open)
+            except StorageError as exc:
+                log.warning("storage not available yet, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    @app.task
     async def follow_registry() -> None:
         loop = asyncio.get_running_loop()
         registrar = Registrar(settings).start()

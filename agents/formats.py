@@ -24,6 +24,7 @@ import fastavro
 import numpy as np
 from fastavro.validation import ValidationError, validate
 
+from agents.avro_writer import ResultWriter
 from agents.runtimes.base import STRING, TensorSpec
 from schemas.codec import MARKER, codec, schema_fingerprint
 from schemas.errors import InferstreamError
@@ -425,18 +426,12 @@ def _bad(spec: TensorSpec, fmt: str, got: str) -> BadRecord:
 
 def encode_result(record: InputRecord, outputs: dict[str, np.ndarray], meta: ResultMeta) -> bytes:
     """The result of one record in its own format: JSON, V2 JSON or an Avro InferenceResult."""
-    models = [{"step": s, "model": m, "version": v, "role": r} for s, m, v, r in meta.models]
     if record.format == AVRO:
-        result = codec("InferenceResult")
-        out = io.BytesIO()
-        out.write(MARKER + result.fingerprint)
-        # Built here with the right types, so no per-record validate() on the hot path.
-        fastavro.schemaless_writer(out, result.schema, {
-            "record_id": record.record_id, "key": record.key, "workspace": meta.workspace,
-            "pipeline": meta.pipeline, "pipeline_version": meta.pipeline_version,
-            "models": models, "outputs": tensor_records(outputs), "elapsed_us": meta.elapsed_us,
-            "time": meta.time_us or time.time_ns() // 1000, "worker": meta.worker})
-        return out.getvalue()
+        return _result_writer(meta.workspace, meta.pipeline, meta.pipeline_version,
+                              meta.worker).encode(
+            record.record_id, record.key, meta.models, outputs, meta.elapsed_us,
+            meta.time_us or time.time_ns() // 1000)
+    models = [{"step": s, "model": m, "version": v, "role": r} for s, m, v, r in meta.models]
     key = record.key.decode("utf-8", "replace") if record.key is not None else None
     if record.format == V2:
         return _dumps({
@@ -451,6 +446,12 @@ def encode_result(record: InputRecord, outputs: dict[str, np.ndarray], meta: Res
         "id": record.record_id, "key": key, "workspace": meta.workspace,
         "pipeline": meta.pipeline, "pipeline_version": meta.pipeline_version, "models": models,
         "outputs": outputs, "elapsed_ms": meta.elapsed_us / 1000, "worker": meta.worker})
+
+
+@lru_cache(maxsize=256)
+def _result_writer(workspace: str, pipeline: str, version: int, worker: str) -> ResultWriter:
+    # The parts of an InferenceResult that one pipeline version repeats, encoded once.
+    return ResultWriter(workspace, pipeline, version, worker)
 
 
 def tensor_records(arrays: Mapping[str, np.ndarray]) -> list[dict]:

@@ -13,13 +13,15 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 
+from agents.avro_writer import LogWriter
 from agents.formats import (
     AvroInput,
     BadRecord,
@@ -30,20 +32,20 @@ from agents.formats import (
     decode_record,
     encode_result,
     input_schema_name,
-    tensor_records,
 )
 from agents.metrics import StageMetrics
 from agents.model_cache import ModelCache
+from agents.outbox import Outbox, Shipment
 from agents.runner import BatchOutcome, PipelineRunner, RecordResult
 from agents.runtimes.base import TensorSpec
 from control.config import Settings
 from control.events import ControlStatus
 from control.kafka import ensure_topics, pipeline_topics, producer
 from control.state import Deployment, PipelineVersion, Registry, step_models
-from schemas.codec import codec
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (workspace, pipeline)
+MAX_IN_FLIGHT = 3  # served batches awaiting the broker's acknowledgement, per pipeline
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Serving:
     runner: PipelineRunner
     specs: tuple[TensorSpec, ...]  # the first step's inputs: what an input record must hold
     avro: AvroInput  # the Avro record producers may write instead of JSON
+    logs: LogWriter  # this version's inference-log records
     input_topic: str
     output_topic: str
     dead_topic: str
@@ -77,6 +80,7 @@ class DeploymentManager:
         self._lock = asyncio.Lock()
         self._status_producer = None
         self.metrics = StageMetrics()
+        self.outbox = Outbox(settings)
         self.ready = False  # set once the registry is replayed and its deployments served
 
     async def reconcile(self, registry: Registry, status: ControlStatus | None = None) -> None:
@@ -121,6 +125,7 @@ class DeploymentManager:
         return Serving(
             deployment, version, PipelineRunner(version, runtimes, self.worker), specs,
             avro_input(specs, input_schema_name(deployment.workspace, deployment.pipeline)),
+            LogWriter(deployment.workspace, deployment.pipeline, deployment.version, self.worker),
             topic("input"), topic("output"), topic("dead"),
         )
 
@@ -153,23 +158,39 @@ class DeploymentManager:
         topic = self.app.topic(serving.input_topic, key_type=bytes, value_type=bytes,
                                partitions=self.settings.pipeline_partitions)
         size, wait_ms = serving.batching
-
         metrics = self.metrics
 
         async def serve(stream: faust.StreamT) -> None:
-            started = time.perf_counter_ns()
-            async for events in stream.noack_take(size, within=max(wait_ms, 1) / 1000):
-                metrics.add("consume", started)
-                await self.process(key, events)
-                acking = time.perf_counter_ns()
-                for event in events:
-                    await stream.ack(event)
-                metrics.served(len(events))
-                started = metrics.add("ack", acking)
+            # While the broker acknowledges a batch's output, the next batch is served; its
+            # input offsets are acknowledged once its own output is delivered.
+            in_flight: deque[asyncio.Future[None]] = deque()
+            try:
+                started = time.perf_counter_ns()
+                async for events in stream.noack_take(size, within=max(wait_ms, 1) / 1000):
+                    metrics.add("consume", started)
+                    shipment = await self.process(key, events)
+                    in_flight.append(asyncio.ensure_future(
+                        self._ack_when_delivered(stream, events, shipment)))
+                    waiting = time.perf_counter_ns()
+                    while len(in_flight) > MAX_IN_FLIGHT or (in_flight and in_flight[0].done()):
+                        await in_flight.popleft()
+                    started = metrics.add("produce", waiting)
+            finally:
+                for pending in in_flight:  # not acknowledged: served again after a restart
+                    pending.cancel()
 
         agent = self.app.agent(topic, name=f"serve.{key[0]}.{key[1]}")(serve)
         self._agents[key] = agent
         await agent.start()
+
+    async def _ack_when_delivered(self, stream: faust.StreamT, events: Sequence[faust.EventT],
+                                  shipment: Shipment) -> None:
+        await shipment.delivered()
+        started = time.perf_counter_ns()
+        for event in events:
+            await stream.ack(event)
+        self.metrics.served(len(events))
+        self.metrics.add("ack", started)
 
     async def _stop_agent(self, key: Key) -> None:
         agent = self._agents.pop(key, None)
@@ -182,41 +203,49 @@ class DeploymentManager:
             if self.settings.pipeline_topic(*key, "input") in channel.topics:
                 self.app.topics.discard(channel)
 
-    async def process(self, key: Key, events: Sequence[faust.EventT]) -> None:
-        """Serve one micro-batch: results, dead letters and logs, all delivered before acks."""
+    async def process(self, key: Key, events: Sequence[faust.EventT]) -> Shipment:
+        """Serve one micro-batch: queue its results, dead letters and logs.
+
+        Returns their shipment: await its delivered() before acknowledging the batch.
+        """
         serving = self.served[key]
+        shipment = self.outbox.shipment()
+        messages = [event.message for event in events]
+        # Decoding, the models and encoding in a thread: the loop goes on fetching meanwhile.
+        await asyncio.get_running_loop().run_in_executor(
+            None, self._serve_batch, serving, messages, shipment)
+        return shipment
+
+    def _serve_batch(self, serving: Serving, messages: list[Any], shipment: Shipment) -> None:
         metrics = self.metrics
         started = time.perf_counter_ns()
         records: list[InputRecord] = []
         sources: dict[int, Any] = {}  # id(record) -> its Kafka message, for dead letters
-        pending: list[Awaitable[Any]] = []
-        for event in events:
-            m = event.message
+        dead: list[tuple[Any, str]] = []
+        for m in messages:
             try:
                 record = decode_record(
                     m.value, m.key, serving.specs, f"{m.topic}:{m.partition}:{m.offset}",
                     serving.avro, max_bytes=self.settings.max_record_bytes,
                 )
             except BadRecord as exc:
-                pending.append(await self._dead(serving, m, str(exc)))
+                dead.append((m, str(exc)))
                 continue
             records.append(record)
             sources[id(record)] = m
         started = metrics.add("decode", started)
         if records:
-            outcome = await asyncio.get_running_loop().run_in_executor(
-                None, serving.runner.run, records)
+            outcome = serving.runner.run(records)
             started = metrics.add("infer", started)
+            send, output = shipment.send, serving.output_topic
             for result in outcome.results:
-                value = encode_result(result.record, result.outputs, self.meta(serving, result))
-                pending.append(await self._send(serving.output_topic, result.record.key, value))
-            for failure in outcome.failures:
-                pending.append(await self._dead(serving, sources[id(failure.record)],
-                                                failure.reason))
-            pending += await self.publish_logs(serving, outcome)
-            started = metrics.add("encode", started)
-        await asyncio.gather(*pending)
-        metrics.add("produce", started)
+                send(output, result.record.key,
+                     encode_result(result.record, result.outputs, self.meta(serving, result)))
+            dead += [(sources[id(f.record)], f.reason) for f in outcome.failures]
+            self.publish_logs(serving, outcome, shipment)
+        for message, reason in dead:
+            self._dead(serving, message, reason, shipment)
+        metrics.add("encode", started)
 
     def meta(self, serving: Serving, result: RecordResult) -> ResultMeta:
         d = serving.deployment
@@ -226,33 +255,18 @@ class DeploymentManager:
             elapsed_us=result.elapsed_us, worker=self.worker,
         )
 
-    async def publish_logs(self, serving: Serving, outcome: BatchOutcome
-                           ) -> list[Awaitable[Any]]:
-        """One inference-log record per inference (shadow ones too) on the logs topic."""
-        d = serving.deployment
-        now = datetime.now(UTC)
-        logs_codec = codec("InferenceLog")
-        sends = []
-        for entry in outcome.logs:
-            value = logs_codec.encode({
-                "time": now, "record_id": entry.record_id, "workspace": d.workspace,
-                "pipeline": d.pipeline, "pipeline_version": d.version, "step": entry.step,
-                "model": entry.model, "model_version": entry.model_version,
-                "shadow": entry.shadow, "inputs": tensor_records(entry.inputs),
-                "outputs": tensor_records(entry.outputs), "elapsed_us": entry.elapsed_us,
-                "worker": self.worker, "error": entry.error,
-            })
-            sends.append(await self._send(self.settings.topic("logs"),
-                                          entry.record_id.encode(), value))
-        return sends
+    def publish_logs(self, serving: Serving, outcome: BatchOutcome, shipment: Shipment) -> None:
+        """Queue one inference-log record per inference (shadow ones too) on the logs topic."""
+        now_us = time.time_ns() // 1000
+        topic, encode, send = self.settings.topic("logs"), serving.logs.encode, shipment.send
+        for e in outcome.logs:
+            send(topic, e.record_id.encode(), encode(
+                now_us, e.record_id, e.step, e.model, e.model_version, e.shadow, e.inputs,
+                e.outputs, e.elapsed_us, e.error))
 
-    async def _dead(self, serving: Serving, message: Any, reason: str) -> Awaitable[Any]:
+    def _dead(self, serving: Serving, message: Any, reason: str, shipment: Shipment) -> None:
         d = serving.deployment
         value = dead_letter(message.value, message.key, reason, d.pipeline, d.version,
                             message.topic, message.partition, message.offset,
                             workspace=d.workspace)
-        return await self._send(serving.dead_topic, message.key, value)
-
-    async def _send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
-        # Returns once queued; the awaitable resolves when the broker has it.
-        return await self.app.producer.send(topic, key, value, None, None, None)
+        shipment.send(serving.dead_topic, message.key, value)

@@ -59,7 +59,9 @@ def register(app: faust.App, manager: DeploymentManager, sink: LogSink) -> None:
             return view.error(400, str(exc))
         outcome = await asyncio.get_running_loop().run_in_executor(
             None, serving.runner.run, [record])
-        await asyncio.gather(*await manager.publish_logs(serving, outcome))
+        shipment = manager.outbox.shipment()
+        manager.publish_logs(serving, outcome, shipment)
+        await shipment.delivered()
         if outcome.failures:
             return view.error(422, outcome.failures[0].reason)
         result = outcome.results[0]

@@ -24,11 +24,11 @@ class WorkerProcess:
     """Starts `inferstream worker` for a platform and waits until it is ready."""
 
     def __init__(self, settings: Settings, name: str, log_dir: Path,
-                 data_dir: Path | None = None) -> None:
+                 data_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.settings, self.name = settings, name
         self.port = free_port()
         self.log_path = log_dir / f"{name}.log"
-        env = {
+        extra, env = env, {
             **os.environ,
             "INFERSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "INFERSTREAM_NAMESPACE": settings.namespace,
@@ -38,6 +38,7 @@ class WorkerProcess:
         }
         if settings.clickhouse_url:
             env["INFERSTREAM_CLICKHOUSE_URL"] = settings.clickhouse_url
+        env.update(extra or {})
         self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "control.cli", "worker", "--web-port", str(self.port),

@@ -19,6 +19,7 @@ from control.cli_assays import assays
 from control.cli_base import JsonFlag, client_of, err, rows_table, show, when
 from control.cli_logs import logs
 from control.cli_platform import infer, registrar, up, worker
+from control.cli_workloads import connections, orchestrations, tasks
 from control.config import Settings
 from control.events import ControlStatus
 from control.state import Deployment, Model, ModelVersion
@@ -37,6 +38,9 @@ app.add_typer(workspaces, name="workspaces")
 app.add_typer(models, name="models")
 app.add_typer(pipelines, name="pipelines")
 app.add_typer(assays, name="assays")
+app.add_typer(connections, name="connections")
+app.add_typer(orchestrations, name="orchestrations")
+app.add_typer(tasks, name="tasks")
 app.command("logs")(logs)
 for command in (up, registrar, worker, infer):
     app.command()(command)

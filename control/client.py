@@ -27,6 +27,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from agents.runtimes import describe_artifact
 from agents.runtimes.packing import artifact_bytes, artifact_format, framework_of
 from control.artifacts import ArtifactStore, Progress, sha256_of
+from control.client_workloads import WorkloadClient
 from control.config import Settings
 from control.events import ControlEvent, ControlStatus
 from control.kafka import (
@@ -96,8 +97,12 @@ def _reply_body(value: bytes, dead: bool) -> dict[str, Any]:
     return json.loads(value)
 
 
-class Client(Monitoring):
-    """One operator's connection to an inferstream platform (assays and logs: Monitoring)."""
+class Client(Monitoring, WorkloadClient):
+    """One operator's connection to an inferstream platform.
+
+    Assays and logs come from Monitoring; connections, orchestrations, tasks from
+    WorkloadClient.
+    """
 
     def __init__(
         self, settings: Settings | None = None, *, user: str | None = None,

@@ -14,6 +14,7 @@ EVENT_TYPES = (
     "CreateUser", "DeactivateUser", "CreateWorkspace", "AddMember", "RemoveMember",
     "UploadModel", "CreatePipeline", "CreatePipelineVersion", "Deploy", "Undeploy", "Rollback",
     "CreateAssay", "PauseAssay", "ResumeAssay", "DeleteAssay",
+    "CreateConnection", "DeleteConnection", "CreateOrchestration", "CreateTask", "KillTask",
 )
 
 

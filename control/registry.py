@@ -17,6 +17,7 @@ from typing import Any
 from agents.runtimes.base import TensorSpec
 from control.events import EVENT_TYPES, ControlEvent
 from control.registry_assays import ASSAY_HANDLERS
+from control.registry_workloads import WORKLOAD_HANDLERS
 from control.rules import (
     USER_NAME,
     active_user,
@@ -89,6 +90,12 @@ def result_of(before: Registry, after: Registry, event: ControlEvent) -> dict[st
             return {"pipeline": key[1], "version": str(len(after.pipelines[key].versions))}
         case "Deploy" | "Rollback":
             return {"pipeline": key[1], "version": str(after.deployments[key].version)}
+        case "CreateOrchestration":
+            name = event.payload["name"]
+            found = after.orchestrations[(key[0], name)]
+            return {"orchestration": name, "version": str(found.latest.version)}
+        case "CreateTask":
+            return {"task": event.payload["name"], "run_id": event.event_id}
     return {}
 
 
@@ -395,4 +402,5 @@ _HANDLERS: dict[str, Handler] = {
     "Undeploy": _undeploy,
     "Rollback": _rollback,
     **ASSAY_HANDLERS,
+    **WORKLOAD_HANDLERS,
 }

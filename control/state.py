@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from agents.runtimes.base import TensorSpec
+from control.workloads import Connection, Orchestration, Task
 from sinks.assay_config import AssayConfig
 
 OWNER, COLLABORATOR = "owner", "collaborator"
@@ -199,6 +200,9 @@ class Registry:
     pipelines: Mapping[Key, Pipeline] = field(default_factory=dict)
     deployments: Mapping[Key, Deployment] = field(default_factory=dict)
     assays: Mapping[Key, Assay] = field(default_factory=dict)
+    connections: Mapping[Key, Connection] = field(default_factory=dict)
+    orchestrations: Mapping[Key, Orchestration] = field(default_factory=dict)
+    tasks: Mapping[Key, Task] = field(default_factory=dict)
 
     def active_deployments(self) -> list[Deployment]:
         return [d for d in self.deployments.values() if d.active]
