@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agents.assay_scheduler import AssayScheduler
+from control.state import Assay, Registry
 from schemas import decode, encode
+from schemas.codec import codec
 from sinks.assays import (
     AssayConfig,
     AssayError,
@@ -354,3 +357,26 @@ def test_due_windows_backfill() -> None:
 def test_config_errors_say_what_is_wrong(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(AssayError, match=message):
         config(**overrides)
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v.id for v in VECTORS])
+def test_vector_through_the_scheduler_agent(storage: Storage, vector: Vector) -> None:
+    """The worker's scheduler: due windows from the registry, results saved, breaches sent."""
+    log_values(storage, T0, vector.baseline)
+    log_values(storage, T1, vector.window)
+    assay = Assay("fraud", "drift", config(vector, warning_threshold=0.05, alert_threshold=1.0),
+                  True, "ann", T0)
+    paused = Assay("fraud", "paused", config(vector, assay_id="paused"), False, "ann", T0)
+    registry = Registry(assays={("fraud", "drift"): assay, ("fraud", "paused"): paused})
+    sent: list[tuple[bytes, bytes]] = []
+    scheduler = AssayScheduler(lambda key, value: sent.append((key, value)))
+
+    done = scheduler.tick(storage, registry, T1 + HOUR + timedelta(minutes=1))
+    assert [r.window_start for r in done] == [T1]
+    check_vector(load_results(storage, "fraud", "drift")[0], vector)
+    assert load_results(storage, "fraud", "paused") == []
+    alert = codec("AssayAlert").decode(sent[0][1])
+    assert (sent[0][0], alert["status"], alert["actor"]) == (
+        b"fraud/drift", "alert" if vector.psi >= 1.0 else "warning", "ann")
+    assert alert["score"] == pytest.approx(vector.psi, abs=SIX)
+    assert scheduler.tick(storage, registry, T1 + HOUR + timedelta(minutes=2)) == []  # once
