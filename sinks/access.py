@@ -55,6 +55,9 @@ def open_reader(settings: Settings) -> Storage | RemoteReader:
     """Something to query: the server, the chDB folder when free, else its owning worker."""
     if settings.clickhouse_url:
         return ServerStorage(settings.clickhouse_url)
+    owner = read_owner(settings)
+    if owner is not None and owner["pid"] != os.getpid():
+        return RemoteReader(owner["url"])  # a live worker has it: don't even try the lock
     try:
         return ChdbStorage(settings.data_dir / "chdb")
     except StorageLocked:
