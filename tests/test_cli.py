@@ -98,3 +98,46 @@ def test_every_command_has_help() -> None:
         for part in path:
             command = command.commands[part]
         assert command.help, f"`inferstream {' '.join(path)}` has no help text"
+
+
+def test_workload_commands_and_secrets_never_printed(cli, tmp_path: Path) -> None:
+    cli("users", "create", "ann")
+    cli("workspaces", "create", "fraud")
+    cli("models", "upload", "clf", str(build_onnx_classifier(tmp_path / "clf.onnx")))
+    cli("pipelines", "create", "scoring")
+    cli("pipelines", "version", "scoring", "--step", "clf")
+    secret = "hunter2-very-secret"
+    cli("connections", "create", "warehouse", "--type", "clickhouse",
+        "--detail", f"url=http://etl:{secret}@db:8123", "--detail", "table=scores")
+    cli("connections", "create", "events", "--type", "kafka", "--detail", "topic=events",
+        "--detail", "sasl_username=etl", "--detail", f"sasl_password={secret}",
+        "--detail", "security_protocol=SASL_SSL", "--detail", "sasl_mechanism=SCRAM-SHA-512")
+    cli("connections", "create", "inbox", "--type", "file", "--detail",
+        f"path={tmp_path}/in-*.parquet")
+    outputs = [cli("connections", "list"), cli("connections", "list", "--json"),
+               cli("connections", "get", "events", "--json"),
+               cli("connections", "get", "warehouse")]
+    assert all(secret not in text for text in outputs)
+    assert json.loads(outputs[2])["details"]["sasl_username"] == "etl"
+    assert "'ftp'" in cli("connections", "create", "x", "--type", "ftp", ok=False)
+
+    assert "version 1" in cli("orchestrations", "create", "nightly", "--source", "inbox",
+                              "--pipeline", "scoring", "--destination", "warehouse",
+                              "--param", "day=")
+    assert "version 2" in cli("orchestrations", "create", "nightly", "--source", "inbox",
+                              "--pipeline", "scoring", "--destination", "warehouse")
+    assert "is used by orchestrations ['nightly']" in cli("connections", "delete", "inbox",
+                                                          ok=False)
+    assert "unknown time zone 'Mars/Olympus'" in cli(
+        "tasks", "schedule", "t", "nightly", "--cron", "0 3 * * *", "--timezone",
+        "Mars/Olympus", ok=False)
+    cli("tasks", "schedule", "nightly-3am", "nightly", "--cron", "0 3 * * *", "--timezone",
+        "Europe/Berlin")
+    detached = json.loads(cli("tasks", "run-once", "nightly", "--name", "now", "--detach",
+                              "--json"))
+    assert detached["task"] == "now" and len(detached["run_id"]) == 32
+    listed = json.loads(cli("tasks", "list", "--json"))
+    assert [(t["name"], t["schedule"]) for t in listed] == [("nightly-3am", "0 3 * * *"),
+                                                           ("now", None)]
+    cli("tasks", "kill", "now")
+    assert "already killed" in cli("tasks", "kill", "now", ok=False)
