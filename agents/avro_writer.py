@@ -94,6 +94,7 @@ class LogWriter:
         self._pipeline = string(workspace) + string(pipeline) + long(pipeline_version)
         self._worker = string(worker)
         self._models: dict[tuple[int, str, int, bool], bytes] = {}
+        self._longs = _LastLongs()
 
     def encode(self, time_us: int, record_id: str, step: int, model: str, model_version: int,
                shadow: bool, inputs: Mapping[str, np.ndarray],
@@ -104,9 +105,10 @@ class LogWriter:
         if served_by is None:
             served_by = self._models[which] = (long(step) + string(model) + long(model_version)
                                                + (b"\x01" if shadow else b"\x00"))
+        longs = self._longs
         return b"".join((
-            self._prefix, long(time_us), string(record_id), self._pipeline, served_by,
-            tensors(inputs), tensors(outputs), long(elapsed_us), self._worker,
+            self._prefix, longs.time(time_us), string(record_id), self._pipeline, served_by,
+            tensors(inputs), tensors(outputs), longs.elapsed(elapsed_us), self._worker,
             _EMPTY if error is None else _SECOND_BRANCH + string(error)))
 
 
@@ -118,6 +120,7 @@ class ResultWriter:
         self._pipeline = string(workspace) + string(pipeline) + long(pipeline_version)
         self._worker = string(worker)
         self._models: dict[tuple[tuple[int, str, int, str], ...], bytes] = {}
+        self._longs = _LastLongs()
 
     def encode(self, record_id: str, key: bytes | None,
                models: Sequence[tuple[int, str, int, str]], outputs: Mapping[str, np.ndarray],
@@ -132,5 +135,27 @@ class ResultWriter:
         return b"".join((
             self._prefix, string(record_id),
             _EMPTY if key is None else _SECOND_BRANCH + long(len(key)) + key,
-            self._pipeline, used, tensors(outputs), long(elapsed_us), long(time_us),
-            self._worker))
+            self._pipeline, used, tensors(outputs), self._longs.elapsed(elapsed_us),
+            self._longs.time(time_us), self._worker))
+
+
+class _LastLongs:
+    """The encoding of the last time and elapsed time written: a batch's records share them."""
+
+    __slots__ = ("_elapsed", "_time")
+
+    def __init__(self) -> None:
+        self._time: tuple[int, bytes] = (0, long(0))
+        self._elapsed: tuple[int, bytes] = (0, long(0))
+
+    def time(self, n: int) -> bytes:
+        last = self._time  # read once: another thread may swap in its own pair meanwhile
+        if last[0] != n:
+            last = self._time = (n, long(n))
+        return last[1]
+
+    def elapsed(self, n: int) -> bytes:
+        last = self._elapsed
+        if last[0] != n:
+            last = self._elapsed = (n, long(n))
+        return last[1]

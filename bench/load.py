@@ -46,8 +46,9 @@ class Tap:
 
 
 def producer_config(bootstrap: str) -> dict[str, object]:
-    """A latency-minded producer: small linger, acks from every replica, idempotent."""
-    return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+    """A latency-minded producer: small linger, acks from every replica. Not idempotent: its
+    producer id would be fetched on the first send, adding ~0.5 s to the first latencies."""
+    return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
             "linger.ms": 1, "batch.num.messages": 10000, "queue.buffering.max.messages": 1000000,
             "queue.buffering.max.kbytes": 1048576, "partitioner": "murmur2_random"}
 
@@ -94,7 +95,7 @@ def tap(job: Tap) -> None:
     got, deadline = 0, time.monotonic() + job.deadline_s
     try:
         while got < job.expected and time.monotonic() < deadline:
-            batch = c.consume(2000, 0.05)
+            batch = c.consume(5000, 0.002)  # returns early: ≤ 2 ms added to a latency
             now = time.time()
             for m in batch:
                 if m.error() or got >= job.expected:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from control.broker_security import BrokerSecurity
 from schemas.errors import BrokerError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,16 +52,18 @@ TANSU_GROUP_TIMEOUTS_MS = {"session": 6000, "rebalance": 8000, "heartbeat": 1000
 _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 20.0
 # Single-node KRaft: one process is broker and controller, every replication factor is 1.
-_SERVER_PROPERTIES = """\
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller_port}
+_PLAINTEXT_LISTENERS = """\
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs={log_dirs}
+"""
+_SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+{listeners}log.dirs={log_dirs}
 num.partitions=1
 auto.create.topics.enable=true
 offsets.topic.replication.factor=1
@@ -84,6 +87,7 @@ class LocalBroker:
     process: subprocess.Popen[bytes] | None
     data_dir: Path
     controller_port: int | None = None  # Kafka's KRaft controller listener
+    security: BrokerSecurity | None = None  # SASL/SCRAM users (and ACLs); None: PLAINTEXT
 
     @property
     def port(self) -> int:
@@ -125,17 +129,13 @@ class LocalBroker:
 
     def _launch(self, *, detach: bool) -> None:
         if self.kind == "kafka":
-            command = _kafka_command(self.data_dir, self.port, self.controller_port or 0)
+            command = _kafka_command(self.data_dir, self.port, self.controller_port or 0,
+                                     self.security)
         else:
             url = f"tcp://127.0.0.1:{self.port}"
             flags = f"--listener-url {url} --advertised-listener-url {url} --cluster-id local"
-            command = [
-                _tansu_bin(),
-                "broker",
-                *flags.split(),
-                "--storage-engine",
-                "memory://tansu/",
-            ]
+            command = [_tansu_bin(), "broker", *flags.split(), "--storage-engine",
+                       "memory://tansu/"]
         with socket.socket() as probe:
             # Else we would mistake whatever listens there for our broker (Tansu panics quietly).
             if probe.connect_ex(("127.0.0.1", self.port)) == 0:
@@ -209,18 +209,22 @@ def free_port() -> int:
 
 
 def start_local_broker(
-    data_dir: Path, kind: str = "auto", port: int | None = None, *, detach: bool = False
+    data_dir: Path, kind: str = "auto", port: int | None = None, *, detach: bool = False,
+    security: BrokerSecurity | None = None,
 ) -> LocalBroker:
     """Start a broker whose files live in `data_dir` and wait until it answers.
 
     kind: "kafka", "tansu", or "auto" (Kafka when java and the jars exist, else Tansu).
     detach: run it in its own session so it outlives this process (the CLI's `start`).
+    security: SASL/SCRAM users created at format time (and ACLs on); Apache Kafka only.
     """
     if kind not in KINDS:
         raise BrokerError(f"unknown broker kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if security is not None and kind == "tansu":
+        raise BrokerError("SASL needs Apache Kafka; the Tansu broker has no authentication")
     jars = find_kafka_jars(fetch=kind != "tansu")
     if kind == "auto":
-        kind = "kafka" if jars and shutil.which("java") else "tansu"
+        kind = "kafka" if (jars and shutil.which("java")) or security else "tansu"
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     bootstrap, log_path = f"127.0.0.1:{port or free_port()}", data_dir / "broker.log"
@@ -235,38 +239,33 @@ def start_local_broker(
         raise BrokerError("`java` is not on PATH; install a JRE (17+) to run Apache Kafka")
     else:
         version = kafka_version(jars)
-        broker = LocalBroker("kafka", bootstrap, version, log_path, None, data_dir, free_port())
+        broker = LocalBroker("kafka", bootstrap, version, log_path, None, data_dir, free_port(),
+                             security)
     broker._launch(detach=detach)
     return broker
 
 
-def _kafka_command(data_dir: Path, port: int, controller_port: int) -> list[str]:
+def _kafka_command(data_dir: Path, port: int, controller_port: int,
+                   security: BrokerSecurity | None = None) -> list[str]:
     """Write server.properties, format the log dir if new, and return the broker's command."""
     jars = find_kafka_jars()
     if jars is None:
         raise BrokerError("the Apache Kafka jars are gone; fetch them again (.ci/run)")
     config, log_dirs = data_dir / "server.properties", data_dir / "kraft-logs"
+    listeners = (security.listener_properties(port, controller_port) if security else
+                 _PLAINTEXT_LISTENERS.format(port=port, controller_port=controller_port))
+    config.touch(mode=0o600)  # with SASL it holds the broker's own password
     config.write_text(
-        _SERVER_PROPERTIES.format(port=port, controller_port=controller_port, log_dirs=log_dirs)
+        _SERVER_PROPERTIES.format(listeners=listeners, controller_port=controller_port,
+                                  log_dirs=log_dirs)
     )
     classpath = f"{jars}{os.sep}*"
     # Format only once: a restart must find its topics, and formatting again would refuse.
     if not (log_dirs / "meta.properties").exists():
         done = subprocess.run(
-            [
-                "java",
-                "-cp",
-                classpath,
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                _cluster_id(),
-                "-c",
-                str(config),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
+            ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
+             "-c", str(config), *(security.format_args() if security else ())],
+            capture_output=True, text=True, check=False,
         )
         if done.returncode != 0:
             raise BrokerError(f"formatting Kafka's log dir {log_dirs} failed:\n{done.stderr}")
@@ -303,7 +302,8 @@ def _wait_until_ready(broker: LocalBroker, timeout: float = _START_TIMEOUT_S) ->
         with socket.socket() as probe:
             listening = probe.connect_ex(("127.0.0.1", broker.port)) == 0
         if listening:
-            admin = admin or AdminClient({"bootstrap.servers": broker.bootstrap})
+            login = broker.security.client_config() if broker.security else {}
+            admin = admin or AdminClient({"bootstrap.servers": broker.bootstrap, **login})
             with contextlib.suppress(Exception):  # KafkaException while it is coming up
                 if admin.list_topics(timeout=2).brokers:
                     return

@@ -8,28 +8,27 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from control.cli_assays import assays
 from control.cli_base import JsonFlag, client_of, err, rows_table, show, when
 from control.cli_logs import logs
-from control.cli_platform import infer, registrar, up, worker
+from control.cli_platform import acls, infer, registrar, up, worker
+from control.cli_users import bootstrap, login, users, whoami, workspaces
 from control.cli_workloads import connections, orchestrations, tasks
 from control.config import Settings
 from control.events import ControlStatus
 from control.state import Deployment, Model, ModelVersion
 from control.steps import parse_model_ref, step_to_json
-from schemas.errors import InferstreamError
+from schemas.errors import ConfigError, InferstreamError
 
 app = typer.Typer(help="inferstream: streaming inference on Kafka and ClickHouse.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-users = typer.Typer(help="Create, list and deactivate users.", no_args_is_help=True)
-workspaces = typer.Typer(help="Create workspaces and manage their members.", no_args_is_help=True)
 models = typer.Typer(help="Upload models and their versions.", no_args_is_help=True)
 pipelines = typer.Typer(help="Create, version, deploy, undeploy and roll back pipelines.",
                         no_args_is_help=True)
@@ -42,16 +41,11 @@ app.add_typer(connections, name="connections")
 app.add_typer(orchestrations, name="orchestrations")
 app.add_typer(tasks, name="tasks")
 app.command("logs")(logs)
-for command in (up, registrar, worker, infer):
+for command in (up, registrar, worker, infer, bootstrap, login, whoami, acls):
     app.command()(command)
 
 WaitWorkers = Annotated[float, typer.Option(
     help="Seconds to wait for a worker to serve it (or refuse); 0: don't wait")]
-
-
-class Role(StrEnum):
-    owner = "owner"
-    collaborator = "collaborator"
 
 
 @app.callback()
@@ -69,11 +63,33 @@ def options(
         help="Local data folder (env INFERSTREAM_DATA_DIR)")] = None,
     timeout: Annotated[float | None, typer.Option(
         help="Seconds to wait for a control status (env INFERSTREAM_STATUS_TIMEOUT_S)")] = None,
+    key_file: Annotated[Path | None, typer.Option(
+        help="Private key that signs your events (env INFERSTREAM_KEY_FILE; default: the "
+        "one `login` recorded)")] = None,
+    credentials: Annotated[Path | None, typer.Option(
+        help="Credentials file of `login` (env INFERSTREAM_CREDENTIALS_FILE)")] = None,
 ) -> None:
-    """Flags override INFERSTREAM_* environment variables, which override defaults."""
+    """Flags override INFERSTREAM_* environment variables, which override defaults.
+
+    Kafka SASL/TLS settings come from the environment only (INFERSTREAM_SECURITY_PROTOCOL,
+    INFERSTREAM_SASL_*, INFERSTREAM_SSL_*), so that no password is typed on a command line.
+    """
     flags = {"bootstrap_servers": bootstrap_servers, "namespace": namespace, "user": user,
-             "workspace": workspace, "data_dir": data_dir, "status_timeout_s": timeout}
-    ctx.obj = Settings(**{k: v for k, v in flags.items() if v is not None})
+             "workspace": workspace, "data_dir": data_dir, "status_timeout_s": timeout,
+             "key_file": key_file, "credentials_file": credentials}
+    ctx.obj = settings_of({k: v for k, v in flags.items() if v is not None})
+
+
+def settings_of(flags: dict[str, Any]) -> Settings:
+    """Settings from flags and environment; a bad value is a ConfigError without its value."""
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        # pydantic's message quotes the value, which may be a secret: name the setting only.
+        problems = "; ".join(
+            f"INFERSTREAM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors())
+        raise ConfigError(f"bad settings: {problems}") from None
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -81,92 +97,6 @@ def options(
 
 def _specs(specs: Iterable[Any]) -> str:
     return ", ".join(f"{s.name}:{s.dtype}{list(s.shape)}" for s in specs)
-
-
-# -- users -------------------------------------------------------------------------------------
-
-
-@users.command("create")
-def users_create(
-    ctx: typer.Context, name: str, email: Annotated[str | None, typer.Option()] = None,
-    admin: Annotated[bool, typer.Option(help="Make a platform administrator.")] = False,
-    json_out: JsonFlag = False,
-) -> None:
-    """Create a user. The very first user creates itself (--user NAME) and is an administrator."""
-    u = client_of(ctx).create_user(name, email, admin)
-    show(u, json_out, message=f"created user [bold]{u.name}[/]{' (admin)' if u.admin else ''}")
-
-
-@users.command("list")
-def users_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
-    """List users."""
-    rows = client_of(ctx).users()
-    show(rows, json_out, lambda: rows_table(
-        "users", ["name", "email", "admin", "active", "created"],
-        [(u.name, u.email, u.admin, u.active, when(u.created_at)) for u in rows]))
-
-
-@users.command("get")
-def users_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
-    """Show one user."""
-    user = client_of(ctx).registry().users.get(name)
-    if user is None:
-        raise InferstreamError(f"unknown user {name!r}")
-    show(user, json_out, message=f"{user.name} email={user.email} admin={user.admin} "
-         f"active={user.active} created={when(user.created_at)}")
-
-
-@users.command("deactivate")
-def users_deactivate(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
-    """Deactivate a user: they can no longer act."""
-    status = client_of(ctx).deactivate_user(name)
-    show(status, json_out, message=f"deactivated user [bold]{name}[/]")
-
-
-# -- workspaces --------------------------------------------------------------------------------
-
-
-@workspaces.command("create")
-def workspaces_create(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
-    """Create a workspace; you become its owner."""
-    ws = client_of(ctx).create_workspace(name)
-    show(ws, json_out, message=f"created workspace [bold]{ws.name}[/]")
-
-
-@workspaces.command("list")
-def workspaces_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
-    """List workspaces and their members."""
-    rows = client_of(ctx).workspaces()
-    show(rows, json_out, lambda: rows_table(
-        "workspaces", ["name", "members", "created by", "created"],
-        [(w.name, ", ".join(f"{u} ({r})" for u, r in sorted(w.members.items())), w.created_by,
-          when(w.created_at)) for w in rows]))
-
-
-@workspaces.command("get")
-def workspaces_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
-    """Show one workspace."""
-    ws = client_of(ctx).registry().workspaces.get(name)
-    if ws is None:
-        raise InferstreamError(f"unknown workspace {name!r}")
-    show(ws, json_out, lambda: rows_table(f"workspace {name}", ["member", "role"],
-         sorted(ws.members.items())))
-
-
-@workspaces.command("add-member")
-def workspaces_add_member(ctx: typer.Context, user: str,
-                          role: Annotated[Role, typer.Option()] = Role.collaborator,
-                          json_out: JsonFlag = False) -> None:
-    """Add a user to the workspace (--workspace), or change their role."""
-    status = client_of(ctx).add_member(user, role.value)
-    show(status, json_out, message=f"{user} is now {role.value} of {status.workspace}")
-
-
-@workspaces.command("remove-member")
-def workspaces_remove_member(ctx: typer.Context, user: str, json_out: JsonFlag = False) -> None:
-    """Remove a user from the workspace (--workspace)."""
-    status = client_of(ctx).remove_member(user)
-    show(status, json_out, message=f"removed {user} from {status.workspace}")
 
 
 # -- models ------------------------------------------------------------------------------------

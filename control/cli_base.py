@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import re
@@ -48,6 +49,8 @@ def to_json(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, timedelta):
         return value.total_seconds()
+    if isinstance(value, bytes):  # public keys: standard base64, as PEM bodies are
+        return base64.b64encode(value).decode()
     return value
 
 

@@ -1,4 +1,5 @@
-"""CLI commands that run the platform or talk to it as data: up, registrar, worker, infer."""
+"""CLI commands that run the platform or talk to it as data: up, registrar, worker, infer,
+and the Kafka ACLs that lock its topics down."""
 
 from __future__ import annotations
 
@@ -108,3 +109,32 @@ def _records(path: Path) -> list[bytes]:
         raise InferstreamError(f"{path} is not JSON: {exc}") from exc
     items = parsed if isinstance(parsed, list) else [parsed]
     return [json.dumps(item).encode() for item in items]
+
+
+def acls(
+    ctx: typer.Context,
+    operator: Annotated[str, typer.Option(help="SASL user of operators (CLI, CI/CD)")
+                        ] = "inferstream-operator",
+    worker: Annotated[str, typer.Option(help="SASL user of the workers")] = "inferstream-worker",
+    pipeline: Annotated[str | None, typer.Option(
+        metavar="WORKSPACE/PIPELINE", help="Also who may feed and read this pipeline")] = None,
+    producer: Annotated[str, typer.Option(help="SASL user that writes its input")] = "producer",
+    consumer: Annotated[str, typer.Option(help="SASL user that reads its results")
+                        ] = "consumer",
+    consumer_group: Annotated[str, typer.Option(help="The consumer's group id")] = "consumer",
+    bootstrap: Annotated[str, typer.Option(help="Broker address to print")] = "BROKER:9092",
+) -> None:
+    """Print the kafka-acls commands that lock this namespace's topics down (README, Security).
+
+    Only workers write results, statuses, logs and alerts; only operators write control events.
+    """
+    from control.acls import as_shell, pipeline_acls, platform_acls
+
+    commands = platform_acls(ctx.obj.namespace, operator, worker)
+    if pipeline:
+        workspace, sep, name = pipeline.partition("/")
+        if not sep or not workspace or not name:
+            raise typer.BadParameter(f"--pipeline {pipeline!r} is not WORKSPACE/PIPELINE")
+        commands += pipeline_acls(ctx.obj.namespace, workspace, name, producer, consumer,
+                                  consumer_group)
+    print(as_shell(commands, bootstrap))

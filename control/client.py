@@ -7,9 +7,11 @@
         c.create_pipeline_version("scoring", [{"model": "scorer"}])
         c.deploy("scoring")
 
-A change publishes a control event and waits for its status record; a rejection
-raises Rejected with the reason. Reads replay the control topic; assays and inference
-logs come from control.monitoring, which reads ClickHouse.
+A change publishes a control event, signed with the actor's key when there is one (`key`,
+--key-file, or the key `inferstream login` recorded), and waits for its status record; a
+rejection raises Rejected with the reason. Reads replay the control topic and show only the
+workspaces the actor is a member of; assays and inference logs come from
+control.monitoring, which reads ClickHouse.
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agents.runtimes import describe_artifact
-from agents.runtimes.packing import artifact_bytes, artifact_format, framework_of
-from control.artifacts import ArtifactStore, Progress, sha256_of
+from control.client_models import ModelClient
+from control.client_users import AccessClient, may_read
 from control.client_workloads import WorkloadClient
 from control.config import Settings
+from control.credentials import signing_key
 from control.events import ControlEvent, ControlStatus
 from control.kafka import (
     consumer,
@@ -41,17 +44,14 @@ from control.kafka import (
 )
 from control.monitoring import Monitoring
 from control.registry import fold
+from control.signing import read_private_key
 from control.state import (
-    ArtifactRef,
     Deployment,
     Model,
-    ModelVersion,
     Pipeline,
     PipelineVersion,
     Registry,
     Step,
-    User,
-    Workspace,
     step_models,
 )
 from control.steps import step_from_json, step_to_avro
@@ -97,20 +97,25 @@ def _reply_body(value: bytes, dead: bool) -> dict[str, Any]:
     return json.loads(value)
 
 
-class Client(Monitoring, WorkloadClient):
+class Client(AccessClient, ModelClient, Monitoring, WorkloadClient):
     """One operator's connection to an inferstream platform.
 
-    Assays and logs come from Monitoring; connections, orchestrations, tasks from
-    WorkloadClient.
+    Users and workspaces come from AccessClient; uploads from ModelClient; assays and logs
+    from Monitoring; connections, orchestrations, tasks from WorkloadClient.
+
+    key: the private key (or its PEM file) that signs this user's events; default:
+    Settings.key_file, else the key `inferstream login` recorded for the user, else none.
     """
 
     def __init__(
         self, settings: Settings | None = None, *, user: str | None = None,
-        workspace: str | None = None,
+        workspace: str | None = None, key: Ed25519PrivateKey | Path | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.user = user or self.settings.user
+        self.user = user or self.settings.user  # else the one logged in: see _actor()
         self.workspace = workspace or self.settings.workspace
+        self._key = read_private_key(key) if isinstance(key, str | Path) else key
+        self._key_looked_up = self._key is not None
         self._producer = None
         self._topics_ready = False
 
@@ -133,12 +138,13 @@ class Client(Monitoring, WorkloadClient):
         worker_wait: float = 0.0,
     ) -> ControlStatus:
         """Publish one control event and wait for its status; Rejected when check and rejected."""
-        if not self.user:
-            raise ConfigError("no user to act as: pass --user or set INFERSTREAM_USER")
         event = ControlEvent(
-            type=type, payload=dict(payload), actor=self.user,
+            type=type, payload=dict(payload), actor=self._actor(),
             workspace=(workspace or self.workspace) if scoped else None,
         )
+        key = self._signing_key()
+        if key is not None:
+            event = event.signed_with(key)
         status = self.publish(event.to_bytes(), event.event_id, timeout, worker_wait)
         if check and not status.accepted:
             raise Rejected(status.reason or "rejected")
@@ -177,14 +183,19 @@ class Client(Monitoring, WorkloadClient):
             c.close()
 
     def statuses(self) -> list[ControlStatus]:
-        """Every status record still on the status topic, oldest first."""
+        """The status records still on the status topic that the acting user may see (their
+        own, and those of workspaces they may read), oldest first."""
         self._ensure_topics()
+        registry, actor = self.registry(), self._actor()
         out = []
         for msg in read_until_end(self.settings, self.settings.topic("control.status")):
             try:
-                out.append(ControlStatus.from_bytes(msg.value()))
+                status = ControlStatus.from_bytes(msg.value())
             except DecodeError:
                 continue
+            if status.actor == actor or (status.workspace is not None and may_read(
+                    registry, actor, status.workspace)) or _is_admin(registry, actor):
+                out.append(status)
         return out
 
     # -- reads -------------------------------------------------------------------------------
@@ -204,108 +215,31 @@ class Client(Monitoring, WorkloadClient):
         """The registry as of now, rebuilt by replaying the control topic."""
         return fold(self.events())
 
-    def users(self) -> list[User]:
-        return sorted(self.registry().users.values(), key=lambda u: u.name)
-
-    def workspaces(self) -> list[Workspace]:
-        return sorted(self.registry().workspaces.values(), key=lambda w: w.name)
-
     def models(self, workspace: str | None = None) -> list[Model]:
-        ws = self._ws(workspace)
-        return [m for (w, _), m in sorted(self.registry().models.items()) if w == ws]
+        ws, registry = self._readable(workspace)
+        return [m for (w, _), m in sorted(registry.models.items()) if w == ws]
 
     def model(self, name: str, workspace: str | None = None) -> Model:
-        ws = self._ws(workspace)
-        model = self.registry().models.get((ws, name))
+        ws, registry = self._readable(workspace)
+        model = registry.models.get((ws, name))
         if model is None:
             raise Rejected(f"unknown model {name!r} in workspace {ws!r}")
         return model
 
     def pipelines(self, workspace: str | None = None) -> list[Pipeline]:
-        ws = self._ws(workspace)
-        return [p for (w, _), p in sorted(self.registry().pipelines.items()) if w == ws]
+        ws, registry = self._readable(workspace)
+        return [p for (w, _), p in sorted(registry.pipelines.items()) if w == ws]
 
     def pipeline(self, name: str, workspace: str | None = None) -> Pipeline:
-        ws = self._ws(workspace)
-        pipeline = self.registry().pipelines.get((ws, name))
+        ws, registry = self._readable(workspace)
+        pipeline = registry.pipelines.get((ws, name))
         if pipeline is None:
             raise Rejected(f"unknown pipeline {name!r} in workspace {ws!r}")
         return pipeline
 
     def deployments(self, workspace: str | None = None) -> list[Deployment]:
-        ws = self._ws(workspace)
-        return [d for (w, _), d in sorted(self.registry().deployments.items()) if w == ws]
-
-    # -- users and workspaces ----------------------------------------------------------------
-
-    def create_user(self, name: str, email: str | None = None, admin: bool = False) -> User:
-        self.send("CreateUser", {"name": name, "email": email, "admin": admin}, scoped=False)
-        return self.registry().users[name]
-
-    def deactivate_user(self, name: str) -> ControlStatus:
-        return self.send("DeactivateUser", {"name": name}, scoped=False)
-
-    def create_workspace(self, name: str) -> Workspace:
-        self.send("CreateWorkspace", {"name": name}, scoped=False)
-        return self.registry().workspaces[name]
-
-    def add_member(self, user: str, role: str = "collaborator", workspace: str | None = None
-                   ) -> ControlStatus:
-        return self.send("AddMember", {"user": user, "role": role}, workspace=self._ws(workspace))
-
-    def remove_member(self, user: str, workspace: str | None = None) -> ControlStatus:
-        return self.send("RemoveMember", {"user": user}, workspace=self._ws(workspace))
-
-    # -- models ------------------------------------------------------------------------------
-
-    def upload_model(
-        self, name: str, path: Path, *, framework: str | None = None,
-        files: Iterable[Path] = (), description: str | None = None,
-        progress: Callable[[int, int], None] | None = None, workspace: str | None = None,
-    ) -> ModelVersion:
-        """Upload a model file or SavedModel directory: a new model, or a new version of one.
-
-        The input and output schema is read from the artifact; `progress(done, total)`
-        is called as bytes are stored.
-        """
-        ws = self._ws(workspace)
-        path = Path(path)
-        framework = framework or framework_of(path)
-        inputs, outputs = describe_artifact(framework, path)
-        blobs = [(artifact_bytes(path), artifact_format(path))]
-        blobs += [(Path(f).read_bytes(), "file") for f in files]
-        total, done = sum(len(b) for b, _ in blobs), 0
-
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress:
-                progress(done, total)
-
-        known = _known_artifacts(self.registry())
-        refs = [self._store(blob, fmt, known, advance) for blob, fmt in blobs]
-        spec = lambda s: {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}  # noqa: E731
-        status = self.send("UploadModel", {
-            "name": name, "framework": framework, "artifact": _ref_record(refs[0]),
-            "files": [{"name": Path(f).name, "artifact": _ref_record(r)}
-                      for f, r in zip(files, refs[1:], strict=True)],
-            "inputs": [spec(s) for s in inputs], "outputs": [spec(s) for s in outputs],
-            "description": description,
-        }, workspace=ws)
-        return self.model(name, ws).versions[int(status.result["version"]) - 1]
-
-    def _store(self, blob: bytes, fmt: str, known: dict[str, ArtifactRef], advance: Progress
-               ) -> ArtifactRef:
-        # An artifact the registry already holds is not stored twice: same bytes, same chunks.
-        ref = known.get(sha256_of(blob))
-        if ref is not None and ref.format == fmt:
-            advance(len(blob))
-            return ref
-        return ArtifactStore(self.settings).put(blob, fmt, advance)
-
-    def artifact(self, ref: ArtifactRef) -> bytes:
-        """An artifact's bytes, checked against its sha256."""
-        return ArtifactStore(self.settings).get(ref)
+        ws, registry = self._readable(workspace)
+        return [d for (w, _), d in sorted(registry.deployments.items()) if w == ws]
 
     # -- pipelines and deployments ---------------------------------------------------------------
 
@@ -318,8 +252,7 @@ class Client(Monitoring, WorkloadClient):
     def create_pipeline_version(self, pipeline: str, steps: Sequence[StepLike],
                                 workspace: str | None = None) -> PipelineVersion:
         """A new version of a pipeline from steps (dataclasses or their JSON form)."""
-        ws = self._ws(workspace)
-        registry = self.registry()
+        ws, registry = self._readable(workspace)
 
         def latest(model: str) -> int:
             found = registry.models.get((ws, model))
@@ -366,8 +299,7 @@ class Client(Monitoring, WorkloadClient):
         """
         from agents.formats import input_schema, input_schema_name
 
-        ws = self._ws(workspace)
-        registry = self.registry()
+        ws, registry = self._readable(workspace)
         found = registry.pipelines.get((ws, pipeline))
         if found is None or not found.versions:
             raise Rejected(f"pipeline {pipeline!r} in workspace {ws!r} has no version")
@@ -430,6 +362,12 @@ class Client(Monitoring, WorkloadClient):
             raise ConfigError("no workspace: pass --workspace or set INFERSTREAM_WORKSPACE")
         return ws
 
+    def _signing_key(self) -> Ed25519PrivateKey | None:
+        if not self._key_looked_up:
+            self._key = signing_key(self.settings, self._actor())
+            self._key_looked_up = True
+        return self._key
+
     def _ensure_topics(self) -> None:
         if not self._topics_ready:
             ensure_topics(self.settings, platform_topics(self.settings))
@@ -441,14 +379,6 @@ class Client(Monitoring, WorkloadClient):
         return self._producer
 
 
-def _known_artifacts(registry: Registry) -> dict[str, ArtifactRef]:
-    refs: dict[str, ArtifactRef] = {}
-    for model in registry.models.values():
-        for version in model.versions:
-            refs[version.artifact.sha256] = version.artifact
-            refs.update((r.sha256, r) for _, r in version.files)
-    return refs
-
-
-def _ref_record(ref: ArtifactRef) -> dict[str, Any]:
-    return {f: getattr(ref, f) for f in ArtifactRef.__dataclass_fields__}
+def _is_admin(registry: Registry, user: str) -> bool:
+    found = registry.users.get(user)
+    return bool(found and found.admin and found.active)

@@ -28,6 +28,8 @@ class WorkloadClient:
         def send(self, type: str, payload: Mapping[str, Any], **kw: Any) -> ControlStatus: ...
         def registry(self) -> Registry: ...
         def _ws(self, workspace: str | None) -> str: ...
+        def _readable(self, workspace: str | None) -> tuple[str, Registry]: ...
+        def _actor(self) -> str: ...
 
     # -- connections -------------------------------------------------------------------------
 
@@ -42,8 +44,8 @@ class WorkloadClient:
         self.send("DeleteConnection", {"name": name}, workspace=self._ws(workspace))
 
     def connections(self, workspace: str | None = None) -> list[Connection]:
-        ws = self._ws(workspace)
-        return [c for (w, _), c in sorted(self.registry().connections.items()) if w == ws]
+        ws, registry = self._readable(workspace)
+        return [c for (w, _), c in sorted(registry.connections.items()) if w == ws]
 
     # -- orchestrations ----------------------------------------------------------------------
 
@@ -63,8 +65,8 @@ class WorkloadClient:
         return self.registry().orchestrations[(ws, name)].latest
 
     def orchestrations(self, workspace: str | None = None) -> list[Orchestration]:
-        ws = self._ws(workspace)
-        return [o for (w, _), o in sorted(self.registry().orchestrations.items()) if w == ws]
+        ws, registry = self._readable(workspace)
+        return [o for (w, _), o in sorted(registry.orchestrations.items()) if w == ws]
 
     # -- tasks and runs ----------------------------------------------------------------------
 
@@ -85,19 +87,25 @@ class WorkloadClient:
         self.send("KillTask", {"name": name}, workspace=self._ws(workspace))
 
     def tasks(self, workspace: str | None = None) -> list[Task]:
-        ws = self._ws(workspace)
-        return [t for (w, _), t in sorted(self.registry().tasks.items()) if w == ws]
+        ws, registry = self._readable(workspace)
+        return [t for (w, _), t in sorted(registry.tasks.items()) if w == ws]
 
     def runs(self, task: str | None = None, workspace: str | None = None,
              limit: int = 100) -> list[Run]:
+        ws = self._readable(workspace)[0]
         with self._reader() as reader:
-            return runs(reader, self._ws(workspace), task, limit)
+            return runs(reader, ws, task, limit)
 
     def run(self, run_id: str) -> Run | None:
         with self._reader() as reader:
-            return run_by_id(reader, run_id)
+            found = run_by_id(reader, run_id)
+        if found is not None:
+            self._readable(found.workspace)  # a run is read by its workspace's members
+        return found
 
     def run_logs(self, run_id: str) -> list[dict[str, Any]]:
+        if self.run(run_id) is None:
+            return []
         with self._reader() as reader:
             return run_logs(reader, run_id)
 

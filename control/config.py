@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import ConfigError
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class Settings(BaseSettings):
@@ -22,15 +29,42 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path(".inferstream"), description="local data: embedded broker, chDB, artifact cache"
     )
-    user: str | None = Field(None, description="the operator acting (the event's actor)")
+    user: str | None = Field(
+        None, description="the operator acting (the event's actor); default: the one logged in")
+    key_file: Path | None = Field(
+        None, description="private key that signs control events; default: the logged-in "
+        "user's, from the credentials file")
+    credentials_file: Path = Field(
+        Path("~/.inferstream/credentials.json"),
+        description="where `inferstream login` keeps which key file signs for which user")
     workspace: str | None = Field(None, description="default workspace of commands")
     status_timeout_s: float = Field(30.0, description="how long to wait for a control status")
     artifact_chunk_bytes: int = Field(
         512 * 1024, description="artifact chunk size; stays under Kafka's 1 MB message limit"
     )
     clickhouse_url: str | None = Field(
-        None, description="ClickHouse server URL; unset means chDB under data_dir"
+        None, description="ClickHouse server URL; unset means chDB under data_dir. TLS: "
+        "https://user:password@host:8443/db?ca_cert=/path/ca.pem"
     )
+    max_artifact_bytes: int = Field(
+        2 * 1024**3, description="largest model artifact (file or packed directory) to upload")
+    # Kafka transport security, passed to every client the project makes (kafka_config and
+    # control.kafka.faust_broker_options).
+    security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: SaslMechanism | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL protocol)")
+    sasl_username: str | None = Field(None, description="SASL user name")
+    sasl_password: SecretStr | None = Field(None, description="SASL password; never printed")
+    ssl_ca_location: Path | None = Field(
+        None, description="CA certificate(s) (PEM) that sign the brokers' certificates")
+    ssl_certificate_location: Path | None = Field(
+        None, description="client certificate (PEM), for brokers that require mutual TLS")
+    ssl_key_location: Path | None = Field(None, description="client private key (PEM)")
+    ssl_key_password: SecretStr | None = Field(
+        None, description="password of the client private key; never printed")
+    ssl_check_hostname: bool = Field(
+        True, description="check that a broker's certificate names the host connected to")
     pipeline_partitions: int = Field(
         4, description="partitions of a pipeline's input topic: the unit of worker parallelism"
     )
@@ -58,6 +92,57 @@ class Settings(BaseSettings):
         """A pipeline's input, output or dead-letter ("dead") topic."""
         return f"{self.namespace}.{workspace}.{pipeline}.{kind}"
 
-    def kafka_config(self) -> dict[str, str]:
-        """Settings every confluent-kafka client of the project starts from."""
-        return {"bootstrap.servers": self.bootstrap_servers}
+    def kafka_config(self) -> dict[str, Any]:
+        """Settings every confluent-kafka client of the project starts from.
+
+        Holds the SASL password in clear: pass it to a client, never print or log it.
+        """
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        protocol = self.security_protocol
+        if protocol != "PLAINTEXT":
+            config["security.protocol"] = protocol
+        if protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ConfigError(
+                    f"security protocol {protocol} needs INFERSTREAM_SASL_MECHANISM, "
+                    "INFERSTREAM_SASL_USERNAME and INFERSTREAM_SASL_PASSWORD"
+                )
+            config |= {"sasl.mechanisms": self.sasl_mechanism,
+                       "sasl.username": self.sasl_username,
+                       "sasl.password": secret(self.sasl_password)}
+        elif self.sasl_mechanism or self.sasl_username or self.sasl_password:
+            raise ConfigError(
+                f"SASL settings are given but the security protocol is {protocol}; set "
+                "INFERSTREAM_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT on a trusted network)"
+            )
+        if protocol.endswith("SSL"):
+            for key, value in (("ssl.ca.location", self.ssl_ca_location),
+                               ("ssl.certificate.location", self.ssl_certificate_location),
+                               ("ssl.key.location", self.ssl_key_location)):
+                if value is not None:
+                    config[key] = str(Path(value).expanduser())
+            if self.ssl_key_password is not None:
+                config["ssl.key.password"] = secret(self.ssl_key_password)
+            config["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.ssl_check_hostname else "none")
+        return config
+
+    def __repr_args__(self) -> Any:
+        # The ClickHouse URL may carry a password; SecretStr fields mask themselves.
+        for name, value in super().__repr_args__():
+            yield name, (without_password(value) if name == "clickhouse_url" and value
+                         else value)
+
+
+def secret(value: SecretStr | str | None) -> str | None:
+    """The clear text of a secret setting (model_copy(update=...) may leave a plain str)."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def without_password(url: str) -> str:
+    """The URL with its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))

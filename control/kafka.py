@@ -1,10 +1,16 @@
-"""Thin confluent-kafka plumbing shared by the control plane: clients, topics, replay."""
+"""Thin confluent-kafka plumbing shared by the control plane: clients, topics, replay.
+
+Every client takes `Settings.kafka_config()` (SASL and TLS included); the Faust app of the
+workers takes the same settings through `faust_broker_options`.
+"""
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -17,8 +23,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from control.config import Settings
-from schemas.errors import BrokerError
+from control.config import Settings, secret
+from schemas.errors import BrokerError, ConfigError
 
 FOREVER = "-1"
 # Errors of a partition whose leader is not settled yet (a new topic, a restarted broker).
@@ -92,16 +98,62 @@ def admin(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka_config())
 
 
+class ClientErrors:
+    """What librdkafka reports through `error_cb`: how a refused login becomes a clear error.
+
+    A client whose credentials the broker refuses only sees metadata requests time out; the
+    reason (SASL authentication failed, TLS handshake failed) comes through this callback.
+    """
+
+    _REFUSALS = {KafkaError._AUTHENTICATION, KafkaError._SSL}
+
+    def __init__(self) -> None:
+        self.errors: list[KafkaError] = []
+
+    def __call__(self, error: KafkaError) -> None:
+        self.errors.append(error)
+
+    def refusal(self, settings: Settings) -> BrokerError | None:
+        """A BrokerError saying why the broker refused the connection, if it did."""
+        found = next((e for e in self.errors if e.code() in self._REFUSALS), None)
+        if found is None:
+            return None
+        if found.code() == KafkaError._SSL:
+            return BrokerError(
+                f"TLS with Kafka at {settings.bootstrap_servers} failed: {found.str()}; check "
+                "INFERSTREAM_SSL_CA_LOCATION (and the client certificate and key, if any)"
+            )
+        return BrokerError(
+            f"Kafka at {settings.bootstrap_servers} refused the credentials of SASL user "
+            f"{settings.sasl_username!r} ({settings.sasl_mechanism}): {found.str()}; check "
+            "INFERSTREAM_SASL_USERNAME and INFERSTREAM_SASL_PASSWORD"
+        )
+
+
+def list_topics(settings: Settings, timeout: float = 30.0) -> dict[str, Any]:
+    """The cluster's topic metadata; a refused login fails at once, with the reason."""
+    errors = ClientErrors()
+    client = AdminClient({**settings.kafka_config(), "error_cb": errors})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        except KafkaException as exc:
+            client.poll(0)  # serves error_cb
+            refused = errors.refusal(settings)
+            if refused is not None:
+                raise refused from None
+            if time.monotonic() >= deadline:
+                raise BrokerError(
+                    f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}; is a broker "
+                    "running (`inferstream up`) and INFERSTREAM_BOOTSTRAP_SERVERS right?"
+                ) from exc
+
+
 def ensure_topics(settings: Settings, specs: dict[str, TopicSpec], timeout: float = 30.0) -> None:
     """Create the topics that do not exist yet, and wait until the broker knows them."""
+    existing = set(list_topics(settings, timeout).topics)
     client = admin(settings)
-    try:
-        existing = set(client.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise BrokerError(
-            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}; is a broker running "
-            "(`inferstream up`) and INFERSTREAM_BOOTSTRAP_SERVERS right?"
-        ) from exc
     missing = [
         NewTopic(name, spec.partitions, 1, config=spec.config)
         for name, spec in specs.items() if name not in existing
@@ -110,7 +162,14 @@ def ensure_topics(settings: Settings, specs: dict[str, TopicSpec], timeout: floa
         try:
             future.result(timeout)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            code = exc.args[0].code()
+            if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                raise BrokerError(
+                    f"topic {name} does not exist and {settings.sasl_username or 'this client'!r}"
+                    " may not create it (Kafka ACLs); start a worker, which creates the "
+                    "platform's topics, or have an administrator create it"
+                ) from None
+            if code != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerError(f"cannot create topic {name}: {exc}") from exc
     deadline = time.monotonic() + timeout
     while not _led(client.list_topics(timeout=timeout).topics, specs):
@@ -191,3 +250,43 @@ def delivery_error(err: KafkaError | None, msg: Message) -> None:
     """A produce callback that turns a failed delivery into an exception at flush time."""
     if err is not None:
         raise BrokerError(f"delivery to {msg.topic()} failed: {err}")
+
+
+def faust_broker_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of faust.App that reach the brokers as every other client does.
+
+    `broker` and, with SASL or TLS, `broker_credentials` (faust.SASLCredentials or
+    faust.SSLCredentials); Faust hands them to aiokafka.
+    """
+    import faust  # heavy; only workers need it
+
+    options: dict[str, Any] = {
+        "broker": [f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",")],
+    }
+    settings.kafka_config()  # the same checks (and ConfigErrors) as the confluent clients
+    protocol = settings.security_protocol
+    context = _ssl_context(settings) if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL"):
+        options["broker_credentials"] = faust.SASLCredentials(
+            username=settings.sasl_username, password=secret(settings.sasl_password),
+            mechanism=settings.sasl_mechanism, ssl_context=context)
+    elif context is not None:
+        options["broker_credentials"] = faust.SSLCredentials(context)
+    return options
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    """A client TLS context from the same files librdkafka is given."""
+    try:
+        context = ssl.create_default_context(
+            cafile=str(settings.ssl_ca_location) if settings.ssl_ca_location else None)
+        if settings.ssl_certificate_location:
+            context.load_cert_chain(
+                str(settings.ssl_certificate_location),
+                str(settings.ssl_key_location) if settings.ssl_key_location else None,
+                secret(settings.ssl_key_password))
+    except (OSError, ssl.SSLError) as exc:
+        # Neither error carries the key password; name the files and what failed.
+        raise ConfigError(f"cannot set up TLS for Kafka: {exc}; check INFERSTREAM_SSL_*") from None
+    context.check_hostname = settings.ssl_check_hostname
+    return context

@@ -45,6 +45,7 @@ class Monitoring:
         settings: Settings
 
         def _ws(self, workspace: str | None) -> str: ...
+        def _readable(self, workspace: str | None) -> tuple[str, Registry]: ...
         def registry(self) -> Registry: ...
         def send(self, type: str, payload: Mapping[str, Any], *,
                  workspace: str | None = None) -> ControlStatus: ...
@@ -69,12 +70,12 @@ class Monitoring:
         return self.assay(name, config.workspace)
 
     def assays(self, workspace: str | None = None) -> list[Assay]:
-        ws = self._ws(workspace)
-        return [a for (w, _), a in sorted(self.registry().assays.items()) if w == ws]
+        ws, registry = self._readable(workspace)
+        return [a for (w, _), a in sorted(registry.assays.items()) if w == ws]
 
     def assay(self, name: str, workspace: str | None = None) -> Assay:
-        ws = self._ws(workspace)
-        assay = self.registry().assays.get((ws, name))
+        ws, registry = self._readable(workspace)
+        assay = registry.assays.get((ws, name))
         if assay is None:
             raise Rejected(f"unknown assay {name!r} in workspace {ws!r}")
         return assay
@@ -193,7 +194,9 @@ class Monitoring:
     def _log_filter(self, pipeline: str, start: datetime | None, end: datetime | None,
                     pipeline_version: int | None, model: str | None, only_failures: bool,
                     workspace: str | None) -> tuple[str, dict[str, Any]]:
-        params: dict[str, Any] = {"workspace": self._ws(workspace), "pipeline": pipeline}
+        # Logs are rows of one workspace: members (and administrators) read them.
+        params: dict[str, Any] = {"workspace": self._readable(workspace)[0],
+                                  "pipeline": pipeline}
         where = ["workspace = {workspace:String}", "pipeline = {pipeline:String}"]
         if start is not None and end is not None and end <= start:
             raise InferstreamError(f"time range: --from {start} is not before --to {end}")

@@ -1,8 +1,10 @@
 """The registry as a pure fold over control events: apply(state, event) -> state.
 
-The rules of the control plane live here and, for assays, in registry_assays.py; the checks
-both use are in rules.py. A broken rule raises Rejected with a reason a person can act on, and
-the caller keeps the state it had. No I/O.
+Who may send an event is checked first (control/security.py: signature, replay, role); the
+rules of what it does live here (models, pipelines, deployments), in registry_users.py,
+registry_assays.py and registry_workloads.py; the checks they share are in rules.py. A broken
+rule raises Rejected with a reason a person can act on, and the caller keeps the state it
+had. No I/O.
 """
 
 from __future__ import annotations
@@ -17,18 +19,11 @@ from typing import Any
 from agents.runtimes.base import TensorSpec
 from control.events import EVENT_TYPES, ControlEvent
 from control.registry_assays import ASSAY_HANDLERS
+from control.registry_users import USER_HANDLERS
 from control.registry_workloads import WORKLOAD_HANDLERS
-from control.rules import (
-    USER_NAME,
-    active_user,
-    admin,
-    check_name,
-    member,
-    owner_or_admin,
-    pipeline_of,
-)
+from control.rules import check_name, member, pipeline_of
+from control.security import authenticate, authorize
 from control.state import (
-    OWNER,
     ArtifactRef,
     Deployment,
     KeySplit,
@@ -41,8 +36,6 @@ from control.state import (
     Registry,
     ShadowStep,
     Step,
-    User,
-    Workspace,
     step_models,
 )
 from schemas.errors import Rejected
@@ -55,17 +48,21 @@ Handler = Callable[[Registry, ControlEvent, Mapping[str, Any]], Registry]
 
 
 def apply(state: Registry, event: ControlEvent) -> Registry:
-    """The registry after `event`; raises Rejected (and changes nothing) when a rule is broken."""
+    """The registry after `event`; raises Rejected (and changes nothing) when a rule is broken.
+
+    First who sent it (signature, replay, role: control/security.py), then what it does.
+    """
     handler = _HANDLERS.get(event.type)
     if handler is None:
         raise Rejected(f"unknown event type {event.type!r}; known: {', '.join(EVENT_TYPES)}")
-    if not (event.type == "CreateUser" and not state.users):
-        active_user(state, event.actor)
+    authenticate(state, event)
+    authorize(state, event)
     try:
-        return handler(state, event, event.payload)
+        after = handler(state, event, event.payload)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         # Avro guarantees the fields; this catches payloads built by hand around the codec.
         raise Rejected(f"malformed {event.type} payload: {exc!r}") from exc
+    return replace(after, applied=state.applied.add(event.event_id, event.offset))
 
 
 def fold(events: Iterable[ControlEvent], state: Registry | None = None) -> Registry:
@@ -102,64 +99,6 @@ def result_of(before: Registry, after: Registry, event: ControlEvent) -> dict[st
 def _payload_name(event: ControlEvent) -> str:
     p = event.payload
     return p.get("pipeline") or p.get("name") or p.get("user") or ""
-
-
-# -- users and workspaces --------------------------------------------------------------------
-
-
-def _create_user(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    check_name("user", p["name"], USER_NAME)
-    first = not state.users
-    if first and event.actor != p["name"]:
-        raise Rejected(
-            f"the first user must create itself: actor {event.actor!r} != name {p['name']!r}"
-        )
-    if not first:
-        admin(state, event)
-    if p["name"] in state.users:
-        raise Rejected(f"user {p['name']!r} already exists")
-    user = User(p["name"], p["email"], first or p["admin"], True, event.time)
-    return replace(state, users={**state.users, user.name: user})
-
-
-def _deactivate_user(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    admin(state, event)
-    user = active_user(state, p["name"])
-    admins = [u for u in state.users.values() if u.admin and u.active]
-    if user.admin and len(admins) == 1:
-        raise Rejected(f"{user.name!r} is the last active administrator; make another one first")
-    return replace(state, users={**state.users, user.name: replace(user, active=False)})
-
-
-def _create_workspace(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    check_name("workspace", p["name"])
-    if p["name"] in state.workspaces:
-        raise Rejected(f"workspace {p['name']!r} already exists")
-    ws = Workspace(p["name"], event.actor, event.time, {event.actor: OWNER})
-    return replace(state, workspaces={**state.workspaces, ws.name: ws})
-
-
-def _add_member(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    ws = owner_or_admin(state, event)
-    active_user(state, p["user"])
-    if ws.role_of(p["user"]) == OWNER and p["role"] != OWNER:
-        _keep_an_owner(ws, p["user"])
-    ws = replace(ws, members={**ws.members, p["user"]: p["role"]})
-    return replace(state, workspaces={**state.workspaces, ws.name: ws})
-
-
-def _remove_member(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    ws = owner_or_admin(state, event)
-    if p["user"] not in ws.members:
-        raise Rejected(f"{p['user']!r} is not a member of workspace {ws.name!r}")
-    _keep_an_owner(ws, p["user"])
-    members = {u: r for u, r in ws.members.items() if u != p["user"]}
-    return replace(state, workspaces={**state.workspaces, ws.name: replace(ws, members=members)})
-
-
-def _keep_an_owner(ws: Workspace, leaving: str) -> None:
-    if [u for u, r in ws.members.items() if r == OWNER] == [leaving]:
-        raise Rejected(f"{leaving!r} is the last owner of workspace {ws.name!r}; add another first")
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -390,11 +329,7 @@ def _rollback(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Reg
 
 
 _HANDLERS: dict[str, Handler] = {
-    "CreateUser": _create_user,
-    "DeactivateUser": _deactivate_user,
-    "CreateWorkspace": _create_workspace,
-    "AddMember": _add_member,
-    "RemoveMember": _remove_member,
+    **USER_HANDLERS,
     "UploadModel": _upload_model,
     "CreatePipeline": _create_pipeline,
     "CreatePipelineVersion": _create_pipeline_version,

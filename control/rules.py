@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from control.events import ControlEvent
-from control.state import COLLABORATOR, OWNER, Pipeline, Registry, User, Workspace
+from control.state import COLLABORATOR, OWNER, VIEWER, Pipeline, Registry, User, Workspace
 from schemas.errors import Rejected
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # used in topic names: keep it Kafka-safe
@@ -50,9 +50,15 @@ def workspace_of(state: Registry, event: ControlEvent) -> Workspace:
 
 
 def member(state: Registry, event: ControlEvent) -> Workspace:
-    """The event's workspace, when the actor is an owner or collaborator in it."""
+    """The event's workspace, when the actor may change things in it: an owner or collaborator."""
     ws = workspace_of(state, event)
-    if ws.role_of(event.actor) not in (OWNER, COLLABORATOR):
+    role = ws.role_of(event.actor)
+    if role == VIEWER:
+        raise Rejected(
+            f"{event.actor!r} is a viewer of workspace {ws.name!r} and may only read; "
+            f"{event.type} needs an owner or collaborator: an owner can change their role"
+        )
+    if role not in (OWNER, COLLABORATOR):
         raise Rejected(
             f"{event.actor!r} is not a member of workspace {ws.name!r}; an owner must add them"
         )

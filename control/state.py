@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,7 +12,8 @@ from agents.runtimes.base import TensorSpec
 from control.workloads import Connection, Orchestration, Task
 from sinks.assay_config import AssayConfig
 
-OWNER, COLLABORATOR = "owner", "collaborator"
+OWNER, COLLABORATOR, VIEWER = "owner", "collaborator", "viewer"
+ROLES = (OWNER, COLLABORATOR, VIEWER)
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class User:
     admin: bool
     active: bool
     created_at: datetime
+    public_key: bytes | None = None  # raw Ed25519; None on an open platform
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,59 @@ class Assay:
         return self.config.assay_id
 
 
+class AppliedEvents:
+    """The ids of the events a registry has applied, and their offsets: a persistent set.
+
+    Each fold step would copy a frozenset (O(n²) over a replay). Instead the registries of one
+    replay share one dict of id -> (position, offset), and each sees its first `size` entries;
+    growing the newest appends in O(1). Growing an older one (a branch: tests apply several
+    events to one state) copies its part first, so no registry ever sees another one change.
+    """
+
+    __slots__ = ("_log", "_size")
+
+    def __init__(self, log: dict[str, tuple[int, int]] | None = None, size: int = 0) -> None:
+        self._log = {} if log is None else log
+        self._size = size
+
+    def offset_of(self, event_id: str) -> int | None:
+        """Where the event was applied (its offset), or None if it was not."""
+        found = self._log.get(event_id)
+        return found[1] if found is not None and found[0] < self._size else None
+
+    def __contains__(self, event_id: object) -> bool:
+        return isinstance(event_id, str) and self.offset_of(event_id) is not None
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[str]:
+        return itertools.islice(iter(self._log), self._size)
+
+    def add(self, event_id: str, offset: int) -> AppliedEvents:
+        """These ids and one more."""
+        log = self._log
+        if len(log) != self._size:
+            log = dict(itertools.islice(log.items(), self._size))
+        log[event_id] = (self._size, offset)
+        return AppliedEvents(log, self._size + 1)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AppliedEvents):
+            return NotImplemented
+        if self._size != other._size:
+            return False
+        return self._log is other._log or set(self) == set(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"AppliedEvents({self._size} events)"
+
+    def __deepcopy__(self, memo: dict) -> AppliedEvents:
+        return AppliedEvents(dict(itertools.islice(self._log.items(), self._size)), self._size)
+
+
 Key = tuple[str, str]  # (workspace, name)
 
 
@@ -203,6 +259,11 @@ class Registry:
     connections: Mapping[Key, Connection] = field(default_factory=dict)
     orchestrations: Mapping[Key, Orchestration] = field(default_factory=dict)
     tasks: Mapping[Key, Task] = field(default_factory=dict)
+    # Bootstrapped with a key: every event must be signed by its actor, every user has a key.
+    secured: bool = False
+    applied: AppliedEvents = field(default_factory=AppliedEvents)
+    # Deleted workspaces keep their names: their topics and logs outlive them.
+    deleted_workspaces: Mapping[str, datetime] = field(default_factory=dict)
 
     def active_deployments(self) -> list[Deployment]:
         return [d for d in self.deployments.values() if d.active]

@@ -129,6 +129,18 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerUnderTest
             yield chosen
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _credentials_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test reads or writes the operator's own ~/.inferstream credentials."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("credentials")
+        patch.setenv("INFERSTREAM_CREDENTIALS_FILE", str(folder / "credentials.json"))
+        for name in ("USER", "KEY_FILE", "SECURITY_PROTOCOL", "SASL_MECHANISM",
+                     "SASL_USERNAME", "SASL_PASSWORD"):
+            patch.delenv(f"INFERSTREAM_{name}", raising=False)
+        yield
+
+
 @pytest.fixture
 def requires_transactions(broker: BrokerUnderTest) -> None:
     """Skip the test unless the broker has working idempotent/transactional producers."""
@@ -143,4 +155,5 @@ def settings(broker: BrokerUnderTest, tmp_path: Path) -> Settings:
         bootstrap_servers=broker.bootstrap,
         namespace=f"t{uuid4().hex[:10]}",
         data_dir=tmp_path / "data",
+        credentials_file=tmp_path / "credentials" / "credentials.json",
     )

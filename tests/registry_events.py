@@ -2,21 +2,26 @@
 
 Each builder returns an `Action` (event type, payload) whose payload holds every field of
 its Avro record; `event()` wraps it in a ControlEvent and round trips it through the codec,
-so a test folds exactly what a worker reading the control topic would.
+so a test folds exactly what a worker reading the control topic would. `event()` leaves it
+unsigned (an open platform); `signed()` signs it with the actor's test key (`key_of`), as
+on a secured platform, which `secured_user()` bootstraps.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from control.events import NAMESPACE, ControlEvent
 from control.registry import apply
+from control.signing import public_key_of
 from control.state import Registry
 from schemas.errors import Rejected
 
@@ -34,6 +39,33 @@ def event(
     type_, payload = action
     written = ControlEvent(type=type_, payload=payload, actor=actor, workspace=workspace, time=T0)
     return ControlEvent.from_bytes(written.to_bytes(), offset=offset)
+
+
+@functools.cache
+def key_of(user: str) -> Ed25519PrivateKey:
+    """A user's test key: the same on every run, so a failure replays exactly."""
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(user.encode()).digest())
+
+
+def public_of(user: str) -> bytes:
+    return public_key_of(key_of(user))
+
+
+def signed(
+    action: Action, actor: str = ADMIN, workspace: str | None = WORKSPACE, offset: int = 0,
+    key: Ed25519PrivateKey | None = None,
+) -> ControlEvent:
+    """`event()`, signed with `key` (default: the actor's own test key)."""
+    type_, payload = action
+    written = ControlEvent(type=type_, payload=payload, actor=actor, workspace=workspace, time=T0)
+    data = written.signed_with(key or key_of(actor)).to_bytes()
+    return ControlEvent.from_bytes(data, offset=offset)
+
+
+def secured_user(name: str, email: str | None = None, admin: bool = False) -> Action:
+    """CreateUser with the user's test public key."""
+    return "CreateUser", {"name": name, "email": email, "admin": admin,
+                          "public_key": public_of(name)}
 
 
 def given(state: Registry, *events: ControlEvent) -> Registry:
@@ -78,7 +110,7 @@ def tensor_spec(name: str, dtype: str = "float32", shape: Sequence[int] = (-1, 4
 
 
 def create_user(name: str, email: str | None = None, admin: bool = False) -> Action:
-    return "CreateUser", {"name": name, "email": email, "admin": admin}
+    return "CreateUser", {"name": name, "email": email, "admin": admin, "public_key": None}
 
 
 def deactivate_user(name: str) -> Action:
@@ -87,6 +119,10 @@ def deactivate_user(name: str) -> Action:
 
 def create_workspace(name: str) -> Action:
     return "CreateWorkspace", {"name": name}
+
+
+def delete_workspace(name: str = WORKSPACE) -> Action:
+    return "DeleteWorkspace", {"name": name}
 
 
 def add_member(user: str, role: str = "collaborator") -> Action:
@@ -225,13 +261,57 @@ def delete_assay(name: str) -> Action:
     return "DeleteAssay", {"name": name}
 
 
+# -- batch workloads -------------------------------------------------------------------------
+
+
+def create_connection(name: str, type_: str = "file",
+                      details: Mapping[str, str] | None = None) -> Action:
+    """A connection; by default a file source of parquet files."""
+    return "CreateConnection", {
+        "name": name, "type": type_, "details": dict(details or {"path": "in/*.parquet"}),
+    }
+
+
+def delete_connection(name: str) -> Action:
+    return "DeleteConnection", {"name": name}
+
+
+def create_orchestration(
+    name: str, source: str = "inbox", pipelines: Sequence[str] = ("fraud",),
+    destination: str = "outbox", *, errors: str | None = None, batch_size: int = 1000,
+    carry: Sequence[str] = (), mode: str = "topics",
+    parameters: Mapping[str, str | None] | None = None,
+) -> Action:
+    return "CreateOrchestration", {
+        "name": name, "source": source, "pipelines": list(pipelines),
+        "destination": destination, "errors": errors, "batch_size": batch_size,
+        "carry": list(carry), "mode": mode, "parameters": dict(parameters or {}),
+    }
+
+
+def create_task(
+    name: str, orchestration: str = "nightly", *, version: int | None = None,
+    schedule: str | None = None, timezone: str = "UTC",
+    arguments: Mapping[str, str] | None = None,
+) -> Action:
+    return "CreateTask", {
+        "name": name, "orchestration": orchestration, "version": version,
+        "schedule": schedule, "timezone": timezone, "arguments": dict(arguments or {}),
+    }
+
+
+def kill_task(name: str) -> Action:
+    return "KillTask", {"name": name}
+
+
 def every_action() -> list[Action]:
-    """One action of each of the 15 payload types, with nested records filled in."""
+    """One action of each payload type, with nested records filled in."""
     return [
-        create_user("ann", email="ann@example.com", admin=True),
+        secured_user("ann", email="ann@example.com", admin=True),
         deactivate_user("bob"),
         create_workspace("ws"),
-        add_member("bob", "owner"),
+        delete_workspace("ws"),
+        add_member("carol", "viewer"),
         remove_member("bob"),
         upload_model(
             "scaler", files={"vocab.txt": b"a\nb\n"}, description="scales x",
@@ -258,4 +338,11 @@ def every_action() -> list[Action]:
         pause_assay("drift"),
         resume_assay("drift"),
         delete_assay("drift"),
+        create_connection("events", "kafka", {"topic": "events", "key_field": "id"}),
+        delete_connection("events"),
+        create_orchestration("nightly", errors="rejects", carry=["id"], mode="in-process",
+                             parameters={"day": None, "limit": "10"}),
+        create_task("nightly-3am", schedule="0 3 * * *", timezone="Europe/Berlin",
+                    arguments={"day": "2024-05-01"}, version=1),
+        kill_task("nightly-3am"),
     ]

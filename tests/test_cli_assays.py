@@ -257,8 +257,8 @@ def test_logs_filters_and_json(cli, settings: Settings, storage: Storage) -> Non
                                "2024-03-01", ok=False)
 
 
-def test_logs_pages_neither_skip_nor_repeat(settings: Settings, storage: Storage) -> None:
-    payments_logs(storage)
+def test_logs_pages_neither_skip_nor_repeat(cli, settings: Settings, storage: Storage) -> None:
+    payments_logs(storage)  # `cli` made ann and workspace fraud: logs are read by members
     with Client(settings, user="ann", workspace="fraud") as client:
         pages = list(client.iter_logs("payments", page_size=4))
         assert [len(p) for p in pages] == [4, 4, 4, 4, 4, 4, 1]

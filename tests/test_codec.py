@@ -300,7 +300,7 @@ def test_old_control_event_decodes_with_the_new_field_at_its_default(
     event = ControlEvent.from_bytes(data)
 
     assert (event.type, event.payload) == (
-        "CreateUser", {"name": "ann", "email": None, "admin": False}
+        "CreateUser", {"name": "ann", "email": None, "admin": False, "public_key": None}
     )
     assert (event.actor, event.event_id) == ("ann", "e-1")
 

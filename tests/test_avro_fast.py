@@ -1,4 +1,5 @@
-"""The worker's own Avro writers give the very bytes the schema codec (fastavro) gives."""
+"""The worker's own Avro writers give the very bytes the schema codec (fastavro) gives, and its
+fast input reader reads what fastavro reads, or leaves the record to it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import fastavro
 import numpy as np
 import pytest
 
+from agents.avro_reader import read_body
 from agents.avro_writer import LogWriter, ResultWriter, long
-from agents.formats import tensor_records
+from agents.formats import BadRecord, avro_input, decode_record, tensor_records
+from agents.runtimes.base import TensorSpec
 from schemas.codec import codec, decode
 
 RNG = np.random.default_rng(0)
@@ -66,3 +69,39 @@ def test_inference_result_bytes_match_the_codec(outputs: dict, key: bytes | None
             "outputs": tensor_records(outputs), "elapsed_us": 99,
             "time": 1_795_559_347_813_123, "worker": "host:1"})
         assert got == want
+
+
+FLOATS = (TensorSpec("float_input", "float32", (-1, 30)), TensorSpec("w", "float64", (-1, 2, 2)))
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("record_id", ["r1", None, "ü" * 70])
+def test_fast_reader_reads_what_fastavro_reads(rows: int, record_id: str | None) -> None:
+    avro = avro_input(FLOATS, "inferstream.input.ws.p")
+    x = RNG.normal(size=(rows, 30)).astype(np.float32)
+    w = RNG.normal(size=(rows, 2, 2))
+    raw = avro.encode({"id": record_id, "float_input": x, "w": w})
+    doc = read_body(raw, avro.plan)
+    assert doc is not None and doc["id"] == record_id
+    np.testing.assert_array_equal(doc["float_input"], x)
+    np.testing.assert_array_equal(doc["w"], w)
+    record = decode_record(raw, b"k", FLOATS, "default", avro)
+    np.testing.assert_array_equal(record.tensors["float_input"], x)
+    assert record.record_id == (record_id or "default")
+
+
+def test_fast_reader_leaves_odd_records_to_fastavro() -> None:
+    avro = avro_input(FLOATS, "inferstream.input.ws.p")
+    good = avro.encode({"id": "r", "float_input": np.zeros((2, 30)), "w": np.zeros((2, 2, 2))})
+    no_rows = avro.encode({"id": "r", "float_input": np.zeros((0, 30)), "w": np.zeros((0, 2, 2))})
+    for raw in (good[:-3], good + b"\x00", no_rows):
+        assert read_body(raw, avro.plan) is None
+    with pytest.raises(BadRecord, match="corrupt"):
+        decode_record(good[:-3], None, FLOATS, "d", avro)
+    with pytest.raises(BadRecord, match="bytes after it"):
+        decode_record(good + b"\x00", None, FLOATS, "d", avro)
+    ragged = avro.encode({"id": "r", "float_input": [[0.0] * 30, [0.0] * 29],
+                          "w": np.zeros((2, 2, 2))})
+    assert read_body(ragged, avro.plan) is None
+    with pytest.raises(BadRecord, match="float_input"):
+        decode_record(ragged, None, FLOATS, "d", avro)
