@@ -24,7 +24,13 @@ from agents.task_scheduler import TaskScheduler
 from control.config import Settings
 from control.events import ControlStatus
 from control.follower import RegistryFollower
-from control.kafka import end_offsets, ensure_topics, platform_topics, producer
+from control.kafka import (
+    end_offsets,
+    ensure_topics,
+    faust_broker_options,
+    platform_topics,
+    producer,
+)
 from control.registrar import Registrar
 from control.state import Registry
 from sinks.storage import StorageError
@@ -32,17 +38,6 @@ from sinks.storage import StorageError
 log = logging.getLogger(__name__)
 
 DEPLOYMENT_EVENTS = {"Deploy", "Undeploy", "Rollback", "UploadModel"}
-
-
-def _x_tuning() -> dict:
-    out = {}
-    if os.environ.get("X_POLL"):
-        out["broker_max_poll_records"] = int(os.environ["X_POLL"])
-    if os.environ.get("X_FETCH"):
-        out["consumer_max_fetch_size"] = int(os.environ["X_FETCH"])
-    if os.environ.get("X_BUF"):
-        out["stream_buffer_maxsize"] = int(os.environ["X_BUF"])
-    return out
 
 
 def worker_name(settings: Settings) -> str:
@@ -55,7 +50,7 @@ def create_app(settings: Settings) -> faust.App:
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.namespace}-workers",
-        broker=[f"kafka://{b}" for b in settings.bootstrap_servers.split(",")],
+        **faust_broker_options(settings),  # the brokers, and SASL/TLS credentials
         datadir=str(datadir),
         key_serializer="raw",
         value_serializer="raw",
@@ -67,7 +62,6 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=8.0,
-        **_x_tuning(),
         web_port=settings.worker_web_port,
         web_host="127.0.0.1",
         producer_acks=-1,
@@ -75,36 +69,6 @@ def create_app(settings: Settings) -> faust.App:
     # Faust waits 45 s before resubscribing after an agent is added; a deploy should not.
     app.topics._resubscribe_sleep_lock_seconds = 1.0
     name = worker_name(settings)
-    import sys
-    if os.environ.get("INFERSTREAM_X_LAG"):
-        import gc as _gc
-        _t = {}
-        def _cb(phase, info):
-            if phase == "start":
-                _t["s"] = time.perf_counter()
-            elif info["generation"] >= 1:
-                with open(os.environ["INFERSTREAM_X_LAG"] + ".gc", "a") as f:
-                    f.write(f"{time.time():.3f} gen{info['generation']} {1000*(time.perf_counter()-_t['s']):.1f}ms collected={info['collected']}\n")
-        _gc.callbacks.append(_cb)
-        from faust.transport.consumer import Consumer as _C
-        _orig = _C._get_active_partitions
-        def _gap(self):
-            r = _orig(self)
-            if not r:
-                with open(os.environ["INFERSTREAM_X_LAG"] + ".gc", "a") as f:
-                    f.write(f"{time.time():.3f} NO-ACTIVE paused={len(self._paused_partitions)} buffered={len(self._buffered_partitions)}\n")
-            return r
-        _C._get_active_partitions = _gap
-    if os.environ.get("X_WAIT"):
-        from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as _T
-        _o = _T._create_worker_consumer
-        def _cw(self, transport):
-            c = _o(self, transport)
-            c._fetch_max_wait_ms = int(os.environ["X_WAIT"])
-            return c
-        _T._create_worker_consumer = _cw
-    if os.environ.get("INFERSTREAM_X_SWITCH"):
-        sys.setswitchinterval(float(os.environ["INFERSTREAM_X_SWITCH"]))
     manager = DeploymentManager(app, settings, name)
     app.inferstream = manager  # type: ignore[attr-defined] - the web views reach it here
     ensure_topics(settings, platform_topics(settings))

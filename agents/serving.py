@@ -168,11 +168,6 @@ class DeploymentManager:
                 started = time.perf_counter_ns()
                 async for events in stream.noack_take(size, within=max(wait_ms, 1) / 1000):
                     metrics.add("consume", started)
-                    import os as _os
-                    if _os.environ.get("INFERSTREAM_X_LAG"):
-                        _m = events[0].message
-                        with open(_os.environ["INFERSTREAM_X_LAG"], "a") as _f:
-                            _f.write(f"{time.time():.3f} {len(events)} {time.time() - _m.timestamp:.3f} {_m.partition} {_m.offset}\n")
                     shipment = await self.process(key, events)
                     in_flight.append(asyncio.ensure_future(
                         self._ack_when_delivered(stream, events, shipment)))
@@ -217,12 +212,8 @@ class DeploymentManager:
         shipment = self.outbox.shipment()
         messages = [event.message for event in events]
         # Decoding, the models and encoding in a thread: the loop goes on fetching meanwhile.
-        import os
-        if os.environ.get("INFERSTREAM_X_INLINE"):
-            self._serve_batch(serving, messages, shipment)
-        else:
-            await asyncio.get_running_loop().run_in_executor(
-                None, self._serve_batch, serving, messages, shipment)
+        await asyncio.get_running_loop().run_in_executor(
+            None, self._serve_batch, serving, messages, shipment)
         return shipment
 
     def _serve_batch(self, serving: Serving, messages: list[Any], shipment: Shipment) -> None:

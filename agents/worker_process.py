@@ -19,6 +19,10 @@ from control.brokers import free_port
 from control.config import Settings
 from schemas.errors import InferstreamError
 
+TRANSPORT = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
+             "ssl_ca_location", "ssl_certificate_location", "ssl_key_location",
+             "ssl_key_password", "ssl_check_hostname")
+
 
 class WorkerProcess:
     """Starts `inferstream worker` for a platform and waits until it is ready."""
@@ -36,8 +40,14 @@ class WorkerProcess:
             "INFERSTREAM_WORKER_NAME": name,
             "INFERSTREAM_PIPELINE_PARTITIONS": str(settings.pipeline_partitions),
         }
+        # Connection settings the child needs, whether or not they came from our environment.
         if settings.clickhouse_url:
             env["INFERSTREAM_CLICKHOUSE_URL"] = settings.clickhouse_url
+        for name in TRANSPORT:
+            value = getattr(settings, name, None)
+            if value is not None:
+                secret = getattr(value, "get_secret_value", None)
+                env[f"INFERSTREAM_{name.upper()}"] = str(secret() if secret else value)
         env.update(extra or {})
         self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
