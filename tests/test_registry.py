@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -18,9 +17,11 @@ from registry_events import (
     deactivate_user,
     deploy,
     event,
+    given,
     key_split,
     model_step,
     random_split,
+    reject,
     remove_member,
     rollback,
     sha256,
@@ -32,7 +33,7 @@ from registry_events import (
 
 from agents.runtimes.base import TensorSpec
 from control.events import ControlEvent
-from control.registry import apply, fold, result_of
+from control.registry import fold, result_of
 from control.state import (
     ArtifactRef,
     KeySplit,
@@ -41,30 +42,10 @@ from control.state import (
     Registry,
     ShadowStep,
 )
-from schemas.errors import Rejected
 
 SCALER = upload_model("scaler", b"scaler v1", inputs=["x"], outputs=["y"])
 CLASSIFIER = upload_model("classifier", b"classifier v1", inputs=["y"], outputs=["label"])
 OTHER = upload_model("other", b"other v1", inputs=["x"], outputs=["z"])
-
-
-def given(state: Registry, *events: ControlEvent) -> Registry:
-    """The registry after events that must all be accepted: a broken setup fails loudly."""
-    for e in events:
-        state = apply(state, e)
-    return state
-
-
-def reject(state: Registry, e: ControlEvent, *mentions: str) -> str:
-    """Assert `e` is rejected with a reason naming each of `mentions`, and changes nothing."""
-    snapshot = copy.deepcopy(state)
-    with pytest.raises(Rejected) as caught:
-        apply(state, e)
-    reason = str(caught.value)
-    for text in mentions:
-        assert text in reason, f"{text!r} is not in the reason: {reason}"
-    assert state == snapshot, "a rejected event changed the registry"
-    return reason
 
 
 @pytest.fixture
