@@ -240,10 +240,16 @@ def test_two_workers_share_the_partitions(platform: Platform) -> None:
     platform.deploy("shared")
     second = platform.worker("w2")
     second.wait_ready("lab/shared")
-    replies = platform.client.infer("shared", json_records(400), timeout=120)
-    workers = Counter(r.body["worker"] for r in replies)
-    assert set(workers) == {"w1", "w2"}, workers
-    assert len({r.body["id"] for r in replies}) == 400
+    workers: Counter[str] = Counter()
+
+    def both_served() -> bool:
+        # Rounds of records until the group has rebalanced and both workers have served.
+        replies = platform.client.infer("shared", json_records(100), timeout=120)
+        assert len({r.body["id"] for r in replies}) == 100
+        workers.update(r.body["worker"] for r in replies)
+        return set(workers) == {"w1", "w2"}
+
+    wait_until(both_served, 180, f"records served by both workers ({workers})")
 
 
 def test_a_version_that_cannot_load_is_refused_and_the_old_one_serves(
