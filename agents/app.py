@@ -17,6 +17,7 @@ import faust
 
 from agents import web
 from agents.assay_scheduler import AssayScheduler
+from agents.faust_tuning import QuietMonitor, Transport
 from agents.log_sink import LogSink
 from agents.orchestration import RunExecutor
 from agents.serving import DeploymentManager
@@ -65,7 +66,9 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.worker_web_port,
         web_host="127.0.0.1",
         producer_acks=-1,
+        monitor=QuietMonitor(),  # no per-event statistics (agents.faust_tuning)
     )
+    app.transport = Transport(app.conf.broker_consumer, app)  # a short fetch wait
     # Faust waits 45 s before resubscribing after an agent is added; a deploy should not.
     app.topics._resubscribe_sleep_lock_seconds = 1.0
     name = worker_name(settings)

@@ -46,6 +46,7 @@ from control.state import Deployment, PipelineVersion, Registry, step_models
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (workspace, pipeline)
 MAX_IN_FLIGHT = 3  # served batches awaiting the broker's acknowledgement, per pipeline
+OFFLOAD_AFTER_NS = 10_000_000  # models slower than this on a batch run in a thread from then on
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Serving:
     input_topic: str
     output_topic: str
     dead_topic: str
+    offload: bool = False  # run the models in a thread (they took long on the last batch)
 
     @property
     def batching(self) -> tuple[int, int]:
@@ -209,33 +211,21 @@ class DeploymentManager:
         Returns their shipment: await its delivered() before acknowledging the batch.
         """
         serving = self.served[key]
-        shipment = self.outbox.shipment()
-        messages = [event.message for event in events]
-        # Decoding, the models and encoding in a thread: the loop goes on fetching meanwhile.
-        await asyncio.get_running_loop().run_in_executor(
-            None, self._serve_batch, serving, messages, shipment)
-        return shipment
-
-    def _serve_batch(self, serving: Serving, messages: list[Any], shipment: Shipment) -> None:
         metrics = self.metrics
+        shipment = self.outbox.shipment()
         started = time.perf_counter_ns()
-        records: list[InputRecord] = []
-        sources: dict[int, Any] = {}  # id(record) -> its Kafka message, for dead letters
-        dead: list[tuple[Any, str]] = []
-        for m in messages:
-            try:
-                record = decode_record(
-                    m.value, m.key, serving.specs, f"{m.topic}:{m.partition}:{m.offset}",
-                    serving.avro, max_bytes=self.settings.max_record_bytes,
-                )
-            except BadRecord as exc:
-                dead.append((m, str(exc)))
-                continue
-            records.append(record)
-            sources[id(record)] = m
+        records, sources, dead = self._decode(serving, events)
         started = metrics.add("decode", started)
         if records:
-            outcome = serving.runner.run(records)
+            # On the loop, unless the models take long enough to hold up fetching: a thread
+            # hop costs more than small models take (GIL hand-offs between the loop and the
+            # thread cost ~12 % of throughput in bench/), but a big model must not stall it.
+            if serving.offload:
+                outcome = await asyncio.get_running_loop().run_in_executor(
+                    None, serving.runner.run, records)
+            else:
+                outcome = serving.runner.run(records)
+            serving.offload = time.perf_counter_ns() - started > OFFLOAD_AFTER_NS
             started = metrics.add("infer", started)
             send, output = shipment.send, serving.output_topic
             for result in outcome.results:
@@ -246,6 +236,27 @@ class DeploymentManager:
         for message, reason in dead:
             self._dead(serving, message, reason, shipment)
         metrics.add("encode", started)
+        return shipment
+
+    def _decode(self, serving: Serving, events: Sequence[faust.EventT]
+                ) -> tuple[list[InputRecord], dict[int, Any], list[tuple[Any, str]]]:
+        """The batch's records, their messages by id(record), and the undecodable ones."""
+        records: list[InputRecord] = []
+        sources: dict[int, Any] = {}
+        dead: list[tuple[Any, str]] = []
+        limit = self.settings.max_record_bytes
+        for event in events:
+            m = event.message
+            try:
+                record = decode_record(m.value, m.key, serving.specs,
+                                       f"{m.topic}:{m.partition}:{m.offset}", serving.avro,
+                                       max_bytes=limit)
+            except BadRecord as exc:
+                dead.append((m, str(exc)))
+                continue
+            records.append(record)
+            sources[id(record)] = m
+        return records, sources, dead
 
     def meta(self, serving: Serving, result: RecordResult) -> ResultMeta:
         d = serving.deployment

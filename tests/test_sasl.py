@@ -237,29 +237,32 @@ def test_faust_broker_options_authenticate_aiokafka(cluster: SecureCluster,
 def test_a_worker_authenticates_and_serves(cluster: SecureCluster, registrar: Registrar,
                                            tmp_path: Path) -> None:
     from agents.worker_process import WorkerProcess
-    from control.acls import pipeline_acls
+    from control.acls import pipeline_acls, platform_acls
 
-    ns, ops = cluster.namespace, cluster.settings("ops")
+    # A platform of its own (other tests of the module bootstrap theirs), with its ACLs.
+    ns = f"{cluster.namespace}w"
+    cluster.acls(platform_acls(ns, "ops", "workers"))
     cluster.acls(pipeline_acls(ns, "lab", "scoring", "ops", "ops", f"{ns}.reader"))
-    with Client(ops, user="sam", workspace="lab") as client:
-        if not client.registry().users:
-            client.bootstrap_admin("sam", key_file=tmp_path / "sam.key")
-        client = Client(ops, user=client.user, workspace="lab", key=tmp_path / "sam.key")
-        client.create_workspace("lab")
-        client.upload_model("clf", build_onnx_classifier(tmp_path / "clf.onnx"))
-        client.create_pipeline("scoring")
-        client.create_pipeline_version("scoring", [{"model": "clf"}])
-        env = {"INFERSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-               "INFERSTREAM_SASL_MECHANISM": "SCRAM-SHA-512",
-               "INFERSTREAM_SASL_USERNAME": "workers",
-               "INFERSTREAM_SASL_PASSWORD": PASSWORDS["workers"]}
-        worker = WorkerProcess(cluster.settings("workers"), "w1", tmp_path, env=env)
-        try:
-            worker.wait_ready()
+    ops = cluster.settings("ops").model_copy(update={"namespace": ns})
+    workers = cluster.settings("workers").model_copy(update={"namespace": ns})
+    env = {"INFERSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+           "INFERSTREAM_SASL_MECHANISM": "SCRAM-SHA-512",
+           "INFERSTREAM_SASL_USERNAME": "workers",
+           "INFERSTREAM_SASL_PASSWORD": PASSWORDS["workers"]}
+    worker = WorkerProcess(workers, "w1", tmp_path, env=env)
+    try:
+        worker.wait_ready()  # its registrar judges the bootstrap below
+        with Client(ops, user="sam", workspace="lab") as first:
+            first.bootstrap_admin("sam", key_file=tmp_path / "sam.key")
+        with Client(ops, user="sam", workspace="lab", key=tmp_path / "sam.key") as client:
+            client.create_workspace("lab")
+            client.upload_model("clf", build_onnx_classifier(tmp_path / "clf.onnx"))
+            client.create_pipeline("scoring")
+            client.create_pipeline_version("scoring", [{"model": "clf"}])
             client.deploy("scoring", worker_wait=60)
             worker.wait_ready("lab/scoring")
             [reply] = client.infer("scoring", [{"float_input": iris_rows(1)[0].tolist()}])
             assert reply.ok and reply.body["pipeline"] == "scoring"
-            no_secret_in(worker.log_path.read_bytes())
-        finally:
-            worker.stop()
+        no_secret_in(worker.log_path.read_bytes())
+    finally:
+        worker.stop()
