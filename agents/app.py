@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from pathlib import Path
 
 import faust
@@ -18,7 +17,7 @@ import faust
 from agents import web
 from agents.assay_scheduler import AssayScheduler
 from agents.faust_tuning import QuietMonitor, Transport
-from agents.log_sink import LogSink
+from agents.log_sink import LogSink, LogSinkThread
 from agents.orchestration import RunExecutor
 from agents.serving import DeploymentManager
 from agents.task_scheduler import TaskScheduler
@@ -79,17 +78,10 @@ def create_app(settings: Settings) -> faust.App:
     sink = LogSink(settings, f"http://127.0.0.1:{settings.worker_web_port}")
     app.inferstream_sink = sink  # type: ignore[attr-defined]
     if settings.log_sink:
-        logs = app.topic(settings.topic("logs"), key_type=bytes, value_type=bytes)
 
-        @app.agent(logs, name="logs")
-        async def log_sink(stream: faust.StreamT) -> None:
-            # Thousands of rows or about a second, whichever first; acked only once inserted.
-            async for events in stream.noack_take(5000, within=1.0):
-                started = time.perf_counter_ns()
-                await write_until_stored(sink, [e.message for e in events])
-                manager.metrics.sunk(len(events), time.perf_counter_ns() - started)
-                for event in events:
-                    await stream.ack(event)
+        @app.task
+        async def sink_logs() -> None:
+            LogSinkThread(settings, sink, manager.metrics.sunk).start()
 
     alerts_producer = producer(settings)
     scheduler = AssayScheduler(
@@ -159,16 +151,3 @@ def create_app(settings: Settings) -> faust.App:
 
     web.register(app, manager, sink)
     return app
-
-
-async def write_until_stored(sink: LogSink, messages: list) -> None:
-    """Insert a batch, waiting out a busy chDB folder or a storage outage; never drop it."""
-    delay = 0.5
-    while True:
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, sink.write, messages)
-            return
-        except StorageError as exc:
-            log.warning("log sink waits %.1fs: %s", delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)

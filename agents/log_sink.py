@@ -2,25 +2,35 @@
 
 Each batch is inserted with a deduplication token made from its Kafka offsets,
 and rows are keyed (ReplacingMergeTree) by record, step, model and shadow, so a
-batch replayed after a crash adds nothing. Offsets are acknowledged only after
+batch replayed after a crash adds nothing. Offsets are committed only after
 the insert, so a crash loses nothing either.
+
+The sink reads the logs topic with a librdkafka consumer of its own (consumer group
+`<namespace>.log-sink`) in a thread, not through a Faust agent: Faust's per-message work
+would cost as much CPU as serving the record that made the log. Logs of the current schema
+go to ClickHouse as the Avro they are (sinks.log_batches); ClickHouse parses them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from control.config import Settings
+from control.kafka import consumer
 from schemas.codec import codec
 from schemas.errors import DecodeError
 from sinks.access import claim
-from sinks.storage import Storage, open_storage
+from sinks.log_batches import INSERT, STRUCTURE, container, current_prefix
+from sinks.storage import Storage, StorageError, open_storage
 from sinks.tables import KafkaPosition, batch_token, log_rows, migrate
 
 log = logging.getLogger(__name__)
+Log = tuple[bytes, KafkaPosition]  # a log message's value, and where it was read
 
 
 class LogSink:
@@ -45,21 +55,108 @@ class LogSink:
                 self.storage = storage
             return self.storage
 
-    def write(self, messages: Sequence[Any]) -> int:
-        """Insert one batch of Kafka messages (value, topic, partition, offset); blocking."""
-        records, positions = [], []
-        for m in messages:
+    def write(self, logs: Sequence[Log]) -> int:
+        """Insert one batch of log messages as one idempotent insert; blocking."""
+        storage = self.open()
+        token = batch_token([position for _, position in logs])
+        prefix = current_prefix()
+        current = [entry for entry in logs if entry[0][:10] == prefix]
+        if len(current) == len(logs):
             try:
-                records.append(codec("InferenceLog").decode(m.value))
+                storage.insert_select(INSERT, container(*zip(*current, strict=True)), "Avro",
+                                      STRUCTURE, dedup_token=token)
+                self.written += len(logs)
+                return len(logs)
+            except StorageError as exc:
+                if "Avro" not in str(exc):  # an outage: wait it out, as for rows
+                    raise
+                # A log ClickHouse cannot read, or a server without the Avro format: the
+                # rows path finds and reports the culprit, and stores the others.
+                log.warning("the storage refused a batch of Avro logs, inserting rows: %s", exc)
+        return self._write_rows(storage, logs, token)
+
+    def _write_rows(self, storage: Storage, logs: Sequence[Log], token: str) -> int:
+        # Logs of an older schema (or a storage that cannot read Avro): decoded here.
+        records, positions = [], []
+        for value, position in logs:
+            try:
+                records.append(codec("InferenceLog").decode(value))
             except DecodeError as exc:
                 # Only workers write this topic; a record we cannot read is a bug to see.
                 self.undecodable += 1
-                log.error("skipping undecodable log record %s:%s:%s: %s",
-                          m.topic, m.partition, m.offset, exc)
+                log.error("skipping undecodable log record %s:%s:%s: %s", *position, exc)
                 continue
-            positions.append(KafkaPosition(m.topic, m.partition, m.offset))
+            positions.append(position)
         if records:
-            self.open().insert("inference_logs", log_rows(records, positions),
-                               dedup_token=batch_token(positions))
+            storage.insert("inference_logs", log_rows(records, positions), dedup_token=token)
         self.written += len(records)
         return len(records)
+
+
+class LogSinkThread:
+    """Reads the logs topic in batches (5000 logs or a second) and stores them; never drops
+    one: a busy chDB folder or a storage outage is waited out, and offsets are committed only
+    after the insert."""
+
+    def __init__(self, settings: Settings, sink: LogSink,
+                 on_stored: Callable[[int, int], None] | None = None) -> None:
+        self.settings, self.sink, self.on_stored = settings, sink, on_stored
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-sink", daemon=True)
+
+    def start(self) -> LogSinkThread:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        topic = self.settings.topic("logs")
+        c = consumer(self.settings, group=f"{self.settings.namespace}.log-sink",
+                     **{"enable.partition.eof": False, "fetch.wait.max.ms": 100})
+        c.subscribe([topic])
+        try:
+            while not self._stop.is_set():
+                batch = [m for m in c.consume(5000, 1.0) if _usable(m)]
+                if not batch:
+                    continue
+                started = time.perf_counter_ns()
+                logs = [(m.value(), KafkaPosition(m.topic(), m.partition(), m.offset()))
+                        for m in batch]
+                if not self._store(logs):
+                    return  # stopping: nothing committed, the next owner stores it
+                c.commit(offsets=_next_offsets(logs), asynchronous=False)
+                if self.on_stored is not None:
+                    self.on_stored(len(logs), time.perf_counter_ns() - started)
+        finally:
+            c.close()
+
+    def _store(self, logs: list[Log]) -> bool:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self.sink.write(logs)
+                return True
+            except StorageError as exc:
+                log.warning("log sink waits %.1fs: %s", delay, exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+        return False
+
+
+def _usable(m: Message) -> bool:
+    error = m.error()
+    if error is None:
+        return m.value() is not None
+    if error.code() != KafkaError._PARTITION_EOF:
+        log.warning("reading the logs topic: %s", error)
+    return False
+
+
+def _next_offsets(logs: list[Log]) -> list[TopicPartition]:
+    ends: dict[tuple[str, int], int] = {}
+    for _, (topic, partition, offset) in logs:
+        ends[(topic, partition)] = max(ends.get((topic, partition), -1), offset + 1)
+    return [TopicPartition(t, p, o) for (t, p), o in ends.items()]

@@ -79,6 +79,7 @@ class DeploymentManager:
         self.cache = ModelCache(settings)
         self.served: dict[Key, Serving] = {}
         self._agents: dict[Key, Any] = {}
+        self._guards: dict[Key, asyncio.Future[None]] = {}  # see _keep_subscribed
         self._lock = asyncio.Lock()
         self._status_producer = None
         self.metrics = StageMetrics()
@@ -184,6 +185,30 @@ class DeploymentManager:
         agent = self.app.agent(topic, name=f"serve.{key[0]}.{key[1]}")(serve)
         self._agents[key] = agent
         await agent.start()
+        self._guards[key] = asyncio.ensure_future(self._keep_subscribed(topic))
+
+    async def _keep_subscribed(self, topic: faust.TopicT) -> None:
+        """Ask again for a subscription that Faust dropped.
+
+        Faust's conductor discards a subscription change that arrives while the group is
+        rebalancing, so an agent started then (a deploy while another worker joins) would
+        never get records on this worker. Cancelled when the agent stops.
+        """
+        conductor = self.app.topics
+        missed = 0  # checks in a row that found the topic unsubscribed and no change pending
+        while True:
+            await asyncio.sleep(1.0)
+            pending = conductor._subscription_changed
+            if (self.app.rebalancing or (pending is not None and pending.is_set())
+                    or not conductor._topic_contain_unsubscribed_topics(topic)):
+                missed = 0
+                continue
+            missed += 1
+            if missed >= 2:
+                log.info("subscribing to %s again: the request came during a rebalance",
+                         ", ".join(topic.topics))
+                conductor._flag_changes()
+                missed = 0
 
     async def _ack_when_delivered(self, stream: faust.StreamT, events: Sequence[faust.EventT],
                                   shipment: Shipment) -> None:
@@ -195,6 +220,9 @@ class DeploymentManager:
         self.metrics.add("ack", started)
 
     async def _stop_agent(self, key: Key) -> None:
+        guard = self._guards.pop(key, None)
+        if guard is not None:
+            guard.cancel()
         agent = self._agents.pop(key, None)
         if agent is None:
             return

@@ -1,14 +1,17 @@
-"""CPU seconds of other processes (worker, broker, relay) from /proc, sampled on a timeline."""
+"""Counters of other processes sampled on a timeline: CPU seconds from /proc (worker, broker,
+relay) and the worker's own counters, to read off any time window afterwards."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 _TICK = os.sysconf("SC_CLK_TCK")
+Series = Callable[[], float | None]
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -21,18 +24,23 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
 
 
-class CpuSampler:
-    """Samples the CPU seconds of named pids every `every` s, to read off any time window."""
+def cpu_of(pids: dict[str, int | None]) -> dict[str, Series]:
+    """CPU-seconds series of the named pids that exist (an external broker has none)."""
+    return {name: (lambda pid=pid: cpu_seconds(pid)) for name, pid in pids.items() if pid}
 
-    def __init__(self, pids: dict[str, int | None], every: float = 0.1) -> None:
-        self.pids = {name: pid for name, pid in pids.items() if pid}
+
+class Timeline:
+    """Samples named series every `every` seconds while in a with-block."""
+
+    def __init__(self, series: dict[str, Series], every: float = 0.1) -> None:
+        self.series = series
         self.every = every
         self.times: list[float] = []
-        self.samples: dict[str, list[float]] = {name: [] for name in self.pids}
+        self.samples: dict[str, list[float]] = {name: [] for name in series}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="timeline", daemon=True)
 
-    def __enter__(self) -> CpuSampler:
+    def __enter__(self) -> Timeline:
         self._thread.start()
         return self
 
@@ -48,7 +56,7 @@ class CpuSampler:
                 return
 
     def _sample(self) -> None:
-        values = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        values = {name: read() for name, read in self.series.items()}
         if any(v is None for v in values.values()):
             return
         self.times.append(time.time())
@@ -56,9 +64,16 @@ class CpuSampler:
             self.samples[name].append(value)  # type: ignore[arg-type]
 
     def used(self, start: float, end: float) -> dict[str, float]:
-        """CPU seconds each pid used between two wall-clock times (interpolated)."""
+        """How much each series grew between two wall-clock times (interpolated)."""
         if len(self.times) < 2:
             return {}
-        return {name: float(np.interp(end, self.times, series)
-                            - np.interp(start, self.times, series))
-                for name, series in self.samples.items()}
+        return {name: float(np.interp(end, self.times, values)
+                            - np.interp(start, self.times, values))
+                for name, values in self.samples.items()}
+
+    def when(self, name: str, reached: float) -> float | None:
+        """The first sampled time at which series `name` had reached a value, if it did."""
+        for t, value in zip(self.times, self.samples[name], strict=True):
+            if value >= reached:
+                return t
+        return None

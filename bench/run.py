@@ -20,7 +20,7 @@ from typing import Any
 from agents.worker_process import WorkerProcess
 from bench.inference import ceiling
 from bench.models import build
-from bench.platform import BenchPlatform, broker, metrics
+from bench.platform import BenchPlatform, broker
 from bench.report import bar, machine, ratios, table, write
 from bench.scenarios import Flow, latency, run_flow, saturation, steady_rate, transport
 
@@ -103,9 +103,8 @@ def scenario(platform: BenchPlatform, w: WorkerProcess, pipeline: str, label: st
     guess = steady_rate(times, sent_at)[0]
     count = int(min(max(guess * args.drain_s, 20_000), 1_000_000))
     say(f"{label}: calibrated at {guess:,.0f}/s; saturation over {count:,} records")
-    sat = saturation(platform, w, pipeline, pool, count, broker_pid)
-    if pipeline == "sink":
-        sat["sink_caught_up_s"] = sink_catch_up(w, count)
+    sat = saturation(platform, w, pipeline, pool, count, broker_pid,
+                     logs_per_record=3 if chain else 1, sink=pipeline == "sink")
     out: dict[str, Any] = {"label": label, "saturation": sat, "latency": {}}
     for load in LOADS:
         rate = sat["msgs_per_s"] * load / 100
@@ -113,17 +112,6 @@ def scenario(platform: BenchPlatform, w: WorkerProcess, pipeline: str, label: st
         out["latency"][str(load)] = latency(platform, pipeline, pool, rate, args.latency_s)
     platform.undeploy(w, pipeline)
     return out
-
-
-def sink_catch_up(w: WorkerProcess, records: int, timeout: float = 60.0) -> float | None:
-    """Seconds after the last result until the sink had stored as many log rows as results."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        m = metrics(w)
-        if m and m["sink_rows"] >= m["records"]:
-            return time.monotonic() - started
-        time.sleep(0.1)
-    return None
 
 
 def say(message: str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from agents.metrics import per_record_us
 from agents.worker_process import WorkerProcess
-from bench.cpu import CpuSampler
+from bench.cpu import Timeline, cpu_of
 from bench.load import (
     Send,
     Tap,
@@ -79,24 +79,45 @@ def steady_rate(times: np.ndarray, sent_at: float) -> tuple[float, float, float]
 
 
 def saturation(platform: BenchPlatform, w: WorkerProcess, pipeline: str, pool: list[bytes],
-               count: int, broker_pid: int | None) -> dict[str, Any]:
-    """Drain a backlog of count records through the worker: throughput, CPU, stage times."""
+               count: int, broker_pid: int | None, logs_per_record: int = 1,
+               sink: bool = False) -> dict[str, Any]:
+    """Drain a backlog of count records through the worker: throughput, CPU, stage times.
+
+    With the sink on, also how fast the sink stored the logs over the same window: served
+    and stored is what the worker sustains (the slower one sets the pace once buffers fill).
+    """
     flow = Flow(platform.settings.bootstrap_servers, platform.topic(pipeline, "input"),
                 platform.topic(pipeline, "output"), pool, platform.folder)
     before = metrics(w)
-    with CpuSampler({"worker": w.process.pid, "broker": broker_pid}) as cpu:
+    series = cpu_of({"worker": w.process.pid, "broker": broker_pid})
+    if sink:
+        series["sink_rows"] = lambda: (metrics(w) or {}).get("sink_rows")
+    with Timeline(series) as timeline:
         keys, times, _, sent_at = run_flow(flow, platform.ends(flow.sink), count, None,
                                            deadline_s=180)
+        if sink:  # until every log row is stored
+            rows = before["sink_rows"] + count * logs_per_record if before else 0
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and (timeline.samples["sink_rows"] or [0])[-1] < rows:
+                time.sleep(0.1)
     after = metrics(w)
     rate, a, b = steady_rate(times, sent_at)
     records = rate * (b - a)
-    used = cpu.used(a, b)
-    return {
+    used = timeline.used(a, b)
+    out = {
         "records": int(count), "received": len(keys), "msgs_per_s": rate, "window_s": b - a,
-        "cpu_s_per_10k": {name: s * 10_000 / records for name, s in used.items()},
-        "cpu_cores": {name: s / (b - a) for name, s in used.items()},
+        "cpu_s_per_10k": {name: used[name] * 10_000 / records for name in ("worker", "broker")
+                          if name in used},
+        "cpu_cores": {name: used[name] / (b - a) for name in ("worker", "broker") if name in used},
         "stages_us": per_record_us(before, after) if before and after else None,
     }
+    if sink and before:
+        stored = used.get("sink_rows", 0.0) / logs_per_record / (b - a)
+        done = timeline.when("sink_rows", before["sink_rows"] + count * logs_per_record)
+        out["stored_per_s"] = stored
+        out["served_and_stored_per_s"] = min(rate, stored)
+        out["sink_done_after_last_result_s"] = None if done is None else done - float(times.max())
+    return out
 
 
 def latency(platform: BenchPlatform, pipeline: str, pool: list[bytes], rate: float,
@@ -129,7 +150,7 @@ def transport(platform: BenchPlatform, pool: list[bytes], count: int,
     _wait_for(out.with_suffix(".ready"), tapping)
     relaying = start(relay, Relay(flow.bootstrap, source, sink, count,
                                   group=f"{platform.settings.namespace}.relay"))
-    with CpuSampler({"relay": relaying.pid, "broker": broker_pid}) as cpu:
+    with Timeline(cpu_of({"relay": relaying.pid, "broker": broker_pid})) as cpu:
         tapping.join(150)
     relaying.join(60)
     keys, times = read_tap(out)

@@ -1,0 +1,112 @@
+"""Inference logs into `inference_logs` as the Avro they arrive in, parsed by ClickHouse.
+
+Decoding each log in Python (fastavro: 30 µs a row) and handing rows to clickhouse-connect
+(another 30 µs) cost the worker as much CPU as serving the record did. Instead, a batch of
+single-object encoded InferenceLog messages becomes one Avro object container file: each
+message body, behind three fields of where it was read (topic, partition, offset), in one
+block under a schema that is the log's own with those three fields first. ClickHouse reads it
+with its Avro input format, off the GIL, and maps the tensors into the table's columns in
+the same INSERT ... SELECT; the rows are those sinks.tables.log_rows would make.
+
+Messages written with an older InferenceLog schema are left to the caller (decode them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from functools import cache
+
+from schemas.codec import AVRO_DIR, MARKER, codec
+from sinks.tables import KafkaPosition
+
+TENSOR = ("Tuple(name String, dtype String, shape Array(Int64), values Array(Float64), "
+          "strings Array(String))")
+STRUCTURE = (
+    "kafka_topic String, kafka_partition Int32, kafka_offset Int64, "
+    "time DateTime64(6, 'UTC'), record_id String, workspace String, pipeline String, "
+    "pipeline_version Int32, step Int32, model String, model_version Int32, shadow Bool, "
+    f"inputs Array({TENSOR}), outputs Array({TENSOR}), elapsed_us Int64, worker String, "
+    "error Nullable(String)"
+)
+
+
+def _long(n: int) -> bytes:
+    """An Avro long: zigzag, then 7 bits per byte, low bits first."""
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return _long(len(data)) + data
+
+
+def _as_map(tensors: str, field: str, only_text: bool = False) -> str:
+    picked = f"arrayFilter(t -> notEmpty(t.strings), {tensors})" if only_text else tensors
+    return f"mapFromArrays(arrayMap(t -> t.name, {picked}), arrayMap(t -> t.{field}, {picked}))"
+
+
+COLUMNS = {
+    **{c: c for c in ("time", "record_id", "workspace", "pipeline", "pipeline_version", "step",
+                      "model", "model_version", "shadow")},
+    **{f"{io}{suffix}": _as_map(f"{io}s", field, field == "strings")
+       for io in ("input", "output")
+       for suffix, field in (("s", "values"), ("_shapes", "shape"), ("_dtypes", "dtype"),
+                             ("_strings", "strings"))},
+    **{c: c for c in ("elapsed_us", "worker", "error", "kafka_topic", "kafka_partition",
+                      "kafka_offset")},
+}
+# {source} is where the rows come from: input(...) on a server, file(...) on chDB.
+INSERT = (f"INSERT INTO inference_logs ({', '.join(COLUMNS)}) "
+          f"SELECT {', '.join(COLUMNS.values())} FROM {{source}}")
+
+
+@cache
+def _header() -> tuple[bytes, bytes]:
+    """The container file's header and sync marker, for the current InferenceLog schema."""
+    tensor = json.loads((AVRO_DIR / "inferstream.data.Tensor.avsc").read_text())
+    log = json.loads((AVRO_DIR / "inferstream.data.InferenceLog.avsc").read_text())
+    fields, named = [], False
+    for f in log["fields"]:
+        if f["type"] == {"type": "array", "items": "inferstream.data.Tensor"}:
+            # The first use defines the named type; later ones refer to it by name.
+            f = {**f, "type": {"type": "array",
+                               "items": "inferstream.data.Tensor" if named else tensor}}
+            named = True
+        fields.append(f)
+    schema = {"type": "record", "name": "LogRow", "namespace": "inferstream.sink",
+              "fields": [{"name": "kafka_topic", "type": "string"},
+                         {"name": "kafka_partition", "type": "int"},
+                         {"name": "kafka_offset", "type": "long"}, *fields]}
+    sync = os.urandom(16)
+    meta = {"avro.schema": json.dumps(schema).encode(), "avro.codec": b"null"}
+    header = (b"Obj\x01" + _long(len(meta))
+              + b"".join(_string(k) + _long(len(v)) + v for k, v in meta.items())
+              + b"\x00" + sync)
+    return header, sync
+
+
+def current_prefix() -> bytes:
+    """The first 10 bytes of a log written with the current schema (marker, fingerprint)."""
+    return MARKER + codec("InferenceLog").fingerprint
+
+
+def container(values: Sequence[bytes], positions: Sequence[KafkaPosition]) -> bytes:
+    """An Avro object container file of current-schema logs and where each was read."""
+    header, sync = _header()
+    topics: dict[str, bytes] = {}
+    bodies = []
+    for value, (topic, partition, offset) in zip(values, positions, strict=True):
+        where = topics.get(topic)
+        if where is None:
+            where = topics[topic] = _string(topic)
+        bodies.append(where + _long(partition) + _long(offset) + value[10:])
+    block = b"".join(bodies)
+    return header + _long(len(bodies)) + _long(len(block)) + block + sync
