@@ -16,7 +16,7 @@ import faust
 
 from agents import web
 from agents.assay_scheduler import AssayScheduler
-from agents.faust_tuning import QuietMonitor, Transport
+from agents.faust_tuning import STREAM_BUFFER, QuietMonitor, Transport
 from agents.log_sink import LogSink, LogSinkThread
 from agents.orchestration import RunExecutor
 from agents.serving import DeploymentManager
@@ -66,6 +66,7 @@ def create_app(settings: Settings) -> faust.App:
         web_host="127.0.0.1",
         producer_acks=-1,
         monitor=QuietMonitor(),  # no per-event statistics (agents.faust_tuning)
+        stream_buffer_maxsize=STREAM_BUFFER,  # agents.faust_tuning says why
     )
     app.transport = Transport(app.conf.broker_consumer, app)  # a short fetch wait
     # Faust waits 45 s before resubscribing after an agent is added; a deploy should not.

@@ -25,12 +25,14 @@ from control.kafka import consumer
 from schemas.codec import codec
 from schemas.errors import DecodeError
 from sinks.access import claim
-from sinks.log_batches import INSERT, STRUCTURE, container, current_prefix
+from sinks.log_batches import INSERT, INSERT_SETTINGS, STRUCTURE, container, current_prefix
 from sinks.storage import Storage, StorageError, open_storage
 from sinks.tables import KafkaPosition, batch_token, log_rows, migrate
 
 log = logging.getLogger(__name__)
 Log = tuple[bytes, KafkaPosition]  # a log message's value, and where it was read
+# Logs per insert at most: ClickHouse spends 3 µs a row on inserts of 20 000, 5 on 5000.
+BATCH = 20_000
 
 
 class LogSink:
@@ -64,7 +66,7 @@ class LogSink:
         if len(current) == len(logs):
             try:
                 storage.insert_select(INSERT, container(*zip(*current, strict=True)), "Avro",
-                                      STRUCTURE, dedup_token=token)
+                                      STRUCTURE, dedup_token=token, settings=INSERT_SETTINGS)
                 self.written += len(logs)
                 return len(logs)
             except StorageError as exc:
@@ -94,7 +96,7 @@ class LogSink:
 
 
 class LogSinkThread:
-    """Reads the logs topic in batches (5000 logs or a second) and stores them; never drops
+    """Reads the logs topic in batches (BATCH logs or a second) and stores them; never drops
     one: a busy chDB folder or a storage outage is waited out, and offsets are committed only
     after the insert."""
 
@@ -119,12 +121,10 @@ class LogSinkThread:
         c.subscribe([topic])
         try:
             while not self._stop.is_set():
-                batch = [m for m in c.consume(5000, 1.0) if _usable(m)]
-                if not batch:
+                logs = _logs(c.consume(BATCH, 1.0))
+                if not logs:
                     continue
                 started = time.perf_counter_ns()
-                logs = [(m.value(), KafkaPosition(m.topic(), m.partition(), m.offset()))
-                        for m in batch]
                 if not self._store(logs):
                     return  # stopping: nothing committed, the next owner stores it
                 c.commit(offsets=_next_offsets(logs), asynchronous=False)
@@ -146,13 +146,15 @@ class LogSinkThread:
         return False
 
 
-def _usable(m: Message) -> bool:
-    error = m.error()
-    if error is None:
-        return m.value() is not None
-    if error.code() != KafkaError._PARTITION_EOF:
-        log.warning("reading the logs topic: %s", error)
-    return False
+def _logs(messages: list[Message]) -> list[Log]:
+    logs = []
+    for m in messages:
+        value = m.value()
+        if value is not None and m.error() is None:
+            logs.append((value, KafkaPosition(m.topic(), m.partition(), m.offset())))
+        elif m.error() is not None and m.error().code() != KafkaError._PARTITION_EOF:
+            log.warning("reading the logs topic: %s", m.error())
+    return logs
 
 
 def _next_offsets(logs: list[Log]) -> list[TopicPartition]:

@@ -81,19 +81,63 @@ class Failure(Generic[R]):
     reason: str  # "step N (model vV): what was wrong"
 
 
-@dataclass(slots=True)
-class InferenceLogEntry:
-    """One inference of one record; the caller adds time, pipeline and worker, and encodes."""
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One predict call's arrays; a record's rows are offsets[j]:offsets[j + 1] (None: one
+    record, all rows)."""
 
-    record_id: str
-    step: int
-    model: str
-    model_version: int
-    shadow: bool
-    inputs: dict[str, np.ndarray]  # by model input name, this record's rows
-    outputs: dict[str, np.ndarray]  # empty when error is set
-    elapsed_us: int
-    error: str | None = None
+    inputs: Mapping[str, np.ndarray]
+    input_offsets: list[int] | None
+    outputs: Mapping[str, np.ndarray]
+    output_offsets: list[int] | None
+
+
+class InferenceLogEntry:
+    """One inference of one record; the caller adds time, pipeline and worker, and encodes.
+
+    A served record's inputs and outputs are views of its predict call's arrays, made when
+    first read: writers of many logs read the call's whole arrays instead (`call`, `row`).
+    """
+
+    __slots__ = ("_inputs", "_outputs", "call", "elapsed_us", "error", "model",
+                 "model_version", "record_id", "row", "shadow", "step")
+
+    def __init__(self, record_id: str, step: int, model: str, model_version: int,
+                 shadow: bool, inputs: dict[str, np.ndarray] | None,
+                 outputs: dict[str, np.ndarray] | None, elapsed_us: int,
+                 error: str | None = None, call: Call | None = None, row: int = 0) -> None:
+        self.record_id, self.step, self.model = record_id, step, model
+        self.model_version, self.shadow, self.elapsed_us = model_version, shadow, elapsed_us
+        self.error, self.call, self.row = error, call, row
+        self._inputs, self._outputs = inputs, outputs
+
+    @property
+    def inputs(self) -> dict[str, np.ndarray]:
+        """By model input name, this record's rows."""
+        if self._inputs is None:
+            assert self.call is not None
+            self._inputs = _rows(self.call.inputs, self.call.input_offsets, self.row)
+        return self._inputs
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]:
+        """By model output name, this record's rows; empty when error is set."""
+        if self._outputs is None:
+            assert self.call is not None
+            self._outputs = _rows(self.call.outputs, self.call.output_offsets, self.row)
+        return self._outputs
+
+    def __repr__(self) -> str:
+        return (f"InferenceLogEntry({self.record_id!r}, step {self.step}, {self.model} "
+                f"v{self.model_version}, shadow={self.shadow}, error={self.error!r})")
+
+
+def _rows(arrays: Mapping[str, np.ndarray], offsets: list[int] | None, j: int
+          ) -> dict[str, np.ndarray]:
+    if offsets is None:
+        return dict(arrays)
+    begin, end = offsets[j], offsets[j + 1]
+    return {name: a[begin:end] for name, a in arrays.items()}
 
 
 @dataclass(slots=True)
@@ -281,13 +325,17 @@ class _BatchRun(Generic[R]):
                     else:
                         self.fail(model, attempt[0], _describe(e), shadow)
                     continue
-                given = _split(inputs, offsets)
+                # One ModelUsed for the call, shared by its records' lists: read, never changed.
+                used = ModelUsed(model.step, model.model, model.version, role)
+                call = Call(inputs, offsets if len(attempt) > 1 else None, block.arrays,
+                            block.offsets)
+                logs, records = self.outcome.logs, self.records
                 for j, i in enumerate(attempt):
                     served[i] = (block, j)
-                    self.used[i].append(ModelUsed(model.step, model.model, model.version, role))
-                    self.outcome.logs.append(InferenceLogEntry(
-                        self.records[i].record_id, model.step, model.model, model.version,
-                        shadow, given[j], block.rows(j), elapsed_us,
+                    self.used[i].append(used)
+                    logs.append(InferenceLogEntry(
+                        records[i].record_id, model.step, model.model, model.version, shadow,
+                        None, None, elapsed_us, None, call, j,
                     ))
         return served
 

@@ -85,6 +85,7 @@ class DeploymentManager:
         self.metrics = StageMetrics()
         self.outbox = Outbox(settings)
         self.ready = False  # set once the registry is replayed and its deployments served
+        self.refused: dict[Key, str] = {}  # deployments this worker cannot load, and why
 
     async def reconcile(self, registry: Registry, status: ControlStatus | None = None) -> None:
         """Make what this worker serves match the registry's deployments."""
@@ -93,6 +94,7 @@ class DeploymentManager:
             for key in [k for k in self.served if k not in wanted]:
                 await self._stop_agent(key)
                 del self.served[key]
+                self.refused.pop(key, None)
                 log.info("undeployed %s/%s", *key)
             for key, deployment in wanted.items():
                 about = status if status and (
@@ -107,6 +109,7 @@ class DeploymentManager:
                     self._refuse(deployment, current, exc, about)
                     continue
                 self.served[key] = serving  # the agent's next batch uses it
+                self.refused.pop(key, None)
                 log.info("serving %s/%s v%s", *key, deployment.version)
                 if current is None or current.batching != serving.batching:
                     await self._stop_agent(key)
@@ -114,6 +117,10 @@ class DeploymentManager:
                 self._report(about, accepted=True, serving=deployment.version)
             # Loaded models live as long as the worker: keep the collector from rescanning them.
             gc.freeze()
+
+    def alive(self) -> bool:
+        """Whether the worker still takes records from its input topics."""
+        return True
 
     def _prepare(self, registry: Registry, deployment: Deployment) -> Serving:
         pipeline = registry.pipelines[(deployment.workspace, deployment.pipeline)]
@@ -139,6 +146,7 @@ class DeploymentManager:
         reason = (f"worker {self.worker} cannot load {deployment.pipeline} version "
                   f"{deployment.version}: {exc}; {keeps}")
         log.error(reason)
+        self.refused[(deployment.workspace, deployment.pipeline)] = reason
         self._report(status, accepted=False, reason=reason)
 
     def _report(self, status: ControlStatus | None, accepted: bool, reason: str | None = None,
@@ -296,12 +304,10 @@ class DeploymentManager:
 
     def publish_logs(self, serving: Serving, outcome: BatchOutcome, shipment: Shipment) -> None:
         """Queue one inference-log record per inference (shadow ones too) on the logs topic."""
-        now_us = time.time_ns() // 1000
-        topic, encode, send = self.settings.topic("logs"), serving.logs.encode, shipment.send
-        for e in outcome.logs:
-            send(topic, e.record_id.encode(), encode(
-                now_us, e.record_id, e.step, e.model, e.model_version, e.shadow, e.inputs,
-                e.outputs, e.elapsed_us, e.error))
+        topic, send = self.settings.topic("logs"), shipment.send
+        values = serving.logs.encode_all(time.time_ns() // 1000, outcome.logs)
+        for entry, value in zip(outcome.logs, values, strict=True):
+            send(topic, entry.record_id.encode(), value)
 
     def _dead(self, serving: Serving, message: Any, reason: str, shipment: Shipment) -> None:
         d = serving.deployment

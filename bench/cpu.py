@@ -71,6 +71,15 @@ class Timeline:
                             - np.interp(start, self.times, values))
                 for name, values in self.samples.items()}
 
+    def slope(self, name: str, start: float, end: float) -> float:
+        """Least-squares growth per second of a series between two times: for a counter that
+        grows in steps (a sink stores a batch a second), steadier than end minus start."""
+        t = np.array(self.times)
+        inside = (t >= start) & (t <= end)
+        if inside.sum() < 3:
+            return float("nan")
+        return float(np.polyfit(t[inside], np.array(self.samples[name])[inside], 1)[0])
+
     def when(self, name: str, reached: float) -> float | None:
         """The first sampled time at which series `name` had reached a value, if it did."""
         for t, value in zip(self.times, self.samples[name], strict=True):

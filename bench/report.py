@@ -98,7 +98,8 @@ def table(result: dict[str, Any]) -> str:
     for model, by_batch in result["inference"].items():
         lines.append(f"  {model:<10} " + "".join(f"{_n(v):>10}" for v in by_batch.values()))
     t = result["transport"]
-    lines += ["", f"transport ceiling (confluent-kafka relay): {_n(t['msgs_per_s'])} msgs/s, "
+    lines += ["", f"transport ceiling (confluent-kafka relay, best of "
+                  f"{len(t.get('runs', [1]))}): {_n(t['msgs_per_s'])} msgs/s, "
                   f"CPU s/10k: " + ", ".join(f"{k} {_n(v, 2)}" for k, v in
                                              t["cpu_s_per_10k"].items()), "",
               "end to end, one worker     msgs/s   worker s/10k  broker s/10k"
@@ -113,9 +114,11 @@ def table(result: dict[str, Any]) -> str:
         if "stored_per_s" in sat:
             lines.append(f"  {'':<22}(results {_n(sat['msgs_per_s'])}/s, logs stored "
                          f"{_n(sat['stored_per_s'])}/s: the slower sets the pace)")
-    lines += ["", "worker stages, µs per record at saturation"]
+    lines += ["", "worker stages, µs per record at saturation (sink/log: per log row; batch: "
+                  "records per micro-batch)"]
     stages = [k for k in next(iter(result["scenarios"].values()))["saturation"]["stages_us"] or {}]
-    lines.append("  " + " " * 22 + "".join(f"{k:>10}" for k in stages))
+    names = {"sink_per_log_row": "sink/log", "batch_size": "batch"}
+    lines.append("  " + " " * 22 + "".join(f"{names.get(k, k):>10}" for k in stages))
     for s in result["scenarios"].values():
         st = s["saturation"]["stages_us"] or {}
         lines.append(f"  {s['label']:<22}" + "".join(f"{_n(st.get(k), 1):>10}" for k in stages))

@@ -112,7 +112,7 @@ def saturation(platform: BenchPlatform, w: WorkerProcess, pipeline: str, pool: l
         "stages_us": per_record_us(before, after) if before and after else None,
     }
     if sink and before:
-        stored = used.get("sink_rows", 0.0) / logs_per_record / (b - a)
+        stored = timeline.slope("sink_rows", a, b) / logs_per_record
         done = timeline.when("sink_rows", before["sink_rows"] + count * logs_per_record)
         out["stored_per_s"] = stored
         out["served_and_stored_per_s"] = min(rate, stored)
@@ -135,9 +135,10 @@ def latency(platform: BenchPlatform, pipeline: str, pool: list[bytes], rate: flo
 
 
 def transport(platform: BenchPlatform, pool: list[bytes], count: int,
-              broker_pid: int | None) -> dict[str, Any]:
+              broker_pid: int | None, run: int = 0) -> dict[str, Any]:
     """The plain relay over a preloaded backlog: msgs/s and CPU per 10k records."""
-    source, sink = platform.settings.topic("relay.input"), platform.settings.topic("relay.output")
+    source = platform.settings.topic(f"relay{run}.input")
+    sink = platform.settings.topic(f"relay{run}.output")
     many = TopicSpec(platform.settings.pipeline_partitions)
     ensure_topics(platform.settings, {source: many, sink: many})
     flow = Flow(platform.settings.bootstrap_servers, source, sink, pool, platform.folder)
@@ -149,7 +150,7 @@ def transport(platform: BenchPlatform, pool: list[bytes], count: int,
     tapping = start(tap, Tap(flow.bootstrap, sink, platform.ends(sink), count, 120, out))
     _wait_for(out.with_suffix(".ready"), tapping)
     relaying = start(relay, Relay(flow.bootstrap, source, sink, count,
-                                  group=f"{platform.settings.namespace}.relay"))
+                                  group=f"{platform.settings.namespace}.relay{run}"))
     with Timeline(cpu_of({"relay": relaying.pid, "broker": broker_pid})) as cpu:
         tapping.join(150)
     relaying.join(60)

@@ -92,10 +92,10 @@ class Storage:
         return len(rows)
 
     def insert_select(self, sql: str, data: bytes, fmt: str, structure: str,
-                      dedup_token: str | None = None) -> None:
+                      dedup_token: str | None = None, settings: Params | None = None) -> None:
         """Run `INSERT ... SELECT ... FROM {source}`: the engine reads `data` (in format `fmt`,
         with columns as in `structure`) as the source, e.g. Avro it parses without Python."""
-        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        settings = _insert_settings(dedup_token, settings)
         source = f"input({_literal(structure)})"
         try:  # a server takes the data as the request's body
             self._client.command(f"{sql.format(source=source)} FORMAT {fmt}", data=data,
@@ -168,9 +168,9 @@ class ChdbStorage(Storage):
         super().__init__(client, f"chDB at {folder}")
 
     def insert_select(self, sql: str, data: bytes, fmt: str, structure: str,
-                      dedup_token: str | None = None) -> None:
+                      dedup_token: str | None = None, settings: Params | None = None) -> None:
         # chDB has no request body: the engine reads the data from a file of ours.
-        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        settings = _insert_settings(dedup_token, settings)
         with tempfile.NamedTemporaryFile(suffix=f".{fmt.lower()}") as f:
             f.write(data)
             f.flush()
@@ -218,6 +218,11 @@ def _lock_holder(status: Path) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+def _insert_settings(dedup_token: str | None, settings: Params | None) -> dict[str, Any]:
+    token = {"insert_deduplication_token": dedup_token} if dedup_token else {}
+    return {**(settings or {}), **token}
 
 
 def _literal(text: str) -> str:

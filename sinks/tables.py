@@ -212,10 +212,9 @@ def log_rows(
 
 def batch_token(positions: Iterable[KafkaPosition]) -> str:
     """A deduplication token that is the same whenever the same offsets are written again."""
-    digest = hashlib.sha256()
-    for position in sorted(positions):
-        digest.update(f"{position.topic}\0{position.partition}\0{position.offset}\n".encode())
-    return f"logs-{digest.hexdigest()}"
+    text = "".join(f"{topic}\0{partition}\0{offset}\n"
+                   for topic, partition, offset in sorted(positions))
+    return f"logs-{hashlib.sha256(text.encode()).hexdigest()}"  # one update: the same digest
 
 
 def _tensors(

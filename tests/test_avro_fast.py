@@ -4,6 +4,9 @@ fast input reader reads what fastavro reads, or leaves the record to it."""
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
 
 import fastavro
 import numpy as np
@@ -11,8 +14,12 @@ import pytest
 
 from agents.avro_reader import read_body
 from agents.avro_writer import LogWriter, ResultWriter, long
-from agents.formats import BadRecord, avro_input, decode_record, tensor_records
-from agents.runtimes.base import TensorSpec
+from agents.demo_models import build_onnx_classifier, iris_rows
+from agents.formats import BadRecord, InputRecord, avro_input, decode_record, tensor_records
+from agents.runner import PipelineRunner
+from agents.runtimes import load_model
+from agents.runtimes.base import STRING, ModelRuntime, TensorSpec
+from control.state import ModelStep, PipelineVersion, ShadowStep
 from schemas.codec import codec, decode
 
 RNG = np.random.default_rng(0)
@@ -105,3 +112,42 @@ def test_fast_reader_leaves_odd_records_to_fastavro() -> None:
     assert read_body(ragged, avro.plan) is None
     with pytest.raises(BadRecord, match="float_input"):
         decode_record(ragged, None, FLOATS, "d", avro)
+
+
+class _Texts(ModelRuntime):
+    """Labels as text, so that a call's outputs are not all numbers."""
+
+    framework = "test"
+
+    @classmethod
+    def load(cls, path: Path) -> ModelRuntime:
+        raise NotImplementedError
+
+    def _predict(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = arrays["float_input"]
+        return {"label": np.array([f"c{int(v)}" for v in x[:, 0]]), "score": x[:, :1] * 2}
+
+
+@pytest.mark.parametrize("sizes", [[1] * 7, [1, 2, 1, 3], [2, 2, 2]])
+def test_logs_written_per_call_match_logs_written_one_by_one(tmp_path: Path,
+                                                              sizes: list[int]) -> None:
+    iris = [load_model("onnx", build_onnx_classifier(tmp_path / f"i{s}.onnx", seed=s))
+            for s in (0, 1)]
+    texts = _Texts((TensorSpec("float_input", "float32", (-1, 4)),),
+                   (TensorSpec("label", STRING, (-1,)), TensorSpec("score", "float32", (-1, 1))))
+    runtimes = {("iris", 1): iris[0], ("iris", 2): iris[1], ("texts", 1): texts}
+    version = PipelineVersion("ws", "p", 1, (
+        ShadowStep(ModelStep("iris", 1), (ModelStep("iris", 2),)),
+        ModelStep("texts", 1, {"float_input": "probabilities"})), "ann", datetime.now(UTC))
+    rows = np.resize(iris_rows(), (sum(sizes), 4))
+    bounds = np.cumsum([0, *sizes])
+    records = [InputRecord(f"r{k}", None, "json", {"float_input": rows[a:b]}, {}, b"")
+               for k, (a, b) in enumerate(pairwise(bounds))]
+    records.append(InputRecord("bad", None, "json", {"float_input": np.zeros((1, 3))}, {}, b""))
+    outcome = PipelineRunner(version, runtimes, "w").run(records)
+    assert outcome.failures and any(e.call is not None for e in outcome.logs)
+    writer = LogWriter("ws", "p", 1, "host:1")
+    one_by_one = [writer.encode(7, e.record_id, e.step, e.model, e.model_version, e.shadow,
+                                e.inputs, e.outputs, e.elapsed_us, e.error)
+                  for e in outcome.logs]
+    assert writer.encode_all(7, outcome.logs) == one_by_one
