@@ -1,7 +1,8 @@
-"""The Faust app of a worker: wires topics, agents, the registry and the web server.
+"""The Faust app of a worker: wires the intake, the registry, schedules and the web server.
 
-Every worker of a platform joins the same app (consumer group) `<namespace>-workers`;
-Kafka partitions of the pipelines' input topics are split among them.
+Every worker of a platform joins the same Faust app `<namespace>-workers` (its group elects
+the leader that runs schedules when storage is a server) and the intake's consumer group
+`<namespace>-workers-serving`, which splits the input topics' partitions among them.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from pathlib import Path
 
 import faust
 
-from agents import web
+from agents import heartbeat, web
 from agents.assay_scheduler import AssayScheduler
-from agents.faust_tuning import STREAM_BUFFER, QuietMonitor, Transport
 from agents.log_sink import LogSink, LogSinkThread
 from agents.orchestration import RunExecutor
 from agents.serving import DeploymentManager
@@ -58,21 +58,16 @@ def create_app(settings: Settings) -> faust.App:
         topic_disable_leader=False,  # the leader runs the assays when storage is a server
         topic_partitions=settings.pipeline_partitions,
         consumer_auto_offset_reset="earliest",
-        # Quick group joins after a deploy changes the subscription.
+        # Quick group joins when a worker comes or goes.
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=8.0,
         web_port=settings.worker_web_port,
         web_host="127.0.0.1",
         producer_acks=-1,
-        monitor=QuietMonitor(),  # no per-event statistics (agents.faust_tuning)
-        stream_buffer_maxsize=STREAM_BUFFER,  # agents.faust_tuning says why
     )
-    app.transport = Transport(app.conf.broker_consumer, app)  # a short fetch wait
-    # Faust waits 45 s before resubscribing after an agent is added; a deploy should not.
-    app.topics._resubscribe_sleep_lock_seconds = 1.0
     name = worker_name(settings)
-    manager = DeploymentManager(app, settings, name)
+    manager = DeploymentManager(settings, name)
     app.inferstream = manager  # type: ignore[attr-defined] - the web views reach it here
     ensure_topics(settings, platform_topics(settings))
 
@@ -146,9 +141,15 @@ def create_app(settings: Settings) -> faust.App:
         follower = RegistryFollower(settings, changed).start()
         registry = await loop.run_in_executor(None, follower.wait_caught_up)
         await manager.reconcile(registry)
+        manager.intake.start()
         manager.ready = True
         app.inferstream_follower = follower  # type: ignore[attr-defined]
         app.inferstream_registrar = registrar  # type: ignore[attr-defined]
 
     web.register(app, manager, sink)
+    heartbeat.register(app, manager, settings)
+
+    @app.on_before_shutdown.connect
+    def leave(app: faust.App, **_: object) -> None:
+        manager.close()  # leaves the serving group at once: the others take its partitions
     return app

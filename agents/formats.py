@@ -22,21 +22,28 @@ from typing import Any, NamedTuple
 
 import fastavro
 import numpy as np
-from fastavro.validation import ValidationError, validate
 
-from agents.avro_reader import plan_for, read_body
+from agents.avro_input import AvroInput, avro_input, input_schema, input_schema_name
+from agents.avro_reader import read_body
 from agents.avro_writer import ResultWriter
+from agents.input_checks import BadRecord, as_array, bad_field, cast, example, missing, shaped
 from agents.runtimes.base import STRING, TensorSpec
-from schemas.codec import MARKER, codec, schema_fingerprint
-from schemas.errors import InferstreamError
+from schemas.codec import MARKER, codec, reader_error
 
 try:
     import orjson
 except ImportError:  # pragma: no cover - a declared dependency; stdlib json is the slow fallback
     orjson = None  # type: ignore[assignment]
 
+__all__ = [  # with the Avro input schema (agents.avro_input) and BadRecord (agents.input_checks)
+    "AVRO", "JSON", "V2", "AvroInput", "BadRecord", "InputRecord", "ModelUsed", "ResultMeta",
+    "avro_input", "dead_letter", "decode_record", "encode_result", "input_schema",
+    "input_schema_name", "tensor_records"]
+
 JSON, AVRO, V2 = "json", "avro", "v2"
 MAX_RECORD_BYTES = 8 * 1024 * 1024
+DEAD_LETTER_BYTES = 1_000_000  # librdkafka's default message.max.bytes; brokers take 1 MiB
+_REASON_CHARS = 4000
 # orjson before 3.9.15 overflows the C stack on deeply nested input (CVE-2024-27454): a single
 # hostile record would kill the worker, so such versions only serialise, never parse.
 _FAST_LOADS = orjson is not None and tuple(
@@ -45,22 +52,8 @@ _V2_DTYPES = {"BOOL": "bool", "FP16": "float16", "FP32": "float32", "FP64": "flo
               "BYTES": STRING, **{f"{u}INT{n}": f"{u.lower()}int{n}" for u in ("", "U")
                                   for n in (8, 16, 32, 64)}}
 _V2_NAMES = {dtype: name for name, dtype in _V2_DTYPES.items()}
-_AVRO_TYPES = {"float16": "float", "float32": "float", "float64": "double", "bool": "boolean",
-               "int64": "long", "uint32": "long", "uint64": "long", STRING: "string",
-               **dict.fromkeys(("int8", "int16", "int32", "uint8", "uint16"), "int")}
 _SCALARS = (str, int, float, bool)
-_KINDS = {"U": "text", "b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
-_TYPES = {type(None): "null", str: "text", bool: "booleans", int: "integers", float: "numbers",
-          list: "lists", dict: "objects"}
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|[-+]?(nan|inf(inity)?)", re.I)
-
-
-class BadRecord(InferstreamError):
-    """A record that cannot be served: it does not decode, or does not fit the model's inputs."""
-
-    def __init__(self, reason: str, format: str | None = None, field: str | None = None) -> None:
-        self.reason, self.format, self.field = reason, format, field
-        super().__init__(f"{format} record: {reason}" if format else reason)
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class ModelUsed(NamedTuple):
@@ -99,78 +92,6 @@ class ResultMeta:
     time_us: int | None = None  # when the result was made; now when None
 
 
-# -- the Avro input schema ------------------------------------------------------------------
-
-def input_schema_name(workspace: str, pipeline: str) -> str:
-    """The one name of a pipeline's input schema: the name is part of the fingerprint."""
-    return f"inferstream.input.{workspace}.{pipeline}"
-
-
-def input_schema(specs: tuple[TensorSpec, ...], name: str) -> dict:
-    """The Avro record producers write; name it with input_schema_name(workspace, pipeline).
-
-    An optional string `id`, then one field per model input holding its rows: one array level
-    per dimension of the spec (rows first), of float/double/int/long/boolean/string.
-    """
-    parts = [_avro_name(p) for p in name.split(".") if p]
-    fields: list[dict] = [{"name": "id", "type": ["null", "string"], "default": None}]
-    for spec in specs:
-        if spec.dtype not in _AVRO_TYPES:
-            raise InferstreamError(f"input {spec.name!r} has dtype {spec.dtype}, which has no "
-                                   f"Avro type; known: {', '.join(_AVRO_TYPES)}")
-        avro_type: Any = _AVRO_TYPES[spec.dtype]
-        for _ in range(max(len(spec.shape), 1)):
-            avro_type = {"type": "array", "items": avro_type}
-        fields.append({"name": _avro_name(spec.name), "type": avro_type,
-                       "doc": f"{spec.name}: {spec.dtype} {list(spec.shape)}, rows first"})
-    names = [f["name"] for f in fields]
-    if len(set(names)) != len(names):
-        raise InferstreamError(f"model inputs {[s.name for s in specs]} give clashing Avro field "
-                               f"names {names}; rename the model's inputs")
-    return {"type": "record", "name": parts[-1] if parts else "Input",
-            "namespace": ".".join(parts[:-1]), "fields": fields,
-            "doc": "One record for a pipeline: its first model's inputs, each holding rows."}
-
-
-def _avro_name(name: str) -> str:
-    clean = re.sub(r"[^A-Za-z0-9_]", "_", name)
-    return clean if re.match(r"[A-Za-z_]", clean) else "_" + clean
-
-
-class AvroInput:
-    """A pipeline's Avro input schema, parsed once; keep one per pipeline version."""
-
-    __slots__ = ("fields", "fingerprint", "name", "parsed", "plan", "schema")
-
-    def __init__(self, specs: tuple[TensorSpec, ...], name: str) -> None:
-        self.schema = input_schema(specs, name)
-        self.parsed = fastavro.parse_schema(self.schema)
-        self.name = self.parsed["name"]
-        self.fingerprint = schema_fingerprint(self.parsed)
-        self.fields = tuple((_avro_name(spec.name), spec) for spec in specs)
-        self.plan = plan_for(self.fields)  # floats only: read without fastavro
-
-    def encode(self, record: Mapping[str, Any]) -> bytes:
-        """One record ({"id": ..., input name: rows}) single-object encoded, as producers write."""
-        body = {"id": record.get("id"), **{
-            a: v.tolist() if isinstance(v := record.get(s.name), np.ndarray) else v
-            for a, s in self.fields}}
-        out = io.BytesIO(MARKER + self.fingerprint)
-        out.seek(10)
-        try:
-            validate(body, self.parsed, raise_errors=True)  # fastavro would truncate 1.5 to 1
-            fastavro.schemaless_writer(out, self.parsed, body)
-        except (ValidationError, ValueError, TypeError) as exc:
-            raise InferstreamError(f"cannot encode a {self.name} record: {exc}") from exc
-        return out.getvalue()
-
-
-@lru_cache(maxsize=256)
-def avro_input(specs: tuple[TensorSpec, ...], name: str) -> AvroInput:
-    """The parsed input schema for these specs, made once per (specs, name)."""
-    return AvroInput(specs, name)
-
-
 # -- decoding --------------------------------------------------------------------------------
 
 def decode_record(raw: bytes, key: bytes | None, specs: tuple[TensorSpec, ...], default_id: str,
@@ -184,7 +105,8 @@ def decode_record(raw: bytes, key: bytes | None, specs: tuple[TensorSpec, ...], 
         raise BadRecord("empty message value (a tombstone?); send one JSON or Avro record")
     if len(raw) > max_bytes:
         raise BadRecord(f"record is {len(raw)} bytes, over the limit of {max_bytes} bytes; "
-                        "split it into smaller records or raise the pipeline's limit")
+                        "split it into smaller records, or raise the workers' "
+                        "INFERSTREAM_MAX_RECORD_BYTES")
     raw = bytes(raw)
     if raw[:2] == MARKER:
         return _decode_avro(raw, key, default_id, avro)
@@ -213,11 +135,13 @@ def _decode_avro(raw: bytes, key: bytes | None, default_id: str,
         doc = _read_avro(raw, avro)
     tensors = {}
     for avro_name, spec in avro.fields:
-        try:
-            array = np.asarray(doc[avro_name], dtype=str if spec.dtype == STRING else spec.dtype)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise _bad(spec, AVRO, f"values that do not fit: {str(exc)[:120]}") from None
-        tensors[spec.name] = _shaped(spec, array, AVRO, stacked=True)
+        try:  # numbers as they came: _cast checks their range (an Avro int holds 300, a uint8
+            # does not; an Avro float holds 1e38, a float16 does not), as for JSON records
+            array = np.asarray(doc[avro_name], dtype=str if spec.dtype == STRING else None)
+        except (ValueError, TypeError, OverflowError):
+            raise bad_field(spec, AVRO, "ragged lists (rows or items of different lengths)"
+                            ) from None
+        tensors[spec.name] = cast(spec, shaped(spec, array, AVRO, stacked=True), AVRO)
     fields: dict[str, Any] = {"id": doc["id"]} if doc["id"] is not None else {}
     _add_single_values(tensors, fields)
     return _record(doc["id"] or default_id, key, AVRO, tensors, fields, raw)
@@ -229,8 +153,8 @@ def _read_avro(raw: bytes, avro: AvroInput) -> dict[str, Any]:
     try:
         doc = fastavro.schemaless_reader(body, avro.parsed, None)
     except Exception as exc:  # fastavro raises many types (EOFError, IndexError...) on garbage
-        raise BadRecord(f"corrupt or truncated {avro.name} ({len(raw)} bytes): {exc!r}",
-                        AVRO) from None
+        raise BadRecord(f"corrupt or truncated {avro.name} ({len(raw)} bytes): "
+                        f"{reader_error(exc)}", AVRO) from None
     if body.tell() != len(raw):
         raise BadRecord(f"corrupt {avro.name}: {len(raw) - body.tell()} bytes after it", AVRO)
     return doc
@@ -253,17 +177,17 @@ def _decode_v2(doc: dict, inputs: list[dict], raw: bytes, key: bytes | None,
     for spec in specs:
         item = given.get(spec.name)
         if item is None:
-            raise _missing(spec, V2, sorted(given))
+            raise missing(spec, V2, sorted(given))
         declared, want = (np.dtype(str if t == STRING else t).kind
                           for t in (_V2_DTYPES[item["datatype"]], spec.dtype))
         if (declared == "U") != (want == "U") or (want == "b") != (declared == "b") or (
                 declared == "f" and want in "iu"):
-            raise _bad(spec, V2, f"datatype {item['datatype']} (send "
+            raise bad_field(spec, V2, f"datatype {item['datatype']} (send "
                                  f"{_V2_NAMES.get(spec.dtype, spec.dtype)})")
-        array = _cast(spec, _array(spec, item["data"], V2), V2)
+        array = cast(spec, as_array(spec, item["data"], V2), V2)
         if array.size != math.prod(item["shape"]):
-            raise _bad(spec, V2, f"shape {item['shape']} with {array.size} values of data")
-        tensors[spec.name] = _shaped(spec, array.reshape(item["shape"]), V2, stacked=False)
+            raise bad_field(spec, V2, f"shape {item['shape']} with {array.size} values of data")
+        tensors[spec.name] = shaped(spec, array.reshape(item["shape"]), V2, stacked=False)
     rid, params = doc.get("id"), doc.get("parameters")
     fields = _scalars(params) if isinstance(params, dict) else {}
     if isinstance(rid, _SCALARS):
@@ -280,7 +204,7 @@ def _decode_json(doc: Any, raw: bytes, key: bytes | None, specs: tuple[TensorSpe
         rows, stacked = doc, True
     else:
         raise BadRecord(f"expected an object of model inputs or a non-empty list of them (or V2 "
-                        f"'inputs'), got {_example(doc)}", JSON)
+                        f"'inputs'), got {example(doc)}", JSON)
     tensors = {}
     for spec in specs:
         try:
@@ -288,9 +212,9 @@ def _decode_json(doc: Any, raw: bytes, key: bytes | None, specs: tuple[TensorSpe
         except KeyError:
             row = next(i for i, row in enumerate(rows) if spec.name not in row)
             where = f" from row {row}" if stacked else ""
-            raise _missing(spec, JSON, sorted(rows[row]), where) from None
-        array = _shaped(spec, _array(spec, values, JSON), JSON, stacked)
-        tensors[spec.name] = _cast(spec, array, JSON)
+            raise missing(spec, JSON, sorted(rows[row]), where) from None
+        array = shaped(spec, as_array(spec, values, JSON), JSON, stacked)
+        tensors[spec.name] = cast(spec, array, JSON)
     first = rows[0]
     return _record(_id(first.get("id"), default_id), key, JSON, tensors, _scalars(first), raw)
 
@@ -319,96 +243,6 @@ def _add_single_values(tensors: dict[str, np.ndarray], fields: dict[str, Any]) -
             fields.setdefault(name, array.item())
 
 
-def _array(spec: TensorSpec, values: Any, fmt: str) -> np.ndarray:
-    try:  # objects for text: numpy would quietly turn a number in a text list into text
-        return np.asarray(values, dtype=object if spec.dtype == STRING else None)
-    except (ValueError, TypeError, OverflowError, RecursionError):
-        raise _bad(spec, fmt, "ragged or too deeply nested lists") from None
-
-
-def _shaped(spec: TensorSpec, array: np.ndarray, fmt: str, stacked: bool) -> np.ndarray:
-    """The array with rows on axis 0: a single row gains it, scalars fill [-1, 1]-like inputs."""
-    shape = spec.shape or (-1,)  # a rank-0 input still takes one value per row
-    ones = all(d == 1 for d in shape[1:])
-    if stacked:
-        if array.ndim == len(shape) - 1 and ones:
-            array = array.reshape(-1, *shape[1:])
-    elif array.ndim == len(shape) - 1:
-        array = array[np.newaxis]
-    elif array.ndim == 0 and ones:
-        array = array.reshape((1,) * len(shape))
-    if array.ndim != len(shape) or not len(array) or any(
-            want not in (-1, got) for want, got in zip(shape, array.shape, strict=True)):
-        raise _bad(spec, fmt, f"shape {list(array.shape)}")
-    return array
-
-
-def _cast(spec: TensorSpec, array: np.ndarray, fmt: str) -> np.ndarray:
-    """The values as spec's dtype when no value changes meaning, else BadRecord."""
-    kind = array.dtype.kind
-    if spec.dtype == STRING:
-        bad = [v for v in array.flat if not isinstance(v, str)][:1] if kind == "O" else [None]
-        if kind == "U" or not bad:
-            return array.astype(str, copy=False)
-        raise _bad(spec, fmt, _got(array, bad[0]))
-    want = np.dtype(spec.dtype)
-    if kind == "O":
-        array = _objects(spec, array, want, fmt)
-        kind = array.dtype.kind
-    if array.dtype == want:
-        return array
-    if want.kind == "f" and kind in "biuf":
-        with np.errstate(over="ignore"):
-            out = array.astype(want)
-        if not np.isfinite(out).all() and (
-                kind != "f" or (np.isfinite(out) != np.isfinite(array)).any()):
-            raise _bad(spec, fmt, f"numbers beyond the range of {want.name}")
-        return out
-    if want.kind in "iu" and kind in "biuf":
-        if kind == "f":
-            wrong = ~(np.isfinite(array) & (array == np.trunc(array)))
-            if wrong.any():
-                raise _bad(spec, fmt, f"non-integer numbers (e.g. {array[wrong].flat[0].item()})")
-        info = np.iinfo(want)
-        if kind != "b" and array.size and (array.min() < info.min or array.max() > info.max):
-            raise _bad(spec, fmt, f"numbers beyond the range of {want.name}")
-        return array.astype(want)
-    raise _bad(spec, fmt, _got(array))
-
-
-def _objects(spec: TensorSpec, array: np.ndarray, want: np.dtype, fmt: str) -> np.ndarray:
-    # Mixed lists: numbers with nulls (pandas writes NaN as null), huge ints, text or lists.
-    null_ok = want.kind == "f"
-    for value in array.flat:
-        if not (type(value) in (int, float, bool) or (value is None and null_ok)):
-            raise _bad(spec, fmt, _got(array, value))
-    values = [np.nan if v is None else v for v in array.flat]
-    # Through float64 when floats are in it, so that range and integer checks still apply.
-    as_float = null_ok or any(type(v) is float for v in values)
-    try:
-        return np.array(values, dtype=np.float64 if as_float else want).reshape(array.shape)
-    except OverflowError:
-        raise _bad(spec, fmt, f"numbers beyond the range of {want.name}") from None
-
-
-def _got(array: np.ndarray, bad: Any = None) -> str:
-    """What a field held, for a message: the kind of values and one offending value."""
-    kind = array.dtype.kind
-    if kind == "O":
-        return f"{_TYPES.get(type(bad), type(bad).__name__)} (e.g. {_example(bad)})"
-    flat = array.ravel().tolist() or [""]
-    # numpy turns a list mixing numbers and text into text: show a value that was text
-    bad = next((v for v in flat if not _NUMBER.fullmatch(v)), flat[0]) if kind == "U" else flat[0]
-    return f"{_KINDS.get(kind, array.dtype.name)} (e.g. {_example(bad)})"
-
-
-def _example(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        value = value.tolist()[0] if value.size else []
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _loads(raw: bytes) -> Any:
     if _FAST_LOADS:
         try:
@@ -418,17 +252,12 @@ def _loads(raw: bytes) -> Any:
             # pandas write them) need the stdlib parser, which also fails cleanly when too deep.
             if b"NaN" not in raw and b"Infinity" not in raw:
                 raise
-    return json.loads(raw)
-
-
-def _missing(spec: TensorSpec, fmt: str, has: list[str], where: str = "") -> BadRecord:
-    return BadRecord(f"field {spec.name!r} ({spec.dtype} {list(spec.shape)}) is missing{where}; "
-                     f"the record has {has[:20]}", fmt, spec.name)
-
-
-def _bad(spec: TensorSpec, fmt: str, got: str) -> BadRecord:
-    return BadRecord(f"field {spec.name!r}: expected {spec.dtype} {list(spec.shape)}, got {got}",
-                     fmt, spec.name)
+    doc = json.loads(raw)
+    # orjson refuses text with a lone UTF-16 surrogate escape (no Unicode text, no UTF-8
+    # either); the stdlib keeps it, and it would fail the result and log writers later.
+    if _SURROGATE.search(raw):
+        json.dumps(doc, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
+    return doc
 
 
 # -- encoding --------------------------------------------------------------------------------
@@ -479,12 +308,33 @@ def tensor_records(arrays: Mapping[str, np.ndarray]) -> list[dict]:
 
 def dead_letter(raw: bytes | None, key: bytes | None, reason: str | BaseException, pipeline: str,
                 pipeline_version: int | None, topic: str, partition: int, offset: int, *,
-                workspace: str | None = None, time_us: int | None = None) -> bytes:
-    """An Avro DeadLetter for the dead-letter topic: the reason and the original bytes."""
-    return codec("DeadLetter").encode({
-        "time": time_us or time.time_ns() // 1000, "reason": str(reason), "workspace": workspace,
-        "pipeline": pipeline, "pipeline_version": pipeline_version, "topic": topic,
-        "partition": partition, "offset": offset, "key": key, "original": bytes(raw or b"")})
+                workspace: str | None = None, time_us: int | None = None,
+                max_bytes: int = DEAD_LETTER_BYTES) -> bytes:
+    """An Avro DeadLetter for the dead-letter topic: the reason and the original bytes.
+
+    A record near the broker's message size makes a letter over it, which would never be
+    written (its batch failing again and again): past max_bytes the letter keeps the first
+    bytes of the original (then of the key), and its reason says how many.
+    """
+    original, text = bytes(raw or b""), str(reason)
+    if len(text) > _REASON_CHARS:
+        text = f"{text[:_REASON_CHARS]}… ({len(text)} characters)"
+    letter = {"time": time_us or time.time_ns() // 1000, "reason": text, "workspace": workspace,
+              "pipeline": pipeline, "pipeline_version": pipeline_version, "topic": topic,
+              "partition": partition, "offset": offset, "key": key, "original": original}
+    dead = codec("DeadLetter")
+    # Room for key and original: the letter without them, and a margin for the note below.
+    room = max_bytes - len(dead.encode({**letter, "key": None, "original": b""})) - 200
+    if len(original) + len(key or b"") > room:
+        key_room = max(room - len(original), room // 2)
+        kept_key = key if key is None or len(key) <= key_room else key[:key_room]
+        kept = original[:max(room - len(kept_key or b""), 0)]
+        cut = [f"the first {len(kept)} of its {len(original)} bytes"] if kept != original else []
+        if kept_key is not key:
+            cut.append(f"the first {len(kept_key or b'')} bytes of its {len(key or b'')}-byte key")
+        note = f" (this letter keeps {' and '.join(cut)})" if cut else ""
+        letter |= {"key": kept_key, "original": kept, "reason": text + note}
+    return dead.encode(letter)
 
 
 def _jsonable(value: Any) -> Any:

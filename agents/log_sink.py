@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from control.config import Settings
 from control.kafka import consumer
@@ -127,11 +127,30 @@ class LogSinkThread:
                 started = time.perf_counter_ns()
                 if not self._store(logs):
                     return  # stopping: nothing committed, the next owner stores it
-                c.commit(offsets=_next_offsets(logs), asynchronous=False)
+                self._commit(c, logs)
                 if self.on_stored is not None:
                     self.on_stored(len(logs), time.perf_counter_ns() - started)
         finally:
             c.close()
+
+    def _commit(self, c: Consumer, logs: list[Log]) -> None:
+        """Commit the stored logs' offsets, through a broker restart (the coordinator moves).
+
+        Given up only when the group took the partitions away: the next owner stores these
+        logs again, and the table keeps one of each (a ReplacingMergeTree read with FINAL)."""
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                c.commit(offsets=_next_offsets(logs), asynchronous=False)
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not error.retriable() and error.code() not in _COORDINATOR_MOVED:
+                    log.warning("log sink could not commit its offsets: %s", error)
+                    return
+                log.info("log sink retries its commit in %.1fs: %s", delay, error)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
 
     def _store(self, logs: list[Log]) -> bool:
         delay = 0.5
@@ -144,6 +163,11 @@ class LogSinkThread:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
         return False
+
+
+_COORDINATOR_MOVED = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                      KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError._TRANSPORT,
+                      KafkaError.REQUEST_TIMED_OUT}
 
 
 def _logs(messages: list[Message]) -> list[Log]:

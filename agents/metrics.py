@@ -1,16 +1,28 @@
-"""Cheap counters of where a worker's time goes: nanoseconds per stage, summed per batch.
+"""What a worker measures: time per stage (StageMetrics) and, per pipeline, Prometheus series.
 
-Stages of a served batch: consume (waiting for the batch: fetching, and whatever else the event
-loop ran meanwhile), decode, infer, encode (results, dead letters, logs), produce (queueing the
-sends and waiting for the broker's acks) and ack; the log sink adds sink (decoding and inserting
-log rows). Two clock reads per stage per batch, not per record; served on GET /metrics.
+StageMetrics: cheap counters of where a worker's time goes, nanoseconds per stage, summed per
+batch. Stages of a served batch: consume (waiting for the batch: fetching, and whatever else the
+event loop ran meanwhile), decode, infer, encode (results, dead letters, logs), produce (queueing
+the sends and waiting for the broker's acks) and ack; the log sink adds sink (decoding and
+inserting log rows). Two clock reads per stage per batch, not per record; served as JSON on
+GET /metrics/stages (bench/ reads it).
+
+PipelineMetrics: records in, out and dead-lettered, batch latency, consumer lag, model load
+failures and the deployed version, labelled by workspace and pipeline; served in Prometheus'
+text format on GET /metrics and summarised in the worker's heartbeat (agents.heartbeat).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 STAGES = ("consume", "decode", "infer", "encode", "produce", "ack", "sink")
 
@@ -55,3 +67,159 @@ def per_record_us(before: dict[str, Any], after: dict[str, Any]) -> dict[str, fl
                                / rows / 1000) if rows else 0.0
     out["batch_size"] = records / max(after["batches"] - before["batches"], 1)
     return out
+
+
+# -- Prometheus series ---------------------------------------------------------------------------
+
+# The text format Prometheus scrapes (prometheus_client's newest default may be another one).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# A micro-batch takes from about a millisecond (small models, small batches) to seconds.
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LABELS = ("workspace", "pipeline")
+# Which sample of the exposition feeds which field of a pipeline's snapshot.
+_SNAPSHOT = {
+    "inferstream_records_in_total": "in",
+    "inferstream_records_out_total": "out",
+    "inferstream_records_dead_lettered_total": "dead",
+    "inferstream_model_load_failures_total": "load_failures",
+    "inferstream_consumer_lag_records": "lag",
+    "inferstream_deployed_version": "version",
+    "inferstream_batch_seconds_count": "batches",
+    "inferstream_batch_seconds_sum": "batch_seconds",
+}
+
+
+@dataclass(frozen=True)
+class _Counters:
+    """One pipeline's counter children, looked up once: labels() costs a lock and a check."""
+
+    records_in: Any
+    records_out: Any
+    dead: Any
+    batch: Any
+    load_failures: Any
+
+
+class PipelineMetrics:
+    """Per-pipeline Prometheus series of one worker, in a registry of its own.
+
+    Its own registry, not the process-global one, so that several workers (tests run them in
+    one process) keep separate counts.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._in = Counter("inferstream_records_in", "Records taken from the input topic",
+                           LABELS, registry=r)
+        self._out = Counter("inferstream_records_out", "Results published to the output topic",
+                            LABELS, registry=r)
+        self._dead = Counter("inferstream_records_dead_lettered",
+                             "Records published to the dead-letter topic", LABELS, registry=r)
+        self._batch = Histogram("inferstream_batch_seconds", "Time to serve one micro-batch",
+                                LABELS, buckets=BATCH_BUCKETS, registry=r)
+        self._load_failures = Counter("inferstream_model_load_failures",
+                                      "Deployed versions this worker could not load", LABELS,
+                                      registry=r)
+        self._lag = Gauge("inferstream_consumer_lag_records",
+                          "Records waiting in the input partitions this worker holds", LABELS,
+                          registry=r)
+        self._version = Gauge("inferstream_deployed_version",
+                              "The pipeline version this worker serves", LABELS, registry=r)
+        self._counters: dict[tuple[str, str], _Counters] = {}
+
+    def _of(self, workspace: str, pipeline: str) -> _Counters:
+        found = self._counters.get((workspace, pipeline))
+        if found is None:
+            labels = (workspace, pipeline)
+            found = _Counters(self._in.labels(*labels), self._out.labels(*labels),
+                              self._dead.labels(*labels), self._batch.labels(*labels),
+                              self._load_failures.labels(*labels))
+            self._counters[(workspace, pipeline)] = found
+        return found
+
+    def records_in(self, workspace: str, pipeline: str, n: int) -> None:
+        self._of(workspace, pipeline).records_in.inc(n)
+
+    def records_out(self, workspace: str, pipeline: str, n: int) -> None:
+        self._of(workspace, pipeline).records_out.inc(n)
+
+    def dead_lettered(self, workspace: str, pipeline: str, n: int) -> None:
+        self._of(workspace, pipeline).dead.inc(n)
+
+    def batch_seconds(self, workspace: str, pipeline: str, seconds: float) -> None:
+        """One micro-batch served in `seconds`."""
+        self._of(workspace, pipeline).batch.observe(seconds)
+
+    def model_load_failure(self, workspace: str, pipeline: str) -> None:
+        self._of(workspace, pipeline).load_failures.inc()
+
+    def set_lag(self, workspace: str, pipeline: str, lag: int) -> None:
+        """Records waiting in the pipeline's input partitions that this worker holds."""
+        self._lag.labels(workspace, pipeline).set(lag)
+
+    def set_version(self, workspace: str, pipeline: str, version: int) -> None:
+        """The pipeline version this worker serves now."""
+        self._version.labels(workspace, pipeline).set(version)
+
+    def forget(self, workspace: str, pipeline: str) -> None:
+        """Drop an undeployed pipeline's gauges; its counters keep their totals."""
+        for gauge in (self._lag, self._version):
+            with contextlib.suppress(KeyError):  # never set (older prometheus_client raises)
+                gauge.remove(workspace, pipeline)
+
+    def render(self) -> bytes:
+        """Every series in Prometheus' text format (CONTENT_TYPE)."""
+        return generate_latest(self.registry)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Totals per "workspace/pipeline": in, out, dead, load_failures, lag and version (None
+        when not set), batches and mean_batch_ms."""
+        out: dict[str, dict[str, Any]] = {}
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                field = _SNAPSHOT.get(sample.name)
+                if field is None:
+                    continue
+                name = f"{sample.labels['workspace']}/{sample.labels['pipeline']}"
+                entry = out.setdefault(name, {
+                    "in": 0, "out": 0, "dead": 0, "load_failures": 0, "lag": None,
+                    "version": None, "batches": 0, "batch_seconds": 0.0})
+                entry[field] = sample.value if field == "batch_seconds" else int(sample.value)
+        for entry in out.values():
+            seconds = entry.pop("batch_seconds")
+            entry["mean_batch_ms"] = seconds / entry["batches"] * 1000 if entry["batches"] else 0.0
+        return out
+
+
+class _Families:
+    """Metric families made at scrape time, in the shape generate_latest reads."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def worker_exposition(stages: StageMetrics, live: bool, ready: bool, refused: int) -> bytes:
+    """Worker-wide series for GET /metrics: seconds per stage, log rows sunk, and health."""
+    snap = stages.snapshot()
+    seconds = CounterMetricFamily("inferstream_stage_seconds",
+                                  "Time spent per stage of serving since the worker started",
+                                  labels=["stage"])
+    for stage, ns in snap["stages_ns"].items():
+        seconds.add_metric([stage], ns / 1e9)
+    return generate_latest(_Families([
+        seconds,
+        CounterMetricFamily("inferstream_sink_rows", "Inference-log rows stored by this worker",
+                            value=snap["sink_rows"]),
+        GaugeMetricFamily("inferstream_worker_live",
+                          "1 while the worker takes records from its input topics",
+                          value=int(live)),
+        GaugeMetricFamily("inferstream_worker_ready",
+                          "1 once the registry is replayed and every deployment is served",
+                          value=int(ready)),
+        GaugeMetricFamily("inferstream_deployments_refused",
+                          "Deployments this worker could not load", value=refused),
+    ]))

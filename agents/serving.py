@@ -1,10 +1,10 @@
-"""Serving deployed pipelines: one Faust agent per deployed pipeline, swapped between batches.
+"""Serving deployed pipelines: the runner of each deployed version, swapped between batches.
 
-The deployment manager follows the registry. For a new deployment it loads the
-version's models first (in a thread), then starts an agent on the input topic;
-for a new version of a deployed pipeline it swaps the runner, which the agent
-picks up at its next batch, so no record is half-processed by two versions. An
-undeployed pipeline's agent stops and its records wait in the input topic.
+The deployment manager follows the registry. For a new deployment or version it loads the
+version's models first (in a thread), then publishes the new set of served pipelines; the
+intake (agents.intake) takes it at its next batch, so no record is half-processed by two
+versions. An undeployed pipeline leaves the intake's subscription and its records wait in the
+input topic.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import asyncio
 import gc
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol
 
-import faust
+from confluent_kafka import Message
 
 from agents.avro_writer import LogWriter
 from agents.formats import (
@@ -33,9 +32,10 @@ from agents.formats import (
     encode_result,
     input_schema_name,
 )
-from agents.metrics import StageMetrics
+from agents.intake import Intake
+from agents.metrics import PipelineMetrics, StageMetrics
 from agents.model_cache import ModelCache
-from agents.outbox import Outbox, Shipment
+from agents.outbox import Outbox
 from agents.runner import BatchOutcome, PipelineRunner, RecordResult
 from agents.runtimes.base import TensorSpec
 from control.config import Settings
@@ -45,8 +45,12 @@ from control.state import Deployment, PipelineVersion, Registry, step_models
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (workspace, pipeline)
-MAX_IN_FLIGHT = 3  # served batches awaiting the broker's acknowledgement, per pipeline
-OFFLOAD_AFTER_NS = 10_000_000  # models slower than this on a batch run in a thread from then on
+
+
+class Sink(Protocol):
+    """Where a served batch's results, dead letters and logs go (a transaction, a shipment)."""
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
 
 
 @dataclass
@@ -62,40 +66,43 @@ class Serving:
     input_topic: str
     output_topic: str
     dead_topic: str
-    offload: bool = False  # run the models in a thread (they took long on the last batch)
 
     @property
-    def batching(self) -> tuple[int, int]:
-        return self.deployment.batch_size, self.deployment.batch_wait_ms
+    def key(self) -> Key:
+        return self.deployment.workspace, self.deployment.pipeline
 
 
 class DeploymentManager:
-    """Keeps one agent per deployed pipeline and the runner of its deployed version."""
+    """Keeps the runner of every deployed pipeline's version, and serves their batches."""
 
-    def __init__(self, app: faust.App, settings: Settings, worker: str) -> None:
-        self.app = app
+    def __init__(self, settings: Settings, worker: str) -> None:
         self.settings = settings
         self.worker = worker
         self.cache = ModelCache(settings)
         self.served: dict[Key, Serving] = {}
-        self._agents: dict[Key, Any] = {}
-        self._guards: dict[Key, asyncio.Future[None]] = {}  # see _keep_subscribed
+        self.by_topic: dict[str, Serving] = {}  # replaced whole, never changed: see Intake
+        self.refused: dict[Key, str] = {}  # deployments this worker cannot load, and why
         self._lock = asyncio.Lock()
         self._status_producer = None
         self.metrics = StageMetrics()
-        self.outbox = Outbox(settings)
+        self.pipeline_metrics = PipelineMetrics()
+        self.outbox = Outbox(settings)  # what HTTP requests' logs go through
+        self.intake = Intake(settings, self)
         self.ready = False  # set once the registry is replayed and its deployments served
-        self.refused: dict[Key, str] = {}  # deployments this worker cannot load, and why
+
+    def alive(self) -> bool:
+        """Whether the worker still takes records from its input topics."""
+        return self.intake.alive()
 
     async def reconcile(self, registry: Registry, status: ControlStatus | None = None) -> None:
         """Make what this worker serves match the registry's deployments."""
         async with self._lock:
             wanted = {(d.workspace, d.pipeline): d for d in registry.active_deployments()}
             for key in [k for k in self.served if k not in wanted]:
-                await self._stop_agent(key)
                 del self.served[key]
-                self.refused.pop(key, None)
+                self.pipeline_metrics.forget(*key)
                 log.info("undeployed %s/%s", *key)
+            self.refused = {k: v for k, v in self.refused.items() if k in wanted}
             for key, deployment in wanted.items():
                 about = status if status and (
                     status.workspace, status.result.get("pipeline")) == key else None
@@ -108,19 +115,15 @@ class DeploymentManager:
                 except Exception as exc:  # a version that cannot load must not stop the others
                     self._refuse(deployment, current, exc, about)
                     continue
-                self.served[key] = serving  # the agent's next batch uses it
+                self.served[key] = serving
                 self.refused.pop(key, None)
+                self.pipeline_metrics.set_version(*key, deployment.version)
                 log.info("serving %s/%s v%s", *key, deployment.version)
-                if current is None or current.batching != serving.batching:
-                    await self._stop_agent(key)
-                    await self._start_agent(key, serving)
                 self._report(about, accepted=True, serving=deployment.version)
+            # The intake's next batch uses the new set.
+            self.by_topic = {s.input_topic: s for s in self.served.values()}
             # Loaded models live as long as the worker: keep the collector from rescanning them.
             gc.freeze()
-
-    def alive(self) -> bool:
-        """Whether the worker still takes records from its input topics."""
-        return True
 
     def _prepare(self, registry: Registry, deployment: Deployment) -> Serving:
         pipeline = registry.pipelines[(deployment.workspace, deployment.pipeline)]
@@ -146,7 +149,9 @@ class DeploymentManager:
         reason = (f"worker {self.worker} cannot load {deployment.pipeline} version "
                   f"{deployment.version}: {exc}; {keeps}")
         log.error(reason)
-        self.refused[(deployment.workspace, deployment.pipeline)] = reason
+        key = (deployment.workspace, deployment.pipeline)
+        self.refused[key] = reason
+        self.pipeline_metrics.model_load_failure(*key)
         self._report(status, accepted=False, reason=reason)
 
     def _report(self, status: ControlStatus | None, accepted: bool, reason: str | None = None,
@@ -165,127 +170,55 @@ class DeploymentManager:
                                       key=status.event_id.encode(), value=report.to_bytes())
         self._status_producer.flush(10)
 
-    async def _start_agent(self, key: Key, serving: Serving) -> None:
-        topic = self.app.topic(serving.input_topic, key_type=bytes, value_type=bytes,
-                               partitions=self.settings.pipeline_partitions)
-        size, wait_ms = serving.batching
+    def serve_batch(self, serving: Serving, messages: Sequence[Message], sink: Sink
+                    ) -> tuple[int, int]:
+        """Serve one micro-batch of input messages: send its results, dead letters and logs
+        to `sink`. Returns (results, dead letters). Runs in the intake's thread."""
         metrics = self.metrics
-
-        async def serve(stream: faust.StreamT) -> None:
-            # While the broker acknowledges a batch's output, the next batch is served; its
-            # input offsets are acknowledged once its own output is delivered.
-            in_flight: deque[asyncio.Future[None]] = deque()
-            try:
-                started = time.perf_counter_ns()
-                async for events in stream.noack_take(size, within=max(wait_ms, 1) / 1000):
-                    metrics.add("consume", started)
-                    shipment = await self.process(key, events)
-                    in_flight.append(asyncio.ensure_future(
-                        self._ack_when_delivered(stream, events, shipment)))
-                    waiting = time.perf_counter_ns()
-                    while len(in_flight) > MAX_IN_FLIGHT or (in_flight and in_flight[0].done()):
-                        await in_flight.popleft()
-                    started = metrics.add("produce", waiting)
-            finally:
-                for pending in in_flight:  # not acknowledged: served again after a restart
-                    pending.cancel()
-
-        agent = self.app.agent(topic, name=f"serve.{key[0]}.{key[1]}")(serve)
-        self._agents[key] = agent
-        await agent.start()
-        self._guards[key] = asyncio.ensure_future(self._keep_subscribed(topic))
-
-    async def _keep_subscribed(self, topic: faust.TopicT) -> None:
-        """Ask again for a subscription that Faust dropped.
-
-        Faust's conductor discards a subscription change that arrives while the group is
-        rebalancing, so an agent started then (a deploy while another worker joins) would
-        never get records on this worker. Cancelled when the agent stops.
-        """
-        conductor = self.app.topics
-        missed = 0  # checks in a row that found the topic unsubscribed and no change pending
-        while True:
-            await asyncio.sleep(1.0)
-            pending = conductor._subscription_changed
-            if (self.app.rebalancing or (pending is not None and pending.is_set())
-                    or not conductor._topic_contain_unsubscribed_topics(topic)):
-                missed = 0
-                continue
-            missed += 1
-            if missed >= 2:
-                log.info("subscribing to %s again: the request came during a rebalance",
-                         ", ".join(topic.topics))
-                conductor._flag_changes()
-                missed = 0
-
-    async def _ack_when_delivered(self, stream: faust.StreamT, events: Sequence[faust.EventT],
-                                  shipment: Shipment) -> None:
-        await shipment.delivered()
-        started = time.perf_counter_ns()
-        for event in events:
-            await stream.ack(event)
-        self.metrics.served(len(events))
-        self.metrics.add("ack", started)
-
-    async def _stop_agent(self, key: Key) -> None:
-        guard = self._guards.pop(key, None)
-        if guard is not None:
-            guard.cancel()
-        agent = self._agents.pop(key, None)
-        if agent is None:
-            return
-        # Commit what was served, so the rebalance this causes does not serve it again.
-        await self.app.consumer.commit()
-        await agent.stop()
-        for channel in list(self.app.topics._topics):
-            if self.settings.pipeline_topic(*key, "input") in channel.topics:
-                self.app.topics.discard(channel)
-
-    async def process(self, key: Key, events: Sequence[faust.EventT]) -> Shipment:
-        """Serve one micro-batch: queue its results, dead letters and logs.
-
-        Returns their shipment: await its delivered() before acknowledging the batch.
-        """
-        serving = self.served[key]
-        metrics = self.metrics
-        shipment = self.outbox.shipment()
-        started = time.perf_counter_ns()
-        records, sources, dead = self._decode(serving, events)
+        began = started = time.perf_counter_ns()
+        records, sources, dead = self._decode(serving, messages)
         started = metrics.add("decode", started)
+        results = 0
         if records:
-            # On the loop, unless the models take long enough to hold up fetching: a thread
-            # hop costs more than small models take (GIL hand-offs between the loop and the
-            # thread cost ~12 % of throughput in bench/), but a big model must not stall it.
-            if serving.offload:
-                outcome = await asyncio.get_running_loop().run_in_executor(
-                    None, serving.runner.run, records)
-            else:
-                outcome = serving.runner.run(records)
-            serving.offload = time.perf_counter_ns() - started > OFFLOAD_AFTER_NS
+            outcome = serving.runner.run(records)
             started = metrics.add("infer", started)
-            send, output = shipment.send, serving.output_topic
+            send, output = sink.send, serving.output_topic
             for result in outcome.results:
                 send(output, result.record.key,
                      encode_result(result.record, result.outputs, self.meta(serving, result)))
+            results = len(outcome.results)
             dead += [(sources[id(f.record)], f.reason) for f in outcome.failures]
-            self.publish_logs(serving, outcome, shipment)
+            self.publish_logs(serving, outcome, sink)
         for message, reason in dead:
-            self._dead(serving, message, reason, shipment)
+            self._dead(serving, message, reason, sink)
         metrics.add("encode", started)
-        return shipment
+        self.pipeline_metrics.batch_seconds(*serving.key,
+                                            (time.perf_counter_ns() - began) / 1e9)
+        return results, len(dead)
 
-    def _decode(self, serving: Serving, events: Sequence[faust.EventT]
-                ) -> tuple[list[InputRecord], dict[int, Any], list[tuple[Any, str]]]:
+    def served_batch(self, serving: Serving, records: int, results: int, dead: int) -> None:
+        """Count a batch whose output and offsets are committed."""
+        self.metrics.served(records)
+        m, key = self.pipeline_metrics, serving.key
+        m.records_in(*key, records)
+        m.records_out(*key, results)
+        m.dead_lettered(*key, dead)
+
+    def lag(self, serving: Serving, waiting: int) -> None:
+        self.pipeline_metrics.set_lag(*serving.key, waiting)
+
+    def _decode(self, serving: Serving, messages: Sequence[Message]
+                ) -> tuple[list[InputRecord], dict[int, Message], list[tuple[Message, str]]]:
         """The batch's records, their messages by id(record), and the undecodable ones."""
         records: list[InputRecord] = []
-        sources: dict[int, Any] = {}
-        dead: list[tuple[Any, str]] = []
+        sources: dict[int, Message] = {}
+        dead: list[tuple[Message, str]] = []
         limit = self.settings.max_record_bytes
-        for event in events:
-            m = event.message
+        specs, avro = serving.specs, serving.avro
+        for m in messages:
             try:
-                record = decode_record(m.value, m.key, serving.specs,
-                                       f"{m.topic}:{m.partition}:{m.offset}", serving.avro,
+                record = decode_record(m.value(), m.key(), specs,
+                                       f"{m.topic()}:{m.partition()}:{m.offset()}", avro,
                                        max_bytes=limit)
             except BadRecord as exc:
                 dead.append((m, str(exc)))
@@ -302,16 +235,20 @@ class DeploymentManager:
             elapsed_us=result.elapsed_us, worker=self.worker,
         )
 
-    def publish_logs(self, serving: Serving, outcome: BatchOutcome, shipment: Shipment) -> None:
-        """Queue one inference-log record per inference (shadow ones too) on the logs topic."""
-        topic, send = self.settings.topic("logs"), shipment.send
+    def publish_logs(self, serving: Serving, outcome: BatchOutcome, sink: Sink) -> None:
+        """Send one inference-log record per inference (shadow ones too) to the logs topic."""
+        topic, send = self.settings.topic("logs"), sink.send
         values = serving.logs.encode_all(time.time_ns() // 1000, outcome.logs)
         for entry, value in zip(outcome.logs, values, strict=True):
             send(topic, entry.record_id.encode(), value)
 
-    def _dead(self, serving: Serving, message: Any, reason: str, shipment: Shipment) -> None:
+    def _dead(self, serving: Serving, message: Message, reason: str, sink: Sink) -> None:
         d = serving.deployment
-        value = dead_letter(message.value, message.key, reason, d.pipeline, d.version,
-                            message.topic, message.partition, message.offset,
+        value = dead_letter(message.value(), message.key(), reason, d.pipeline, d.version,
+                            message.topic(), message.partition(), message.offset(),
                             workspace=d.workspace)
-        shipment.send(serving.dead_topic, message.key, value)
+        sink.send(serving.dead_topic, message.key(), value)
+
+    def close(self) -> None:
+        self.intake.stop()
+        self.outbox.close()

@@ -1,10 +1,14 @@
-"""The worker's HTTP endpoints: synchronous inference, health.
+"""The worker's HTTP endpoints: synchronous inference, health, metrics.
 
     POST /pipelines/{name}/infer      a record in any input format (JSON, V2, Avro)
     POST /v2/models/{name}/infer      Open Inference Protocol V2
     POST /storage/query               read-only SQL on the chDB folder this worker owns
-    GET  /health                      liveness and readiness, with what is served
-    GET  /metrics                     time per stage (decode, infer, ...), records served
+    GET  /health                      liveness and readiness, with what is served and refused
+    GET  /health/live                 200 while the worker takes records, else 503 and why
+    GET  /health/ready                200 once every deployment is served, else 503 and why
+    GET  /metrics                     Prometheus: records in/out/dead per pipeline, batch
+                                      latency, lag, load failures, time per stage
+    GET  /metrics/stages              time per stage (decode, infer, ...) as JSON (bench/)
 
 A request is served in-process by the deployed version (not through the input
 topic) and logged like any other inference; a bad request gets a 4xx with the reason.
@@ -22,10 +26,12 @@ import faust
 from faust.web import Request, Response, View
 
 from agents.formats import BadRecord, decode_record, encode_result
+from agents.metrics import CONTENT_TYPE, worker_exposition
 from sinks.access import from_wire, to_wire
 from sinks.storage import StorageError
 
 READ_ONLY = re.compile(r"\s*(SELECT|WITH)\b", re.IGNORECASE)
+NOT_LIVE = "the worker does not take records from its input topics; restart it"
 
 if TYPE_CHECKING:
     from agents.log_sink import LogSink
@@ -98,8 +104,21 @@ def register(app: faust.App, manager: DeploymentManager, sink: LogSink) -> None:
             return self.bytes(json.dumps({"rows": to_wire(rows)}, default=str).encode(),
                               content_type="application/json")
 
+    def refused() -> dict[str, str]:
+        return {f"{ws}/{p}": reason for (ws, p), reason in manager.refused.items()}
+
     @app.page("/metrics")
     class Metrics(View):
+        """Prometheus' text format: per-pipeline series, then the worker's own."""
+
+        async def get(self, request: Request) -> Response:
+            body = manager.pipeline_metrics.render() + worker_exposition(
+                manager.metrics, manager.alive(), manager.ready, len(manager.refused))
+            # Set as a header: aiohttp refuses a charset in its content_type argument.
+            return self.bytes(body, headers={"Content-Type": CONTENT_TYPE})
+
+    @app.page("/metrics/stages")
+    class StageTimes(View):
         """Where the time goes: nanoseconds per stage since start (agents.metrics)."""
 
         async def get(self, request: Request) -> Response:
@@ -109,5 +128,40 @@ def register(app: faust.App, manager: DeploymentManager, sink: LogSink) -> None:
     class Health(View):
         async def get(self, request: Request) -> Response:
             served = {f"{ws}/{p}": s.deployment.version for (ws, p), s in manager.served.items()}
-            return self.json({"live": True, "ready": manager.ready, "worker": manager.worker,
-                              "serving": served})
+            return self.json({"live": manager.alive(), "ready": manager.ready,
+                              "worker": manager.worker, "serving": served,
+                              "refused": refused()})
+
+    @app.page("/health/live")
+    class Live(View):
+        """Liveness: whether to restart the worker."""
+
+        async def get(self, request: Request) -> Response:
+            if manager.alive():
+                return self.json({"live": True})
+            return self.json({"live": False, "reason": not_live()}, status=503)
+
+    @app.page("/health/ready")
+    class Ready(View):
+        """Readiness: the registry replayed and every deployment served by this worker."""
+
+        async def get(self, request: Request) -> Response:
+            reason = not_ready()
+            if reason is None:
+                return self.json({"ready": True})
+            return self.json({"ready": False, "reason": reason, "refused": refused()},
+                             status=503)
+
+    def not_live() -> str:
+        # The intake says why it stopped, when it knows.
+        error = getattr(getattr(manager, "intake", None), "error", None)
+        return f"{NOT_LIVE}: {error}" if error else NOT_LIVE
+
+    def not_ready() -> str | None:
+        if not manager.ready:
+            return "registry not replayed yet: the worker is still catching up on deployments"
+        if not manager.alive():
+            return not_live()
+        if manager.refused:
+            return "; ".join(f"{name}: {why}" for name, why in sorted(refused().items()))
+        return None

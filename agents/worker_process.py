@@ -39,6 +39,7 @@ class WorkerProcess:
             "INFERSTREAM_DATA_DIR": str(data_dir or log_dir / name),
             "INFERSTREAM_WORKER_NAME": name,
             "INFERSTREAM_PIPELINE_PARTITIONS": str(settings.pipeline_partitions),
+            "INFERSTREAM_DELIVERY": settings.delivery,
         }
         # Connection settings the child needs, whether or not they came from our environment.
         if settings.clickhouse_url:

@@ -121,9 +121,10 @@ class BenchPlatform:
 
 
 def metrics(w: WorkerProcess) -> dict[str, Any] | None:
-    """The worker's stage counters (GET /metrics), or None when it has none."""
+    """The worker's stage counters (GET /metrics/stages), or None when it has none."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{w.port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{w.port}/metrics/stages",
+                                    timeout=5) as r:
             return json.loads(r.read())
     except OSError:
         return None

@@ -5,10 +5,11 @@ and alerts; only operators write control events and artifacts.
 against a broker with SASL/SCRAM and the StandardAuthorizer (tests/test_sasl.py).
 
 - workers: read, write and create every `<ns>.` topic and Faust's `<ns>-workers…` topics,
-  in their consumer groups, except that they may never write `<ns>.control` (nor the
-  artifact topic), so a compromised worker cannot forge an operator's event;
-- operators: write `<ns>.control` and `<ns>.artifacts`, read those and
-  `<ns>.control.status`, and see (describe, not read) the other topics;
+  in their consumer groups, with transactions of their own, except that they may never
+  write `<ns>.control` (nor the artifact topic), so a compromised worker cannot forge an
+  operator's event;
+- operators: write `<ns>.control` and `<ns>.artifacts`, read those, `<ns>.control.status`
+  and `<ns>.workers` (heartbeats), and see (describe, not read) the other topics;
 - producers and consumers of a pipeline: one input topic to write, or the output and
   dead-letter topics to read — per pipeline, since Kafka's prefixes cannot name a suffix.
 """
@@ -28,6 +29,9 @@ def platform_acls(namespace: str, operator: str, worker: str) -> list[list[str]]
          "--topic", f"{ns}.", "--topic", f"{ns}-workers", "--resource-pattern-type", "prefixed"],
         ["--add", "--allow-principal", wk, *_ops("Read", "Describe"),
          "--group", f"{ns}.", "--group", f"{ns}-workers", "--resource-pattern-type", "prefixed"],
+        # The intake's transactions (agents.intake): ids `<ns>-workers-serving-<worker>`.
+        ["--add", "--allow-principal", wk, *_ops("Write", "Describe"),
+         "--transactional-id", f"{ns}-workers", "--resource-pattern-type", "prefixed"],
         ["--add", "--deny-principal", wk, *_ops("Write"),
          "--topic", f"{ns}.control", "--topic", f"{ns}.artifacts"],
         ["--add", "--allow-principal", op, *_ops("Describe"),
@@ -35,7 +39,8 @@ def platform_acls(namespace: str, operator: str, worker: str) -> list[list[str]]
         ["--add", "--allow-principal", op, *_ops("Read", "Write"),
          "--topic", f"{ns}.control", "--topic", f"{ns}.artifacts"],
         ["--add", "--allow-principal", op, *_ops("Read"),
-         "--topic", f"{ns}.control.status", "--group", f"{ns}.reader"],
+         "--topic", f"{ns}.control.status", "--topic", f"{ns}.workers",
+         "--group", f"{ns}.reader"],
     ]
 
 

@@ -39,6 +39,7 @@ class ArtifactStore:
         """Store a blob as chunks; returns the reference the registry keeps."""
         if not data:
             raise ArtifactError("refusing to store an empty artifact")
+        self._check_size(len(data), "the artifact")
         sha, size, step = sha256_of(data), len(data), self.settings.artifact_chunk_bytes
         count = (size + step - 1) // step
         chunk = codec("ArtifactChunk")
@@ -73,6 +74,11 @@ class ArtifactStore:
 
     def get(self, ref: ArtifactRef) -> bytes:
         """The artifact's bytes, from the cache or the topic; ArtifactError if they do not check."""
+        # The registry takes the size an UploadModel declares; a worker reads no more than this.
+        self._check_size(ref.size, f"artifact {ref.sha256[:12]}…")
+        if not 0 < ref.chunks <= ref.size:
+            raise ArtifactError(f"artifact {ref.sha256[:12]}… of {ref.size} bytes cannot be "
+                                f"{ref.chunks} chunks; upload the model again")
         cached = self.cache / ref.sha256
         if cached.exists():
             data = cached.read_bytes()
@@ -88,6 +94,14 @@ class ArtifactStore:
             )
         self._cache_write(ref, data)
         return data
+
+    def _check_size(self, size: int, what: str) -> None:
+        limit = self.settings.max_artifact_bytes
+        if size > limit:
+            raise ArtifactError(
+                f"{what} is {size} bytes, over the limit of {limit} bytes; raise "
+                "INFERSTREAM_MAX_ARTIFACT_BYTES if models are meant to be that large"
+            )
 
     def _fetch(self, ref: ArtifactRef) -> bytes:
         chunks = self._read_at(ref)

@@ -19,6 +19,7 @@ from control.cli_assays import assays
 from control.cli_base import JsonFlag, client_of, err, rows_table, show, when
 from control.cli_logs import logs
 from control.cli_platform import acls, infer, registrar, up, worker
+from control.cli_status import status
 from control.cli_users import bootstrap, login, users, whoami, workspaces
 from control.cli_workloads import connections, orchestrations, tasks
 from control.config import Settings
@@ -41,7 +42,7 @@ app.add_typer(connections, name="connections")
 app.add_typer(orchestrations, name="orchestrations")
 app.add_typer(tasks, name="tasks")
 app.command("logs")(logs)
-for command in (up, registrar, worker, infer, bootstrap, login, whoami, acls):
+for command in (up, registrar, worker, infer, status, bootstrap, login, whoami, acls):
     app.command()(command)
 
 WaitWorkers = Annotated[float, typer.Option(
@@ -290,7 +291,10 @@ def pipelines_rollback(
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `inferstream` command."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns a command's typer.Exit code instead of exiting.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except InferstreamError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

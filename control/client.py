@@ -43,6 +43,7 @@ from control.kafka import (
     read_until_end,
 )
 from control.monitoring import Monitoring
+from control.registrar import limits_of
 from control.registry import fold
 from control.signing import read_private_key
 from control.state import (
@@ -213,7 +214,7 @@ class Client(AccessClient, ModelClient, Monitoring, WorkloadClient):
 
     def registry(self) -> Registry:
         """The registry as of now, rebuilt by replaying the control topic."""
-        return fold(self.events())
+        return fold(self.events(), limits=limits_of(self.settings))
 
     def models(self, workspace: str | None = None) -> list[Model]:
         ws, registry = self._readable(workspace)

@@ -47,7 +47,8 @@ class Settings(BaseSettings):
         "https://user:password@host:8443/db?ca_cert=/path/ca.pem"
     )
     max_artifact_bytes: int = Field(
-        2 * 1024**3, description="largest model artifact (file or packed directory) to upload")
+        2 * 1024**3, gt=0,
+        description="largest model artifact (file or packed directory) to upload or load")
     # Kafka transport security, passed to every client the project makes (kafka_config and
     # control.kafka.faust_broker_options).
     security_protocol: SecurityProtocol = Field(
@@ -68,11 +69,22 @@ class Settings(BaseSettings):
     pipeline_partitions: int = Field(
         4, description="partitions of a pipeline's input topic: the unit of worker parallelism"
     )
-    max_record_bytes: int = Field(1_000_000, description="largest input record a worker accepts")
+    delivery: Literal["exactly-once", "at-least-once"] = Field(
+        "exactly-once", description="exactly-once: a batch's results, dead letters, logs and "
+        "input offsets commit in one Kafka transaction; at-least-once: for brokers without "
+        "transactions (the embedded Tansu), a crash may serve a batch twice")
+    max_record_bytes: int = Field(
+        1_000_000, gt=0, description="largest input record a worker accepts; a larger one is "
+        "dead-lettered with its size and this limit")
+    max_batch_size: int = Field(
+        10_000, gt=0, description="largest batch size a deployment may ask for; a Deploy over "
+        "it is rejected. A rule of the registry: give every process the same value")
     worker_web_port: int = Field(6066, description="the worker's HTTP port (inference, health)")
     worker_name: str | None = Field(None, description="name in logs and results; default host:pid")
     assay_tick_s: float = Field(10.0, description="how often a worker looks for closed windows")
     task_tick_s: float = Field(2.0, description="how often a worker looks for task runs to start")
+    heartbeat_s: float = Field(
+        5.0, description="how often a worker publishes its heartbeat (`inferstream status`)")
     task_stale_s: float = Field(
         60.0, description="a running task run not updated for this long lost its worker"
     )

@@ -43,6 +43,10 @@ def run_embedded(settings: Settings, broker_kind: str, *, demo: bool, once: bool
                       f"(log: {broker.log_path})")
         for defect in broker.defects:
             console.print(f"[yellow]warning:[/] Tansu broker: {defect}")
+        if broker.kind == "tansu":  # no transactions there: see INFERSTREAM_DELIVERY
+            settings = settings.model_copy(update={"delivery": "at-least-once"})
+            console.print("[yellow]warning:[/] Tansu broker: the worker serves at least once "
+                          "(a crash may serve a batch twice)")
     registrar = Registrar(settings).start()
     worker: WorkerProcess | None = None
     try:
@@ -64,6 +68,8 @@ def run_embedded(settings: Settings, broker_kind: str, *, demo: bool, once: bool
             f"  export INFERSTREAM_BOOTSTRAP_SERVERS={settings.bootstrap_servers}\n"
             f"  export INFERSTREAM_NAMESPACE={settings.namespace}\n"
             f"  export INFERSTREAM_USER={DEMO_USER} INFERSTREAM_WORKSPACE={DEMO_WORKSPACE}\n"
+            + (f"  export INFERSTREAM_DELIVERY={settings.delivery}\n"
+               if settings.delivery != "exactly-once" else "") +
             "  inferstream pipelines list\n"
             f"  inferstream infer {DEMO_PIPELINE} --data "
             "'{\"float_input\": [6.3, 3.3, 6.0, 2.5]}'\n"

@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from control.config import Settings
 from control.events import ControlStatus
 from control.kafka import consumer, end_offsets
-from control.registrar import judge
+from control.registrar import judge, limits_of
 from control.state import Registry
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class RegistryFollower:
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         log.warning("control topic: %s", msg.error())
                     continue
-                self.registry, status = judge(self.registry, msg)
+                self.registry, status = judge(self.registry, msg, limits_of(self.settings))
                 self.position = msg.offset() + 1
                 if status.accepted and self._on_change is not None:
                     try:

@@ -51,6 +51,11 @@ def platform_topics(settings: Settings) -> dict[str, TopicSpec]:
         # chDB has one owner, so one consumer of the logs; a server takes several.
         settings.topic("logs"): TopicSpec(3 if settings.clickhouse_url else 1),
         settings.topic("alerts"): TopicSpec(1),
+        # Workers' heartbeats keyed by worker (agents.heartbeat): compaction keeps the latest
+        # of each; deletion drops, after a week, the last one of a worker that died.
+        settings.topic("workers"): TopicSpec(1, {
+            "cleanup.policy": "compact,delete", "retention.ms": str(7 * 86_400_000),
+            "segment.ms": str(3_600_000)}),
     }
 
 
@@ -89,6 +94,8 @@ def consumer(settings: Settings, group: str | None = None, **overrides: object) 
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1000,
         "fetch.message.max.bytes": 2_000_000,
+        # Workers write results, dead letters and logs in transactions: read only committed ones.
+        "isolation.level": "read_committed",
         **overrides,
     }
     return Consumer(config)

@@ -17,14 +17,16 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartitio
 from control.config import Settings
 from control.events import ControlEvent, ControlStatus
 from control.kafka import consumer, ensure_topics, platform_topics, producer
-from control.registry import apply, result_of
+from control.registry import LIMITS, Limits, apply, result_of
 from control.state import Registry
 from schemas.errors import DecodeError, Rejected
 
 log = logging.getLogger(__name__)
+MAX_STATUS_TEXT = 500  # characters of each text a status repeats; its reason may have 4x
 
 
-def judge(registry: Registry, msg: Message) -> tuple[Registry, ControlStatus]:
+def judge(registry: Registry, msg: Message, limits: Limits = LIMITS
+          ) -> tuple[Registry, ControlStatus]:
     """Fold one control message into the registry and say what became of it."""
     offset = msg.offset()
     try:
@@ -32,19 +34,38 @@ def judge(registry: Registry, msg: Message) -> tuple[Registry, ControlStatus]:
     except DecodeError as exc:
         # No event id to be read: the message key (clients key events by id) stands in.
         key = msg.key().decode(errors="replace") if msg.key() else ""
-        return registry, ControlStatus(
+        return registry, _bounded(ControlStatus(
             event_id=key, offset=offset, type="?", actor="?", workspace=None,
             accepted=False, reason=f"not a control event: {exc}",
-        )
+        ))
     status = ControlStatus(
         event_id=event.event_id, offset=offset, type=event.type, actor=event.actor,
         workspace=event.workspace, accepted=True,
     )
     try:
-        after = apply(registry, event)
+        after = apply(registry, event, limits)
     except Rejected as exc:
-        return registry, replace(status, accepted=False, reason=str(exc))
-    return after, replace(status, result=result_of(registry, after, event))
+        return registry, _bounded(replace(status, accepted=False, reason=str(exc)))
+    return after, _bounded(replace(status, result=result_of(registry, after, event)))
+
+
+def _bounded(status: ControlStatus) -> ControlStatus:
+    """The status with its texts cut short: an event may carry a name of most of a megabyte,
+    which the status repeats and its reason quotes (repr() may make it four times as long),
+    and a status over the broker's message size would never be published."""
+    def cut(text: str, most: int = MAX_STATUS_TEXT) -> str:
+        return text if len(text) <= most else f"{text[:most]}… ({len(text)} characters)"
+
+    return replace(
+        status, event_id=cut(status.event_id), type=cut(status.type), actor=cut(status.actor),
+        workspace=None if status.workspace is None else cut(status.workspace),
+        reason=None if status.reason is None else cut(status.reason, 4 * MAX_STATUS_TEXT),
+        result={cut(k): cut(v) for k, v in status.result.items()})
+
+
+def limits_of(settings: Settings) -> Limits:
+    """The fold's limits from the settings; every process that folds the topic uses these."""
+    return Limits(max_batch_size=settings.max_batch_size)
 
 
 @dataclass
@@ -67,6 +88,7 @@ class Registrar:
                      **{"enable.partition.eof": False})
         p = producer(self.settings)
         c.subscribe([control], on_assign=self._on_assign)
+        limits = limits_of(self.settings)
         try:
             while not self._stop.is_set():
                 msg = c.poll(0.2)
@@ -76,7 +98,7 @@ class Registrar:
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         log.warning("control topic: %s", msg.error())
                     continue
-                self.registry, status = judge(self.registry, msg)
+                self.registry, status = judge(self.registry, msg, limits)
                 self.applied = msg.offset() + 1
                 if msg.offset() >= self._publish_from:
                     p.produce(status_topic, key=status.event_id.encode(), value=status.to_bytes())

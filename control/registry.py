@@ -13,7 +13,8 @@ import contextlib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import lru_cache, partial
 from typing import Any
 
 from agents.runtimes.base import TensorSpec
@@ -41,18 +42,32 @@ from control.state import (
 from schemas.errors import Rejected
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
-MAX_BATCH_SIZE = 10_000
+MAX_BATCH_SIZE = 10_000  # the default of Settings.max_batch_size (INFERSTREAM_MAX_BATCH_SIZE)
 MAX_BATCH_WAIT_MS = 60_000
 
 Handler = Callable[[Registry, ControlEvent, Mapping[str, Any]], Registry]
 
 
-def apply(state: Registry, event: ControlEvent) -> Registry:
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The platform's bounds on what an event may ask for (from Settings).
+
+    A rule of the fold like any other: every process that folds the control topic (the
+    registrar, workers, clients) must use the same limits, or they judge events differently.
+    """
+
+    max_batch_size: int = MAX_BATCH_SIZE
+
+
+LIMITS = Limits()
+
+
+def apply(state: Registry, event: ControlEvent, limits: Limits = LIMITS) -> Registry:
     """The registry after `event`; raises Rejected (and changes nothing) when a rule is broken.
 
     First who sent it (signature, replay, role: control/security.py), then what it does.
     """
-    handler = _HANDLERS.get(event.type)
+    handler = _handlers(limits).get(event.type)
     if handler is None:
         raise Rejected(f"unknown event type {event.type!r}; known: {', '.join(EVENT_TYPES)}")
     authenticate(state, event)
@@ -65,12 +80,13 @@ def apply(state: Registry, event: ControlEvent) -> Registry:
     return replace(after, applied=state.applied.add(event.event_id, event.offset))
 
 
-def fold(events: Iterable[ControlEvent], state: Registry | None = None) -> Registry:
+def fold(events: Iterable[ControlEvent], state: Registry | None = None,
+         limits: Limits = LIMITS) -> Registry:
     """Apply events in order, skipping rejected ones, as every replay of the topic does."""
     state = state or Registry()
     for event in events:
         with contextlib.suppress(Rejected):
-            state = apply(state, event)
+            state = apply(state, event, limits)
     return state
 
 
@@ -261,7 +277,8 @@ def _create_pipeline_version(
 # -- deployments -----------------------------------------------------------------------------
 
 
-def _deploy(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+def _deploy(state: Registry, event: ControlEvent, p: Mapping[str, Any],
+            limits: Limits = LIMITS) -> Registry:
     ws = member(state, event)
     pipeline = pipeline_of(state, ws, p["pipeline"])
     if not pipeline.versions:
@@ -269,8 +286,11 @@ def _deploy(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Regis
     number = _existing_version(
         pipeline, len(pipeline.versions) if p["version"] is None else p["version"]
     )
-    if not 1 <= p["batch_size"] <= MAX_BATCH_SIZE:
-        raise Rejected(f"batch size {p['batch_size']} is outside 1..{MAX_BATCH_SIZE}")
+    most = limits.max_batch_size
+    if not 1 <= p["batch_size"] <= most:
+        why = ("a batch holds at least one record" if p["batch_size"] < 1 else
+               f"the platform's limit INFERSTREAM_MAX_BATCH_SIZE is {most}")
+        raise Rejected(f"batch size {p['batch_size']} is outside 1..{most}: {why}")
     if not 0 <= p["batch_wait_ms"] <= MAX_BATCH_WAIT_MS:
         raise Rejected(f"batch wait {p['batch_wait_ms']} ms is outside 0..{MAX_BATCH_WAIT_MS}")
     return _deployed(state, event, pipeline, number, p["batch_size"], p["batch_wait_ms"])
@@ -326,6 +346,11 @@ def _rollback(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Reg
     return _deployed(
         state, event, pipeline, number, deployment.batch_size, deployment.batch_wait_ms
     )
+
+
+@lru_cache(maxsize=8)
+def _handlers(limits: Limits) -> dict[str, Handler]:
+    return {**_HANDLERS, "Deploy": partial(_deploy, limits=limits)}
 
 
 _HANDLERS: dict[str, Handler] = {

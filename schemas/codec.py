@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -24,6 +25,7 @@ from schemas.errors import DecodeError, InferstreamError
 MARKER = b"\xc3\x01"
 AVRO_DIR = Path(__file__).parent / "avro"
 HISTORY_DIR = Path(__file__).parent / "history"
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")  # an object's repr, e.g. fastavro's stream
 
 
 class Codec:
@@ -75,12 +77,22 @@ class Codec:
                 return_record_name=True, return_record_name_override=True,
             )
         except Exception as exc:  # fastavro raises many types on garbage
-            raise DecodeError(f"corrupt {self.name} ({len(data)} bytes): {exc!r}") from exc
+            raise DecodeError(f"corrupt {self.name} ({len(data)} bytes): {reader_error(exc)}"
+                              ) from exc
         if body.tell() != len(data) - 10:
             raise DecodeError(
                 f"corrupt {self.name}: {len(data) - 10 - body.tell()} trailing bytes after it"
             )
         return record
+
+
+def reader_error(exc: BaseException) -> str:
+    """What an Avro reader said was wrong with some bytes, the same on every run: fastavro
+    names the stream it read (`<_io.BytesIO object at 0x7f...>`), a new address each time."""
+    text = _ADDRESS.sub("the record", str(exc))
+    what = type(exc).__name__ + (" (the bytes end too early)" if isinstance(exc, EOFError)
+                                 else "")
+    return f"{what}: {text}" if text else what
 
 
 def schema_fingerprint(schema: dict) -> bytes:

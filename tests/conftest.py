@@ -156,4 +156,5 @@ def settings(broker: BrokerUnderTest, tmp_path: Path) -> Settings:
         namespace=f"t{uuid4().hex[:10]}",
         data_dir=tmp_path / "data",
         credentials_file=tmp_path / "credentials" / "credentials.json",
+        delivery="exactly-once" if broker.supports_transactions else "at-least-once",
     )

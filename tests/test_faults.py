@@ -1,0 +1,259 @@
+"""Fault injection on Apache Kafka: every record that enters a pipeline's input topic ends up
+exactly once as a result or as a dead letter, and every served one exactly once in the
+inference logs, through worker crashes, a broker restart, redeploys and a corrupt artifact.
+
+Each case streams a few thousand records (every 25th malformed) at a steady rate while the
+fault happens, then checks every record id, not counts. Run only these: `pytest -m faults`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from agents.demo_models import iris_rows
+from agents.worker_process import WorkerProcess
+from control.brokers import find_kafka_jars, start_local_broker
+from control.config import Settings
+from control.kafka import end_offsets, producer, read_until_end
+from schemas.errors import Rejected
+from sinks.access import open_reader
+from tests.helpers import wait_until
+from tests.worker_platform import Platform
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.faults,
+              pytest.mark.transactions]
+ROWS = iris_rows()
+
+
+@dataclass
+class Flow:
+    """Records sent at a steady rate by a thread, keyed by their id; every 25th is malformed."""
+
+    settings: Settings
+    pipeline: str
+    count: int
+    rate: float
+    good: set[str] = field(default_factory=set)
+    bad: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.tag = uuid4().hex[:6]
+        self._thread = threading.Thread(target=self._send, daemon=True)
+
+    def start(self) -> Flow:
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float = 120.0) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the records were not all sent"
+
+    def _send(self) -> None:
+        p = producer(self.settings)
+        topic = self.settings.pipeline_topic("lab", self.pipeline, "input")
+        started = time.monotonic()
+        for i in range(self.count):
+            wait = started + i / self.rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # a fixed-rate producer, not a test waiting on a condition
+            rid = f"{self.tag}-{i}"
+            if i % 25 == 7:
+                value, _ = {"id": rid, "float_input": [1.0, 2.0]}, self.bad.add(rid)
+            else:
+                value, _ = {"id": rid, "float_input": ROWS[i % len(ROWS)].tolist()}, \
+                    self.good.add(rid)
+            p.produce(topic, key=rid.encode(), value=json.dumps(value).encode())
+            p.poll(0)
+        assert p.flush(60) == 0
+
+
+def progress(settings: Settings, pipeline: str) -> int:
+    """About how many results are out (end offsets: commit markers count too)."""
+    return sum(end_offsets(settings, settings.pipeline_topic("lab", pipeline, "output"))
+               .values())
+
+
+@dataclass
+class Outcome:
+    results: Counter[str]
+    dead: Counter[str]
+    logs: Counter[str]
+    bodies: dict[str, dict]
+
+
+def outcome(settings: Settings, pipeline: str, tag: str) -> Outcome:
+    """What a read_committed consumer sees of one flow: results, dead letters and logs."""
+    topic = lambda kind: settings.pipeline_topic("lab", pipeline, kind)  # noqa: E731
+    results: Counter[str] = Counter()
+    bodies = {}
+    for m in read_until_end(settings, topic("output"), timeout=60):
+        if m.key().decode().startswith(tag):
+            results[m.key().decode()] += 1
+            bodies[m.key().decode()] = json.loads(m.value())
+    dead = Counter(m.key().decode() for m in read_until_end(settings, topic("dead"), timeout=60)
+                   if m.key().decode().startswith(tag))
+    logs = Counter(m.key().decode()
+                   for m in read_until_end(settings, settings.topic("logs"), timeout=60)
+                   if m.key().decode().startswith(tag))
+    return Outcome(results, dead, logs, bodies)
+
+
+def exactly_once(settings: Settings, flow: Flow, timeout: float = 180.0) -> Outcome:
+    """Wait until every record of the flow is answered; then none may be answered twice."""
+    wanted = flow.good | flow.bad
+
+    def answered() -> Outcome | None:
+        seen = outcome(settings, flow.pipeline, flow.tag)
+        return seen if wanted <= set(seen.results) | set(seen.dead) else None
+
+    seen = wait_until(answered, timeout, f"all {len(wanted)} records of {flow.pipeline} served")
+    assert set(seen.results) == flow.good and set(seen.dead) == flow.bad
+    assert [k for k, n in (seen.results + seen.dead).items() if n > 1] == []
+    assert set(seen.logs) == flow.good
+    assert [k for k, n in seen.logs.items() if n > 1] == []
+    return seen
+
+
+class FaultPlatform(Platform):
+    def restart(self, name: str) -> WorkerProcess:
+        """A worker of the same name (same data folder, same transactional id) started anew."""
+        self.workers = [w for w in self.workers if w.name != name]
+        w = self.worker(name)
+        w.wait_ready()
+        return w
+
+    def kill(self, name: str) -> None:
+        next(w for w in self.workers if w.name == name).kill(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def platform(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultPlatform]:
+    tmp = tmp_path_factory.mktemp("faults")
+    settings = Settings(bootstrap_servers=broker.bootstrap, namespace=f"f{uuid4().hex[:8]}",
+                        data_dir=tmp / "cli", pipeline_partitions=4)
+    p = FaultPlatform(settings, tmp, keras=False)
+    p.worker("w1").wait_ready()
+    yield p
+    p.close()
+
+
+def test_worker_killed_repeatedly_loses_and_duplicates_nothing(platform: FaultPlatform) -> None:
+    platform.pipeline("crashy", [{"model": "clf", "version": 1}])
+    platform.deploy("crashy", batch_size=32, batch_wait_ms=10)
+    flow = Flow(platform.settings, "crashy", 4000, 400).start()
+    rng = random.Random(11)
+    for _ in range(3):
+        # Kill at a random point: somewhere in the next few hundred results.
+        target = progress(platform.settings, "crashy") + rng.randrange(50, 400)
+        wait_until(lambda t=target: progress(platform.settings, "crashy") >= t, 90,
+                   "results flowing")
+        platform.kill("w1")
+        platform.restart("w1")
+    flow.join()
+    exactly_once(platform.settings, flow)
+    # The log sink (in the worker, killed with it) stored every served record once too.
+    good = sorted(flow.good)
+    owner = platform.settings.model_copy(update={"data_dir": platform.tmp / "w1"})
+
+    def stored() -> bool:
+        with open_reader(owner) as reader:
+            rows = reader.query(
+                "SELECT record_id, count() AS n FROM inference_logs FINAL "
+                "WHERE pipeline = 'crashy' GROUP BY record_id")
+        return len(rows) == len(good) and all(r["n"] == 1 for r in rows)
+    wait_until(stored, 120, "every log stored once in ClickHouse")
+
+
+def test_the_other_worker_takes_over_a_killed_ones_partitions(platform: FaultPlatform) -> None:
+    platform.pipeline("pair", [{"model": "clf", "version": 1}])
+    platform.deploy("pair", batch_size=32, batch_wait_ms=10)
+    platform.worker("w2").wait_ready("lab/pair")
+    flow = Flow(platform.settings, "pair", 3000, 300).start()
+
+    def both_serving() -> bool:
+        seen = outcome(platform.settings, "pair", flow.tag)
+        return {b["worker"] for b in seen.bodies.values()} == {"w1", "w2"}
+
+    wait_until(both_serving, 90, "both workers serving")
+    platform.kill("w2")
+    platform.workers = [w for w in platform.workers if w.name != "w2"]
+    flow.join()
+    seen = exactly_once(platform.settings, flow)
+    last = max(seen.bodies, key=lambda k: int(k.rsplit("-", 1)[1]))
+    assert seen.bodies[last]["worker"] == "w1"
+
+
+def test_redeploy_and_rollback_while_records_flow(platform: FaultPlatform) -> None:
+    platform.pipeline("swap", [{"model": "clf", "version": 1}])
+    platform.client.create_pipeline_version("swap", [{"model": "clf", "version": 2}])
+    platform.deploy("swap", 1, batch_size=32, batch_wait_ms=10)
+    flow = Flow(platform.settings, "swap", 3000, 300).start()
+    for step in (500, 1200, 2000):
+        wait_until(lambda s=step: progress(platform.settings, "swap") >= s, 90, "flowing")
+        if step == 1200:
+            platform.client.rollback("swap")
+            platform.deploy("swap", 1)
+        else:
+            platform.deploy("swap", 2)
+    flow.join()
+    seen = exactly_once(platform.settings, flow)
+    versions = Counter(b["pipeline_version"] for b in seen.bodies.values())
+    assert set(versions) == {1, 2}
+    for body in seen.bodies.values():  # each record wholly served by the version it names
+        assert [(m["model"], m["version"]) for m in body["models"]] == [
+            ("clf", body["pipeline_version"])]
+
+
+def test_a_corrupt_artifact_is_refused_while_the_old_version_serves(
+        platform: FaultPlatform) -> None:
+    platform.corrupt_model("rotten")
+    platform.pipeline("kept", [{"model": "clf", "version": 1}])
+    platform.client.create_pipeline_version("kept", [{"model": "rotten", "version": 1}])
+    platform.deploy("kept", 1, batch_size=32, batch_wait_ms=10)
+    flow = Flow(platform.settings, "kept", 2000, 400).start()
+    wait_until(lambda: progress(platform.settings, "kept") >= 300, 60, "flowing")
+    with pytest.raises(Rejected, match=r"cannot load kept version 2.*keeps serving version 1"):
+        platform.client.deploy("kept", 2, worker_wait=30)
+    flow.join()
+    seen = exactly_once(platform.settings, flow)
+    assert {b["pipeline_version"] for b in seen.bodies.values()} == {1}
+
+
+@pytest.fixture
+def own_broker(broker, tmp_path: Path):
+    """An Apache Kafka broker of this test's own, which it may restart."""
+    if broker.kind not in ("apache-kafka", "external") or not find_kafka_jars() \
+            or not shutil.which("java"):
+        pytest.skip("restarting a broker needs Apache Kafka from local jars and java")
+    with start_local_broker(tmp_path / "broker", "kafka") as local:
+        yield local
+
+
+def test_broker_restart_while_workers_run(own_broker, tmp_path: Path) -> None:
+    settings = Settings(bootstrap_servers=own_broker.bootstrap, namespace="restart",
+                        data_dir=tmp_path / "cli", pipeline_partitions=2)
+    platform = FaultPlatform(settings, tmp_path, keras=False)
+    try:
+        platform.worker("w1").wait_ready()
+        platform.pipeline("steady", [{"model": "clf", "version": 1}])
+        platform.deploy("steady", batch_size=32, batch_wait_ms=10)
+        flow = Flow(settings, "steady", 3000, 200).start()
+        wait_until(lambda: progress(settings, "steady") >= 500, 60, "flowing")
+        own_broker.restart()  # same port and data folder: topics and records survive
+        flow.join(180)
+        exactly_once(settings, flow, timeout=240)
+        assert platform.workers[0].process.poll() is None, "the worker carried on"
+    finally:
+        platform.close()
