@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 IDLE_S = 0.2  # how often an intake with nothing to serve looks for deployments
 LAG_EVERY_S = 1.0
+COMMIT_ATTEMPTS = 3  # of 30 s each; then the batch is aborted and served again
 BATCHES_PER_TRANSACTION = 8  # micro-batches (of a deployment's batch size) a commit may carry
 
 
@@ -197,18 +198,24 @@ class Intake:
             c.commit(offsets=offsets, asynchronous=False)
             return True
         try:
-            p.send_offsets_to_transaction(offsets, c.consumer_group_metadata(), 30)
-            while True:
+            metadata = c.consumer_group_metadata()
+            _bounded(lambda: p.send_offsets_to_transaction(offsets, metadata, 30), 45)
+            for attempt in range(COMMIT_ATTEMPTS):
                 try:
-                    p.commit_transaction(30)
+                    _bounded(lambda: p.commit_transaction(30), 45)
                     return True
-                except KafkaException as exc:
-                    if not exc.args[0].retriable():
+                except KafkaException as exc:  # e.g. the broker restarting: try again
+                    if not exc.args[0].retriable() or attempt == COMMIT_ATTEMPTS - 1:
                         raise
+                    log.warning("committing a batch's transaction: %s; trying again",
+                                exc.args[0])
         except KafkaException as exc:
             log.warning("a batch's transaction failed (%s); serving it again", exc.args[0])
             self._abort(p, exc.args[0])
-            return False
+        except Stuck as exc:  # a new producer of the same transactional id fences this one
+            log.warning("%s; replacing the producer and serving the batch again", exc)
+            self._fatal = True
+        return False
 
     def _abort(self, p: Producer, error: KafkaError) -> None:
         """End a failed batch's transaction; a producer that cannot go on is replaced."""
@@ -225,8 +232,7 @@ class Intake:
         if not self._fatal:
             return p
         self._fatal = False
-        p.flush(5)
-        return self._producer()
+        return self._producer()  # its init fences the old one; the old is left to the GC
 
     def _report_lag(self, c: Consumer, by_topic: dict[str, Serving]) -> None:
         now = time.monotonic()
@@ -240,6 +246,34 @@ class Intake:
                 lag[tp.topic] += max(high - tp.offset, 0)
         for topic, serving in by_topic.items():
             self.manager.lag(serving, lag.get(topic, 0))
+
+
+class Stuck(Exception):
+    """A librdkafka call did not return within its deadline."""
+
+
+def _bounded(call: Callable[[], object], seconds: float) -> None:
+    """Run a transaction call in a thread and give up on it after `seconds`.
+
+    After a broker restart send_offsets_to_transaction was seen to block for minutes past its
+    own 30 s timeout (librdkafka 2.16), which stalled the worker for good.
+    """
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="transaction-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise Stuck(f"a transaction call did not return in {seconds:g}s")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def _assigned(_: Consumer, partitions: list[TopicPartition]) -> None:

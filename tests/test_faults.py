@@ -253,7 +253,10 @@ def test_broker_restart_while_workers_run(own_broker, tmp_path: Path) -> None:
         wait_until(lambda: progress(settings, "steady") >= 500, 60, "flowing")
         own_broker.restart()  # same port and data folder: topics and records survive
         flow.join(180)
-        exactly_once(settings, flow, timeout=240)
+        try:
+            exactly_once(settings, flow, timeout=240)
+        except AssertionError as exc:  # what the worker was doing says more than the count
+            raise AssertionError(f"{exc}\nworker log:\n{platform.workers[0].tail(80)}") from exc
         assert platform.workers[0].process.poll() is None, "the worker carried on"
     finally:
         platform.close()
