@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agents.runtimes.base import STRING
-from schemas.codec import MARKER, codec
+from schemas.codec import MARKER, avro_long, codec
 
 if TYPE_CHECKING:
     from agents.runner import Call, InferenceLogEntry
@@ -33,16 +33,8 @@ _SMALL = [bytes([n << 1]) for n in range(64)]  # zigzag varints of 0..63: one by
 
 
 def long(n: int) -> bytes:
-    """An Avro int or long: zigzag, then 7 bits per byte, low bits first."""
-    if 0 <= n < 64:
-        return _SMALL[n]
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    """An Avro int or long; the small ones (most counts and lengths) from a table."""
+    return _SMALL[n] if 0 <= n < 64 else avro_long(n)
 
 
 def string(text: str) -> bytes:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from schemas.codec import codec
+from schemas.codec import avro_long, codec
 from schemas.errors import DecodeError
 
 if TYPE_CHECKING:
@@ -97,21 +97,10 @@ def _unsigned(data: bytes, signature: bytes | None) -> bytes:
     """
     if signature is None:
         return data
-    tail = b"\x02" + _zigzag_varint(len(signature)) + signature
+    tail = b"\x02" + avro_long(len(signature)) + signature
     if not data.endswith(tail):
         raise DecodeError("a control event's signature must be its envelope's last field")
     return data[: -len(tail)] + b"\x00"
-
-
-def _zigzag_varint(n: int) -> bytes:
-    """An Avro long: zig-zag, then base-128 varint."""
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 @dataclass(frozen=True, slots=True)

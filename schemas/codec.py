@@ -86,6 +86,23 @@ class Codec:
         return record
 
 
+def avro_long(n: int) -> bytes:
+    """An Avro int or long as written by hand: zigzag, then 7 bits per byte, low bits first."""
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def avro_string(text: str) -> bytes:
+    """An Avro string: its UTF-8 length, then the bytes."""
+    data = text.encode()
+    return avro_long(len(data)) + data
+
+
 def reader_error(exc: BaseException) -> str:
     """What an Avro reader said was wrong with some bytes, the same on every run: fastavro
     names the stream it read (`<_io.BytesIO object at 0x7f...>`), a new address each time."""

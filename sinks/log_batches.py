@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from functools import cache
 
-from schemas.codec import AVRO_DIR, MARKER, codec
+from schemas.codec import AVRO_DIR, MARKER, avro_long, avro_string, codec
 from sinks.tables import KafkaPosition
 
 TENSOR = ("Tuple(name String, dtype String, shape Array(Int64), values Array(Float64), "
@@ -32,20 +32,6 @@ STRUCTURE = (
 )
 
 
-def _long(n: int) -> bytes:
-    """An Avro long: zigzag, then 7 bits per byte, low bits first."""
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return _long(len(data)) + data
 
 
 def _as_map(tensors: str, field: str, only_text: bool = False) -> str:
@@ -90,8 +76,8 @@ def _header() -> tuple[bytes, bytes]:
                          {"name": "kafka_offset", "type": "long"}, *fields]}
     sync = os.urandom(16)
     meta = {"avro.schema": json.dumps(schema).encode(), "avro.codec": b"null"}
-    header = (b"Obj\x01" + _long(len(meta))
-              + b"".join(_string(k) + _long(len(v)) + v for k, v in meta.items())
+    header = (b"Obj\x01" + avro_long(len(meta))
+              + b"".join(avro_string(k) + avro_long(len(v)) + v for k, v in meta.items())
               + b"\x00" + sync)
     return header, sync
 
@@ -109,7 +95,7 @@ def container(values: Sequence[bytes], positions: Sequence[KafkaPosition]) -> by
     for value, (topic, partition, offset) in zip(values, positions, strict=True):
         where = topics.get(topic)
         if where is None:
-            where = topics[topic] = _string(topic)
-        bodies.append(where + _long(partition) + _long(offset) + value[10:])
+            where = topics[topic] = avro_string(topic)
+        bodies.append(where + avro_long(partition) + avro_long(offset) + value[10:])
     block = b"".join(bodies)
-    return header + _long(len(bodies)) + _long(len(block)) + block + sync
+    return header + avro_long(len(bodies)) + avro_long(len(block)) + block + sync
