@@ -11,7 +11,7 @@ bytes, an array is one block (count, items) and a 0, a union is the branch index
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -144,31 +144,35 @@ class LogWriter:
 
     def _from_call(self, time_us: int, call: Call, group: Sequence[InferenceLogEntry]
                    ) -> list[bytes] | None:
+        first = group[0]
+        return self.encode_call(time_us, first.step, first.model, first.model_version,
+                                first.shadow, first.elapsed_us, call,
+                                [e.record_id for e in group], [e.row for e in group])
+
+    def encode_call(self, time_us: int, step: int, model: str, model_version: int, shadow: bool,
+                    elapsed_us: int, call: Call, record_ids: Sequence[str],
+                    rows: Sequence[int] | None = None) -> list[bytes] | None:
+        """The logs of one predict call that served no error, written from the call's arrays:
+        record_ids[i] owns the call's rows rows[i] (every row in order when None). None unless
+        its tensors are numbers with as many rows per record."""
         ins = _columns(call.inputs, call.input_offsets)
         outs = _columns(call.outputs, call.output_offsets) if ins is not None else None
         if ins is None or outs is None:
             return None
-        first = group[0]
-        which = (first.step, first.model, first.model_version, first.shadow)
+        which = (step, model, model_version, shadow)
         served_by = self._models.get(which)
         if served_by is None:
-            served_by = self._models[which] = (long(first.step) + string(first.model)
-                                               + long(first.model_version)
-                                               + (b"\x01" if first.shadow else b"\x00"))
+            served_by = self._models[which] = (long(step) + string(model) + long(model_version)
+                                               + (b"\x01" if shadow else b"\x00"))
         before = self._prefix + self._longs.time(time_us)
-        tail = self._longs.elapsed(first.elapsed_us) + self._worker + _EMPTY  # no error
+        tail = self._longs.elapsed(elapsed_us) + self._worker + _EMPTY  # no error
+        middle = self._pipeline + served_by
+        ins_parts, outs_parts = _tensor_rows(ins), _tensor_rows(outs)
         out = []
-        for e in group:
-            r = e.row
-            parts = [before, string(e.record_id), self._pipeline, served_by]
-            for columns in (ins, outs):  # an array of Tensors: one block and a 0, or just 0
-                if columns:
-                    parts.append(long(len(columns)))
-                    for head, values, size in columns:
-                        parts += (head, values[r * size:(r + 1) * size], _NUMBERS_END)
-                parts.append(_EMPTY)
-            parts.append(tail)
-            out.append(b"".join(parts))
+        for r, record_id in zip(range(len(record_ids)) if rows is None else rows, record_ids,
+                                strict=True):
+            out.append(b"".join((before, string(record_id), middle, ins_parts(r), outs_parts(r),
+                                 tail)))
         return out
 
 
@@ -205,17 +209,60 @@ class ResultWriter:
                models: Sequence[tuple[int, str, int, str]], outputs: Mapping[str, np.ndarray],
                elapsed_us: int, time_us: int) -> bytes:
         """One single-object encoded InferenceResult."""
+        used = self._used(models)
+        return b"".join((
+            self._prefix, string(record_id),
+            _EMPTY if key is None else _SECOND_BRANCH + long(len(key)) + key,
+            self._pipeline, used, tensors(outputs), self._longs.elapsed(elapsed_us),
+            self._longs.time(time_us), self._worker))
+
+    def _used(self, models: Sequence[tuple[int, str, int, str]]) -> bytes:
         which = tuple(tuple(m) for m in models)
         used = self._models.get(which)  # type: ignore[arg-type]
         if used is None:
             used = self._models[which] = (long(len(which)) + b"".join(  # type: ignore[index]
                 long(s) + string(m) + long(v) + string(r) for s, m, v, r in which)
                 + _EMPTY if which else _EMPTY)
-        return b"".join((
-            self._prefix, string(record_id),
-            _EMPTY if key is None else _SECOND_BRANCH + long(len(key)) + key,
-            self._pipeline, used, tensors(outputs), self._longs.elapsed(elapsed_us),
-            self._longs.time(time_us), self._worker))
+        return used
+
+    def encode_rows(self, record_ids: Sequence[str], keys: Sequence[bytes | None],
+                    models: Sequence[tuple[int, str, int, str]], outputs: Mapping[str, np.ndarray],
+                    elapsed_us: int, time_us: int) -> list[bytes] | None:
+        """The results of records that own one row each of outputs, in order, as encode()
+        writes them; None unless the outputs are numbers."""
+        n = len(record_ids)
+        columns = _columns(outputs, list(range(n + 1)) if n > 1 else None)
+        if columns is None:
+            return None
+        used = self._used(models)
+        middle = self._pipeline + used
+        tail = self._longs.elapsed(elapsed_us) + self._longs.time(time_us) + self._worker
+        rows = _tensor_rows(columns)
+        prefix, no_key = self._prefix, _EMPTY
+        return [b"".join((prefix, string(record_id),
+                          no_key if key is None else _SECOND_BRANCH + long(len(key)) + key,
+                          middle, rows(r), tail))
+                for r, (record_id, key) in enumerate(zip(record_ids, keys, strict=True))]
+
+
+def _tensor_rows(columns: list[_Column]) -> Callable[[int], bytes]:
+    """Row r of an array of Tensors made from columns: one block and a 0, or just 0."""
+    if not columns:
+        return lambda _: _EMPTY
+    count = long(len(columns))
+    if len(columns) == 1:
+        (head, values, size), = columns
+        before = count + head
+        after = _NUMBERS_END + _EMPTY
+        return lambda r: b"".join((before, values[r * size:(r + 1) * size], after))
+
+    def row(r: int) -> bytes:
+        parts = [count]
+        for head, values, size in columns:
+            parts += (head, values[r * size:(r + 1) * size], _NUMBERS_END)
+        parts.append(_EMPTY)
+        return b"".join(parts)
+    return row
 
 
 class _LastLongs:

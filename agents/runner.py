@@ -216,6 +216,12 @@ class PipelineRunner:
         self._rng = np.random.default_rng(seed)
         self._stages = [_stage(n, step, runtimes) for n, step in enumerate(version.steps, 1)]
 
+    def chain(self) -> tuple[_Model, ...] | None:
+        """The models in order when every step runs one model (no split, no shadow)."""
+        if all(type(stage.step) is ModelStep for stage in self._stages):
+            return tuple(stage.models[0] for stage in self._stages)
+        return None
+
     def run(self, records: Sequence[R]) -> BatchOutcome[R]:
         """Run every step over the batch; bad records go to failures, the others on."""
         start = time.perf_counter_ns()

@@ -13,14 +13,15 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
 from confluent_kafka import Message
 
-from agents.avro_writer import LogWriter
+from agents.avro_writer import LogWriter, ResultWriter
+from agents.columnar import Columnar
 from agents.formats import (
     AvroInput,
     BadRecord,
@@ -37,7 +38,7 @@ from agents.metrics import PipelineMetrics, StageMetrics
 from agents.model_cache import ModelCache
 from agents.outbox import Outbox
 from agents.runner import BatchOutcome, PipelineRunner, RecordResult
-from agents.runtimes.base import TensorSpec
+from agents.runtimes.base import ModelRuntime, TensorSpec
 from control.config import Settings
 from control.events import ControlStatus
 from control.kafka import ensure_topics, pipeline_topics, producer
@@ -66,6 +67,7 @@ class Serving:
     input_topic: str
     output_topic: str
     dead_topic: str
+    columnar: Columnar | None = None  # the fast path, when the version is the common case
 
     @property
     def key(self) -> Key:
@@ -89,6 +91,7 @@ class DeploymentManager:
         self.outbox = Outbox(settings)  # what HTTP requests' logs go through
         self.intake = Intake(settings, self)
         self.ready = False  # set once the registry is replayed and its deployments served
+        self.columnar = True  # serve the common case column-wise (agents.columnar)
 
     def alive(self) -> bool:
         """Whether the worker still takes records from its input topics."""
@@ -129,18 +132,25 @@ class DeploymentManager:
         pipeline = registry.pipelines[(deployment.workspace, deployment.pipeline)]
         version = pipeline.versions[deployment.version - 1]
         runtimes = self.cache.for_pipeline(registry, version)
-        first = step_models(version.steps[0])[0]
-        topic = lambda kind: self.settings.pipeline_topic(  # noqa: E731
-            deployment.workspace, deployment.pipeline, kind)
         ensure_topics(self.settings,
                       pipeline_topics(self.settings, deployment.workspace, deployment.pipeline))
+        return self.serving(deployment, version, runtimes)
+
+    def serving(self, deployment: Deployment, version: PipelineVersion,
+                runtimes: Mapping[tuple[str, int], ModelRuntime]) -> Serving:
+        """What serves a deployed version with these loaded models."""
+        topic = lambda kind: self.settings.pipeline_topic(  # noqa: E731
+            deployment.workspace, deployment.pipeline, kind)
+        first = step_models(version.steps[0])[0]
         specs = runtimes[(first.model, first.version)].inputs
-        return Serving(
-            deployment, version, PipelineRunner(version, runtimes, self.worker), specs,
-            avro_input(specs, input_schema_name(deployment.workspace, deployment.pipeline)),
-            LogWriter(deployment.workspace, deployment.pipeline, deployment.version, self.worker),
-            topic("input"), topic("output"), topic("dead"),
-        )
+        runner = PipelineRunner(version, runtimes, self.worker)
+        avro = avro_input(specs, input_schema_name(deployment.workspace, deployment.pipeline))
+        names = (deployment.workspace, deployment.pipeline, deployment.version, self.worker)
+        logs = LogWriter(*names)
+        columnar = Columnar.of(runner, specs, avro, ResultWriter(*names), logs, topic("output"),
+                               self.settings.topic("logs"), self.settings.max_record_bytes)
+        return Serving(deployment, version, runner, specs, avro, logs, topic("input"),
+                       topic("output"), topic("dead"), columnar)
 
     def _refuse(self, deployment: Deployment, current: Serving | None, exc: Exception,
                 status: ControlStatus | None) -> None:
@@ -176,6 +186,12 @@ class DeploymentManager:
         to `sink`. Returns (results, dead letters). Runs in the intake's thread."""
         metrics = self.metrics
         began = started = time.perf_counter_ns()
+        if serving.columnar is not None and self.columnar:
+            served = serving.columnar.serve(messages, sink, metrics)
+            if served is not None:
+                self.pipeline_metrics.batch_seconds(*serving.key,
+                                                    (time.perf_counter_ns() - began) / 1e9)
+                return served, 0
         records, sources, dead = self._decode(serving, messages)
         started = metrics.add("decode", started)
         results = 0

@@ -2,8 +2,10 @@
 exactly once as a result or as a dead letter, and every served one exactly once in the
 inference logs, through worker crashes, a broker restart, redeploys and a corrupt artifact.
 
-Each case streams a few thousand records (every 25th malformed) at a steady rate while the
-fault happens, then checks every record id, not counts. Run only these: `pytest -m faults`.
+Each case streams a few thousand records (Avro, every 25th malformed JSON) at a steady rate
+while the fault happens, then checks every record id, not counts. Batches without a malformed
+record take the column-wise path (agents.columnar), the others the record path. Run only
+these: `pytest -m faults`.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from uuid import uuid4
 
 import pytest
 
+from agents.avro_input import avro_input, input_schema_name
 from agents.demo_models import iris_rows
+from agents.runtimes.base import TensorSpec
 from agents.worker_process import WorkerProcess
 from control.brokers import find_kafka_jars, start_local_broker
 from control.config import Settings
 from control.kafka import end_offsets, producer, read_until_end
+from schemas.codec import decode
 from schemas.errors import Rejected
 from sinks.access import open_reader
 from tests.helpers import wait_until
@@ -35,6 +40,7 @@ from tests.worker_platform import Platform
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.faults,
               pytest.mark.transactions]
 ROWS = iris_rows()
+IRIS = (TensorSpec("float_input", "float32", (-1, 4)),)  # the inputs of the models under test
 
 
 @dataclass
@@ -63,6 +69,7 @@ class Flow:
     def _send(self) -> None:
         p = producer(self.settings)
         topic = self.settings.pipeline_topic("lab", self.pipeline, "input")
+        avro = avro_input(IRIS, input_schema_name("lab", self.pipeline))
         started = time.monotonic()
         for i in range(self.count):
             wait = started + i / self.rate - time.monotonic()
@@ -70,11 +77,12 @@ class Flow:
                 time.sleep(wait)  # a fixed-rate producer, not a test waiting on a condition
             rid = f"{self.tag}-{i}"
             if i % 25 == 7:
-                value, _ = {"id": rid, "float_input": [1.0, 2.0]}, self.bad.add(rid)
+                value = json.dumps({"id": rid, "float_input": [1.0, 2.0]}).encode()
+                self.bad.add(rid)
             else:
-                value, _ = {"id": rid, "float_input": ROWS[i % len(ROWS)].tolist()}, \
-                    self.good.add(rid)
-            p.produce(topic, key=rid.encode(), value=json.dumps(value).encode())
+                value = avro.encode({"id": rid, "float_input": ROWS[i % len(ROWS)][None]})
+                self.good.add(rid)
+            p.produce(topic, key=rid.encode(), value=value)
             p.poll(0)
         assert p.flush(60) == 0
 
@@ -101,7 +109,7 @@ def outcome(settings: Settings, pipeline: str, tag: str) -> Outcome:
     for m in read_until_end(settings, topic("output"), timeout=60):
         if m.key().decode().startswith(tag):
             results[m.key().decode()] += 1
-            bodies[m.key().decode()] = json.loads(m.value())
+            bodies[m.key().decode()] = decode("InferenceResult", m.value())
     dead = Counter(m.key().decode() for m in read_until_end(settings, topic("dead"), timeout=60)
                    if m.key().decode().startswith(tag))
     logs = Counter(m.key().decode()
