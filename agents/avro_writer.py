@@ -95,11 +95,21 @@ def tensors(arrays: Mapping[str, np.ndarray]) -> bytes:
     return b"".join(parts)
 
 
+# Logs per message at most, in bytes: under librdkafka's and the brokers' default 1 MB limit.
+LOG_MESSAGE_BYTES = 900_000
+
+
 class LogWriter:
-    """InferenceLog records of one pipeline version served by one worker."""
+    """InferenceLog records of one pipeline version served by one worker.
+
+    A served batch's logs go to the logs topic as InferenceLogBatch messages (pack): one per
+    batch, or a few when they are many bytes. The body methods write the logs without the
+    single-object header, as they sit in a batch; encode() writes one standalone log.
+    """
 
     def __init__(self, workspace: str, pipeline: str, pipeline_version: int, worker: str) -> None:
         self._prefix = MARKER + codec("InferenceLog").fingerprint
+        self._batch_prefix = MARKER + codec("InferenceLogBatch").fingerprint
         self._pipeline = string(workspace) + string(pipeline) + long(pipeline_version)
         self._worker = string(worker)
         self._models: dict[tuple[int, str, int, bool], bytes] = {}
@@ -109,6 +119,13 @@ class LogWriter:
                shadow: bool, inputs: Mapping[str, np.ndarray],
                outputs: Mapping[str, np.ndarray], elapsed_us: int, error: str | None) -> bytes:
         """One single-object encoded InferenceLog."""
+        return self._prefix + self.body(time_us, record_id, step, model, model_version, shadow,
+                                        inputs, outputs, elapsed_us, error)
+
+    def body(self, time_us: int, record_id: str, step: int, model: str, model_version: int,
+             shadow: bool, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+             elapsed_us: int, error: str | None) -> bytes:
+        """One InferenceLog's Avro body."""
         which = (step, model, model_version, shadow)
         served_by = self._models.get(which)
         if served_by is None:
@@ -116,15 +133,34 @@ class LogWriter:
                                                + (b"\x01" if shadow else b"\x00"))
         longs = self._longs
         return b"".join((
-            self._prefix, longs.time(time_us), string(record_id), self._pipeline, served_by,
+            longs.time(time_us), string(record_id), self._pipeline, served_by,
             tensors(inputs), tensors(outputs), longs.elapsed(elapsed_us), self._worker,
             _EMPTY if error is None else _SECOND_BRANCH + string(error)))
 
-
     def encode_all(self, time_us: int, entries: Sequence[InferenceLogEntry]) -> list[bytes]:
-        """The logs of a batch, in order. Entries of one predict call whose records have as
-        many rows each are written from the call's arrays: one conversion to doubles per
-        tensor instead of one per record and tensor."""
+        """The logs of a batch, in order, each a single-object encoded InferenceLog."""
+        return [self._prefix + body for body in self.bodies(time_us, entries)]
+
+    def pack(self, bodies: Sequence[bytes]) -> list[bytes]:
+        """Log bodies as InferenceLogBatch messages of at most LOG_MESSAGE_BYTES (a log over
+        that is a message of its own), in order."""
+        messages, start, size = [], 0, 0
+        for i, body in enumerate(bodies):
+            if i > start and size + len(body) > LOG_MESSAGE_BYTES:
+                messages.append(self._batch(bodies[start:i]))
+                start, size = i, 0
+            size += len(body)
+        if start < len(bodies):
+            messages.append(self._batch(bodies[start:]))
+        return messages
+
+    def _batch(self, bodies: Sequence[bytes]) -> bytes:
+        return b"".join((self._batch_prefix, long(len(bodies)), *bodies, _EMPTY))
+
+    def bodies(self, time_us: int, entries: Sequence[InferenceLogEntry]) -> list[bytes]:
+        """The bodies of a batch's logs, in order. Entries of one predict call whose records
+        have as many rows each are written from the call's arrays: one conversion to doubles
+        per tensor instead of one per record and tensor."""
         out: list[bytes] = []
         start, n = 0, len(entries)
         while start < n:
@@ -139,7 +175,7 @@ class LogWriter:
         return out
 
     def _one(self, time_us: int, e: InferenceLogEntry) -> bytes:
-        return self.encode(time_us, e.record_id, e.step, e.model, e.model_version, e.shadow,
+        return self.body(time_us, e.record_id, e.step, e.model, e.model_version, e.shadow,
                            e.inputs, e.outputs, e.elapsed_us, e.error)
 
     def _from_call(self, time_us: int, call: Call, group: Sequence[InferenceLogEntry]
@@ -152,7 +188,7 @@ class LogWriter:
     def encode_call(self, time_us: int, step: int, model: str, model_version: int, shadow: bool,
                     elapsed_us: int, call: Call, record_ids: Sequence[str],
                     rows: Sequence[int] | None = None) -> list[bytes] | None:
-        """The logs of one predict call that served no error, written from the call's arrays:
+        """The log bodies of one predict call that served no error, from the call's arrays:
         record_ids[i] owns the call's rows rows[i] (every row in order when None). None unless
         its tensors are numbers with as many rows per record."""
         ins = _columns(call.inputs, call.input_offsets)
@@ -164,7 +200,7 @@ class LogWriter:
         if served_by is None:
             served_by = self._models[which] = (long(step) + string(model) + long(model_version)
                                                + (b"\x01" if shadow else b"\x00"))
-        before = self._prefix + self._longs.time(time_us)
+        before = self._longs.time(time_us)
         tail = self._longs.elapsed(elapsed_us) + self._worker + _EMPTY  # no error
         middle = self._pipeline + served_by
         ins_parts, outs_parts = _tensor_rows(ins), _tensor_rows(outs)

@@ -125,10 +125,8 @@ class Columnar:
         for key, value in zip(keys, results, strict=True):
             send(output, key, value)
         topic = self.logs_topic
-        log_keys = [i.encode() for i in ids]
-        for entries in logs:
-            for key, value in zip(log_keys, entries, strict=True):  # type: ignore[arg-type]
-                send(topic, key, value)
+        for value in self.logs.pack([body for bodies in logs for body in bodies]):  # type: ignore[union-attr]
+            send(topic, None, value)
         metrics.add("encode", started)
         return len(ids)
 

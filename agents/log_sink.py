@@ -22,17 +22,29 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from control.config import Settings
 from control.kafka import consumer
-from schemas.codec import codec
 from schemas.errors import DecodeError
 from sinks.access import claim
-from sinks.log_batches import INSERT, INSERT_SETTINGS, STRUCTURE, container, current_prefix
+from sinks.log_batches import (
+    BATCH_STRUCTURE,
+    INSERT,
+    INSERT_BATCHES,
+    INSERT_SETTINGS,
+    STRUCTURE,
+    container,
+    current_batch_prefix,
+    current_prefix,
+    decode_logs,
+    logs_in,
+)
 from sinks.storage import Storage, StorageError, open_storage
 from sinks.tables import KafkaPosition, batch_token, log_rows, migrate
 
 log = logging.getLogger(__name__)
 Log = tuple[bytes, KafkaPosition]  # a log message's value, and where it was read
-# Logs per insert at most: ClickHouse spends 3 µs a row on inserts of 20 000, 5 on 5000.
-BATCH = 20_000
+# Messages per insert at most: an InferenceLogBatch holds a micro-batch's logs (512 by
+# default, under 1 MB), so up to ~30 000 logs; ClickHouse spends 3 µs a log on inserts of
+# 20 000, 5 on 5000.
+BATCH = 64
 
 
 class LogSink:
@@ -58,45 +70,61 @@ class LogSink:
             return self.storage
 
     def write(self, logs: Sequence[Log]) -> int:
-        """Insert one batch of log messages as one idempotent insert; blocking."""
-        storage = self.open()
-        token = batch_token([position for _, position in logs])
-        prefix = current_prefix()
-        current = [entry for entry in logs if entry[0][:10] == prefix]
-        if len(current) == len(logs):
-            try:
-                storage.insert_select(INSERT, container(*zip(*current, strict=True)), "Avro",
-                                      STRUCTURE, dedup_token=token, settings=INSERT_SETTINGS)
-                self.written += len(logs)
-                return len(logs)
-            except StorageError as exc:
-                if "Avro" not in str(exc):  # an outage: wait it out, as for rows
-                    raise
-                # A log ClickHouse cannot read, or a server without the Avro format: the
-                # rows path finds and reports the culprit, and stores the others.
-                log.warning("the storage refused a batch of Avro logs, inserting rows: %s", exc)
-        return self._write_rows(storage, logs, token)
+        """Insert one batch of log messages idempotently; returns the logs stored. Blocking.
 
-    def _write_rows(self, storage: Storage, logs: Sequence[Log], token: str) -> int:
+        Messages of the current schemas (InferenceLogBatch, InferenceLog) go to ClickHouse as
+        the Avro they are, one insert per kind; older ones are decoded here."""
+        storage = self.open()
+        kinds: dict[bytes, list[Log]] = {current_batch_prefix(): [], current_prefix(): []}
+        older: list[Log] = []
+        for entry in logs:
+            kinds.get(entry[0][:10], older).append(entry)
+        stored = 0
+        for group, batches in zip(kinds.values(), (True, False), strict=True):
+            if group:
+                stored += self._write_avro(storage, group, batches)
+        if older:
+            stored += self._write_rows(storage, older)
+        self.written += stored
+        return stored
+
+    def _write_avro(self, storage: Storage, logs: list[Log], batches: bool) -> int:
+        token = batch_token([position for _, position in logs])
+        try:
+            storage.insert_select(INSERT_BATCHES if batches else INSERT,
+                                  container(*zip(*logs, strict=True), batches=batches), "Avro",
+                                  BATCH_STRUCTURE if batches else STRUCTURE, dedup_token=token,
+                                  settings=INSERT_SETTINGS)
+            return sum(map(logs_in, (value for value, _ in logs))) if batches else len(logs)
+        except StorageError as exc:
+            if "Avro" not in str(exc):  # an outage: wait it out, as for rows
+                raise
+            # A log ClickHouse cannot read, or a server without the Avro format: the
+            # rows path finds and reports the culprit, and stores the others.
+            log.warning("the storage refused a batch of Avro logs, inserting rows: %s", exc)
+        return self._write_rows(storage, logs)
+
+    def _write_rows(self, storage: Storage, logs: Sequence[Log]) -> int:
         # Logs of an older schema (or a storage that cannot read Avro): decoded here.
+        token = batch_token([position for _, position in logs])
         records, positions = [], []
         for value, position in logs:
             try:
-                records.append(codec("InferenceLog").decode(value))
+                decoded = decode_logs(value)
             except DecodeError as exc:
                 # Only workers write this topic; a record we cannot read is a bug to see.
                 self.undecodable += 1
                 log.error("skipping undecodable log record %s:%s:%s: %s", *position, exc)
                 continue
-            positions.append(position)
+            records += decoded
+            positions += [position] * len(decoded)
         if records:
             storage.insert("inference_logs", log_rows(records, positions), dedup_token=token)
-        self.written += len(records)
         return len(records)
 
 
 class LogSinkThread:
-    """Reads the logs topic in batches (BATCH logs or a second) and stores them; never drops
+    """Reads the logs topic in batches (BATCH messages or a second) and stores them; never drops
     one: a busy chDB folder or a storage outage is waited out, and offsets are committed only
     after the insert."""
 
@@ -125,11 +153,12 @@ class LogSinkThread:
                 if not logs:
                     continue
                 started = time.perf_counter_ns()
-                if not self._store(logs):
+                stored = self._store(logs)
+                if stored is None:
                     return  # stopping: nothing committed, the next owner stores it
                 self._commit(c, logs)
                 if self.on_stored is not None:
-                    self.on_stored(len(logs), time.perf_counter_ns() - started)
+                    self.on_stored(stored, time.perf_counter_ns() - started)
         finally:
             c.close()
 
@@ -152,17 +181,17 @@ class LogSinkThread:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _store(self, logs: list[Log]) -> bool:
+    def _store(self, logs: list[Log]) -> int | None:
+        """The logs stored, or None when stopped before they were."""
         delay = 0.5
         while not self._stop.is_set():
             try:
-                self.sink.write(logs)
-                return True
+                return self.sink.write(logs)
             except StorageError as exc:
                 log.warning("log sink waits %.1fs: %s", delay, exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
-        return False
+        return None
 
 
 _COORDINATOR_MOVED = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,

@@ -105,6 +105,9 @@ class DeploymentManager:
                 del self.served[key]
                 self.pipeline_metrics.forget(*key)
                 log.info("undeployed %s/%s", *key)
+            # Undeployed at once: what follows may take a while (loading other versions), and
+            # records sent meanwhile must wait in their topic.
+            self.by_topic = {s.input_topic: s for s in self.served.values()}
             self.refused = {k: v for k, v in self.refused.items() if k in wanted}
             for key, deployment in wanted.items():
                 about = status if status and (
@@ -252,11 +255,11 @@ class DeploymentManager:
         )
 
     def publish_logs(self, serving: Serving, outcome: BatchOutcome, sink: Sink) -> None:
-        """Send one inference-log record per inference (shadow ones too) to the logs topic."""
+        """Send the batch's inference logs (shadow ones too), as InferenceLogBatch messages."""
         topic, send = self.settings.topic("logs"), sink.send
-        values = serving.logs.encode_all(time.time_ns() // 1000, outcome.logs)
-        for entry, value in zip(outcome.logs, values, strict=True):
-            send(topic, entry.record_id.encode(), value)
+        for value in serving.logs.pack(serving.logs.bodies(time.time_ns() // 1000,
+                                                           outcome.logs)):
+            send(topic, None, value)
 
     def _dead(self, serving: Serving, message: Message, reason: str, sink: Sink) -> None:
         d = serving.deployment

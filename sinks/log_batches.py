@@ -17,21 +17,22 @@ import json
 import os
 from collections.abc import Sequence
 from functools import cache
+from typing import Any
 
-from schemas.codec import AVRO_DIR, MARKER, avro_long, avro_string, codec
+from schemas.codec import AVRO_DIR, MARKER, avro_long, avro_string, codec, writer_schemas
 from sinks.tables import KafkaPosition
 
 TENSOR = ("Tuple(name String, dtype String, shape Array(Int64), values Array(Float64), "
           "strings Array(String))")
-STRUCTURE = (
-    "kafka_topic String, kafka_partition Int32, kafka_offset Int64, "
-    "time DateTime64(6, 'UTC'), record_id String, workspace String, pipeline String, "
-    "pipeline_version Int32, step Int32, model String, model_version Int32, shadow Bool, "
-    f"inputs Array({TENSOR}), outputs Array({TENSOR}), elapsed_us Int64, worker String, "
-    "error Nullable(String)"
-)
-
-
+WHERE = "kafka_topic String, kafka_partition Int32, kafka_offset Int64"
+LOG = ("time DateTime64(6, 'UTC'), record_id String, workspace String, pipeline String, "
+       "pipeline_version Int32, step Int32, model String, model_version Int32, shadow Bool, "
+       f"inputs Array({TENSOR}), outputs Array({TENSOR}), elapsed_us Int64, worker String, "
+       "error Nullable(String)")
+STRUCTURE = f"{WHERE}, {LOG}"  # a row per InferenceLog message
+BATCH_STRUCTURE = f"{WHERE}, logs Array(Tuple({LOG}))"  # a row per InferenceLogBatch message
+_LOG_FIELDS = ("time", "record_id", "workspace", "pipeline", "pipeline_version", "step", "model",
+               "model_version", "shadow", "inputs", "outputs", "elapsed_us", "worker", "error")
 
 
 def _as_map(tensors: str, field: str, only_text: bool = False) -> str:
@@ -55,11 +56,16 @@ INSERT_SETTINGS = {"optimize_on_insert": 0}
 # {source} is where the rows come from: input(...) on a server, file(...) on chDB.
 INSERT = (f"INSERT INTO inference_logs ({', '.join(COLUMNS)}) "
           f"SELECT {', '.join(COLUMNS.values())} FROM {{source}}")
+# The same from InferenceLogBatch messages: a row per log of each.
+INSERT_BATCHES = INSERT.replace("{source}", (
+    "(SELECT kafka_topic, kafka_partition, kafka_offset, "
+    f"{', '.join(f'log.{f} AS {f}' for f in _LOG_FIELDS)} FROM {{source}} ARRAY JOIN logs AS log)"))
 
 
 @cache
-def _header() -> tuple[bytes, bytes]:
-    """The container file's header and sync marker, for the current InferenceLog schema."""
+def _header(batches: bool) -> tuple[bytes, bytes]:
+    """The container file's header and sync marker, for the current InferenceLog schema: a
+    row per log, or (batches) a row per InferenceLogBatch holding its logs."""
     tensor = json.loads((AVRO_DIR / "inferstream.data.Tensor.avsc").read_text())
     log = json.loads((AVRO_DIR / "inferstream.data.InferenceLog.avsc").read_text())
     fields, named = [], False
@@ -70,6 +76,8 @@ def _header() -> tuple[bytes, bytes]:
                                "items": "inferstream.data.Tensor" if named else tensor}}
             named = True
         fields.append(f)
+    if batches:
+        fields = [{"name": "logs", "type": {"type": "array", "items": {**log, "fields": fields}}}]
     schema = {"type": "record", "name": "LogRow", "namespace": "inferstream.sink",
               "fields": [{"name": "kafka_topic", "type": "string"},
                          {"name": "kafka_partition", "type": "int"},
@@ -87,9 +95,16 @@ def current_prefix() -> bytes:
     return MARKER + codec("InferenceLog").fingerprint
 
 
-def container(values: Sequence[bytes], positions: Sequence[KafkaPosition]) -> bytes:
-    """An Avro object container file of current-schema logs and where each was read."""
-    header, sync = _header()
+def current_batch_prefix() -> bytes:
+    """The first 10 bytes of an InferenceLogBatch of the current schema."""
+    return MARKER + codec("InferenceLogBatch").fingerprint
+
+
+def container(values: Sequence[bytes], positions: Sequence[KafkaPosition],
+              batches: bool = False) -> bytes:
+    """An Avro object container file of current-schema messages (logs, or batches of logs)
+    and where each was read."""
+    header, sync = _header(batches)
     topics: dict[str, bytes] = {}
     bodies = []
     for value, (topic, partition, offset) in zip(values, positions, strict=True):
@@ -99,3 +114,25 @@ def container(values: Sequence[bytes], positions: Sequence[KafkaPosition]) -> by
         bodies.append(where + avro_long(partition) + avro_long(offset) + value[10:])
     block = b"".join(bodies)
     return header + avro_long(len(bodies)) + avro_long(len(block)) + block + sync
+
+
+def logs_in(batch: bytes) -> int:
+    """How many logs an InferenceLogBatch message holds (its array's first block's count:
+    our writers write one block)."""
+    n = shift = 0
+    for byte in batch[10:20]:
+        n |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return abs((n >> 1) ^ -(n & 1))
+    return 0
+
+
+def decode_logs(value: bytes) -> list[dict[str, Any]]:
+    """The logs in a message of the logs topic, an InferenceLogBatch or one InferenceLog, of
+    any schema version; raises DecodeError."""
+    writer = writer_schemas().get(bytes(value[2:10]))
+    batch = codec("InferenceLogBatch")
+    if writer is not None and writer["name"] == batch.full_name:
+        return batch.decode(value)["logs"]
+    return [codec("InferenceLog").decode(value)]

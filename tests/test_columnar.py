@@ -21,6 +21,7 @@ from agents.runtimes.onnx import OnnxRuntime
 from agents.serving import DeploymentManager, Serving
 from control.config import Settings
 from control.state import Deployment, ModelStep, PipelineVersion, RandomSplit, Step
+from schemas.codec import decode
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 ROWS = iris_rows()
@@ -135,7 +136,13 @@ def test_a_batch_of_the_common_case_gives_the_record_paths_bytes(
     fast, slow, counts = _both(manager, serving, messages)
     assert counts == (n, 0)
     assert fast == slow
-    assert len(fast) == n * (1 + len(steps))  # a result and a log per step for every record
+    results = [m for m in fast if m[0] == serving.output_topic]
+    assert len(results) == n
+    logs = [log for m in fast if m[0] != serving.output_topic
+            for log in decode("InferenceLogBatch", m[2])["logs"]]
+    assert [(log["step"], log["record_id"]) for log in logs] == [
+        (step, decode("InferenceResult", r[2])["record_id"])
+        for step in range(1, len(steps) + 1) for r in results]
 
 
 def _odd_ones(serving: Serving) -> dict[str, bytes]:

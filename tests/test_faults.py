@@ -34,6 +34,7 @@ from control.kafka import end_offsets, producer, read_until_end
 from schemas.codec import decode
 from schemas.errors import Rejected
 from sinks.access import open_reader
+from sinks.log_batches import decode_logs
 from tests.helpers import wait_until
 from tests.worker_platform import Platform
 
@@ -112,9 +113,9 @@ def outcome(settings: Settings, pipeline: str, tag: str) -> Outcome:
             bodies[m.key().decode()] = decode("InferenceResult", m.value())
     dead = Counter(m.key().decode() for m in read_until_end(settings, topic("dead"), timeout=60)
                    if m.key().decode().startswith(tag))
-    logs = Counter(m.key().decode()
+    logs = Counter(log["record_id"]
                    for m in read_until_end(settings, settings.topic("logs"), timeout=60)
-                   if m.key().decode().startswith(tag))
+                   for log in decode_logs(m.value()) if log["record_id"].startswith(tag))
     return Outcome(results, dead, logs, bodies)
 
 

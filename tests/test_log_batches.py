@@ -9,11 +9,19 @@ from uuid import uuid4
 import numpy as np
 import pytest
 
-from agents.avro_writer import LogWriter
+from agents.avro_writer import LOG_MESSAGE_BYTES, LogWriter
 from agents.log_sink import LogSink
 from control.config import Settings
 from schemas.codec import codec
-from sinks.log_batches import INSERT, STRUCTURE, container
+from sinks.log_batches import (
+    BATCH_STRUCTURE,
+    INSERT,
+    INSERT_BATCHES,
+    STRUCTURE,
+    container,
+    decode_logs,
+    logs_in,
+)
 from sinks.storage import ChdbStorage, ServerStorage, Storage
 from sinks.tables import KafkaPosition, batch_token, log_rows, migrate
 from tests.test_storage import clickhouse_server  # noqa: F401 - the server fixture
@@ -55,6 +63,37 @@ def logs(n: int) -> list[tuple[bytes, KafkaPosition]]:
     return out
 
 
+def batches(n: int, per_message: int = 7) -> list[tuple[bytes, KafkaPosition]]:
+    """The logs of logs(n) as InferenceLogBatch messages, each read at one position."""
+    writer = LogWriter("fraud", "scoring ü", 3, "host:1")
+    bodies = [value[10:] for value, _ in logs(n)]
+    return [(writer.pack(bodies[i:i + per_message])[0], KafkaPosition("ns.logs", 1, 5000 + i))
+            for i in range(0, n, per_message)]
+
+
+def test_log_batch_messages_make_the_rows_decoding_makes(storage: Storage) -> None:
+    messages = batches(40)
+    data = container(*zip(*messages, strict=True), batches=True)
+    storage.insert_select(INSERT_BATCHES, data, "Avro", BATCH_STRUCTURE,
+                          dedup_token=batch_token([p for _, p in messages]))
+    storage.command("CREATE TABLE decoded AS inference_logs")
+    records = [(log, p) for v, p in messages for log in decode_logs(v)]
+    storage.insert("decoded", log_rows([r for r, _ in records], [p for _, p in records]))
+    order = " ORDER BY kafka_offset, record_id, step"
+    got = storage.query("SELECT * FROM inference_logs" + order)
+    assert len(got) == 40 and sum(logs_in(v) for v, _ in messages) == 40
+    assert got == storage.query("SELECT * FROM decoded" + order)
+
+
+def test_pack_keeps_messages_under_the_size_limit() -> None:
+    writer = LogWriter("ws", "p", 1, "w")
+    bodies = [bytes(300_000)] * 7 + [bytes(LOG_MESSAGE_BYTES + 5)] + [bytes(10)]
+    messages = writer.pack(bodies)
+    assert [logs_in(m) for m in messages] == [3, 3, 1, 1, 1]  # a log over the limit: alone
+    assert all(len(m) < LOG_MESSAGE_BYTES + 100 for m in messages[:2])
+    assert writer.pack([]) == []
+
+
 def test_avro_batches_make_the_rows_decoding_makes(storage: Storage) -> None:
     batch = logs(60)
     storage.insert_select(INSERT, container(*zip(*batch, strict=True)), "Avro", STRUCTURE,
@@ -86,6 +125,11 @@ def test_the_sink_skips_what_it_cannot_read_and_stores_the_rest(tmp_path: Path) 
         assert sink.undecodable == 1
         assert sink.write(batch) == 5  # the same offsets again: all Avro now
         assert sink.open().query("SELECT count() AS n FROM inference_logs FINAL")[0]["n"] == 5
+        mixed = [*batch, *batches(12, per_message=5), garbage]  # logs, batches, garbage
+        assert sink.write(mixed) == 17
+        assert sink.write(mixed) == 17  # replayed: nothing added
+        rows = sink.open().query("SELECT count() AS n FROM inference_logs")[0]["n"]
+        assert rows == 5 + 12  # logs(12) repeats the ids of logs(5): FINAL would fold them
     finally:
         if sink.storage is not None:
             sink.storage.close()

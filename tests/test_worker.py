@@ -15,8 +15,8 @@ from agents.formats import avro_input
 from agents.runtimes import load_model
 from control.config import Settings
 from control.kafka import producer, read_until_end
-from schemas.codec import codec
 from schemas.errors import Rejected
+from sinks.log_batches import decode_logs
 from tests.helpers import wait_until
 from tests.worker_platform import Platform, json_records, rows
 
@@ -51,8 +51,8 @@ def test_two_step_chain_equals_the_runtimes_called_directly(platform: Platform) 
     assert first["id"] == "r0" and first["pipeline"] == "chain" and first["pipeline_version"] == 1
     assert [(m["model"], m["version"]) for m in first["models"]] == [("clf", 1), ("scorer", 1)]
     # One log record per inference per model, on the logs topic.
-    logs = [codec("InferenceLog").decode(m.value())
-            for m in read_until_end(platform.settings, platform.settings.topic("logs"))]
+    logs = [log for m in read_until_end(platform.settings, platform.settings.topic("logs"))
+            for log in decode_logs(m.value())]
     ours = [entry for entry in logs if entry["pipeline"] == "chain"]
     assert Counter(e["model"] for e in ours) == {"clf": 40, "scorer": 40}
 
@@ -154,8 +154,8 @@ def test_shadow_outputs_only_in_logs(platform: Platform) -> None:
     clf1 = load_model("onnx", platform.paths["clf"]).predict({"float_input": rows(10)})
     got = np.array([r.body["outputs"]["probabilities"] for r in replies]).reshape(10, 3)
     np.testing.assert_allclose(got, clf1["probabilities"], rtol=1e-6)
-    logs = [codec("InferenceLog").decode(m.value())
-            for m in read_until_end(platform.settings, platform.settings.topic("logs"))]
+    logs = [log for m in read_until_end(platform.settings, platform.settings.topic("logs"))
+            for log in decode_logs(m.value())]
     shadow = [e for e in logs if e["pipeline"] == "shadowed" and e["shadow"]]
     assert len(shadow) == 10 and {e["model_version"] for e in shadow} == {2}
     assert all(not e["shadow"] for e in logs if e["pipeline"] == "shadowed"
