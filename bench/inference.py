@@ -21,14 +21,17 @@ def rows_per_second(paths: tuple[Path, ...], rows: np.ndarray, batch: int,
     ceiling has the worker's threading; the raw session is called, without our checks.
     """
     sessions = [OnnxRuntime.load(p)._session for p in paths]
-    x = np.ascontiguousarray(np.resize(rows, (batch, rows.shape[1])))
+    # Each call takes the next rows of the held-out set: calling a tree ensemble on the same
+    # few rows again and again trains the branch predictor (batch 32 seemed twice as fast).
+    pool = np.ascontiguousarray(np.resize(rows, (len(rows) + batch, rows.shape[1])))
+    windows = [pool[i:i + batch] for i in range(0, len(rows), batch)]
     for s in sessions:  # warm-up: first runs allocate
-        s.run(None, {INPUT: x})
+        s.run(None, {INPUT: windows[0]})
     passes = [next((i for i, o in enumerate(s.get_outputs()) if o.name == PASSTHROUGH), None)
               for s in sessions]
     calls, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:
-        features = x
+        features = windows[calls % len(windows)]
         for s, passed in zip(sessions, passes, strict=True):
             out = s.run(None, {INPUT: features})
             features = features if passed is None else out[passed]
