@@ -10,6 +10,7 @@ drains a backlog of about --drain-s seconds (saturation), then offers fixed rate
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -43,9 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("sink", "single", "chain"), action="append",
                         help="run only these scenarios (repeatable); ratios need all three")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/DATE-HOST)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work folder (broker data, worker logs: ~20 GB)")
     args = parser.parse_args(argv)
-    started = time.monotonic()
     folder = Path(tempfile.mkdtemp(prefix="inferstream-bench-"))
+    try:
+        return run(args, folder)
+    finally:
+        if args.keep:
+            say(f"kept the work folder {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, folder: Path) -> int:
+    """One bench run in a work folder of its own."""
+    started = time.monotonic()
     say(f"work folder {folder}; building models")
     models = build(folder / "models")
     say("inference ceiling")
