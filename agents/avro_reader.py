@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from agents.runtimes.base import TensorSpec
+from schemas.codec import read_long
 
 Plan = tuple[tuple[str, int, np.dtype], ...]  # (Avro field, array depth, item dtype)
 _ITEMS = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
@@ -33,11 +34,11 @@ def plan_for(fields: Sequence[tuple[str, TensorSpec]]) -> Plan | None:
 def read_body(raw: bytes, plan: Plan, start: int = 10) -> dict[str, Any] | None:
     """The record after the single-object header as {"id": ..., field: ndarray}, or None."""
     try:
-        branch, pos = _long(raw, start)
+        branch, pos = read_long(raw, start)
         if branch == 0:
             record_id = None
         elif branch == 1:
-            size, pos = _long(raw, pos)
+            size, pos = read_long(raw, pos)
             if size < 0 or pos + size > len(raw):
                 return None
             record_id = raw[pos:pos + size].decode()
@@ -55,22 +56,8 @@ def read_body(raw: bytes, plan: Plan, start: int = 10) -> dict[str, Any] | None:
     return doc if pos == len(raw) else None
 
 
-def _long(buf: bytes, pos: int) -> tuple[int, int]:
-    byte = buf[pos]
-    if byte < 0x80:  # most counts and lengths fit one byte
-        return (byte >> 1) ^ -(byte & 1), pos + 1
-    n, shift = byte & 0x7F, 7
-    while True:
-        pos += 1
-        byte = buf[pos]
-        n |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return (n >> 1) ^ -(n & 1), pos + 1
-        shift += 7
-
-
 def _nested(buf: bytes, pos: int, depth: int, item: np.dtype) -> tuple[np.ndarray | None, int]:
-    count, pos = _long(buf, pos)
+    count, pos = read_long(buf, pos)
     if count <= 0:  # empty, or a block with a byte size: rare, leave it to fastavro
         return None, pos
     if depth == 1:

@@ -26,7 +26,7 @@ from confluent_kafka import Message
 from agents.avro_input import AvroInput
 from agents.avro_writer import LogWriter, ResultWriter, long
 from agents.runner import MODEL, Call, PipelineRunner
-from agents.runtimes.base import TensorSpec
+from agents.runtimes.base import STRING, TensorSpec
 from schemas.codec import MARKER
 
 if TYPE_CHECKING:
@@ -38,6 +38,9 @@ _LONG_ID = 0x80  # an id of 64 bytes or more has a varint length of two bytes: r
 
 
 class Sink(Protocol):
+    """Where a served batch's results, dead letters and logs go (a transaction's buffer, an
+    HTTP request's shipment)."""
+
     def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
 
 
@@ -80,6 +83,10 @@ class Columnar:
         """The fast path for a version, or None when its steps or inputs are not the case."""
         models = runner.chain()
         if models is None or any(name != source for name, source in models[0].feeds):
+            return None
+        # Text outputs are written record by record: found here, not after every batch's
+        # inference (which the record path would then run again).
+        if any(spec.dtype == STRING for m in models for spec in m.runtime.outputs):
             return None
         inputs, frame = [], b""
         for spec in specs:

@@ -75,14 +75,18 @@ class LogSink:
         Messages of the current schemas (InferenceLogBatch, InferenceLog) go to ClickHouse as
         the Avro they are, one insert per kind; older ones are decoded here."""
         storage = self.open()
-        kinds: dict[bytes, list[Log]] = {current_batch_prefix(): [], current_prefix(): []}
+        batch, single = current_batch_prefix(), current_prefix()
+        batches: list[Log] = []
+        singles: list[Log] = []
         older: list[Log] = []
         for entry in logs:
-            kinds.get(entry[0][:10], older).append(entry)
+            prefix = entry[0][:10]
+            (batches if prefix == batch else singles if prefix == single else older).append(entry)
         stored = 0
-        for group, batches in zip(kinds.values(), (True, False), strict=True):
-            if group:
-                stored += self._write_avro(storage, group, batches)
+        if batches:
+            stored += self._write_avro(storage, batches, batches=True)
+        if singles:
+            stored += self._write_avro(storage, singles, batches=False)
         if older:
             stored += self._write_rows(storage, older)
         self.written += stored

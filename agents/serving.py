@@ -16,12 +16,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Protocol
 
 from confluent_kafka import Message
 
 from agents.avro_writer import LogWriter, ResultWriter
-from agents.columnar import Columnar
+from agents.columnar import Columnar, Sink
 from agents.formats import (
     AvroInput,
     BadRecord,
@@ -46,12 +45,6 @@ from control.state import Deployment, PipelineVersion, Registry, step_models
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (workspace, pipeline)
-
-
-class Sink(Protocol):
-    """Where a served batch's results, dead letters and logs go (a transaction, a shipment)."""
-
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
 
 
 @dataclass
@@ -91,7 +84,6 @@ class DeploymentManager:
         self.outbox = Outbox(settings)  # what HTTP requests' logs go through
         self.intake = Intake(settings, self)
         self.ready = False  # set once the registry is replayed and its deployments served
-        self.columnar = True  # serve the common case column-wise (agents.columnar)
 
     def alive(self) -> bool:
         """Whether the worker still takes records from its input topics."""
@@ -189,7 +181,7 @@ class DeploymentManager:
         to `sink`. Returns (results, dead letters). Runs in the intake's thread."""
         metrics = self.metrics
         began = started = time.perf_counter_ns()
-        if serving.columnar is not None and self.columnar:
+        if serving.columnar is not None:
             served = serving.columnar.serve(messages, sink, metrics)
             if served is not None:
                 self.pipeline_metrics.batch_seconds(*serving.key,

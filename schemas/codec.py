@@ -97,6 +97,21 @@ def avro_long(n: int) -> bytes:
     return bytes(out)
 
 
+def read_long(buf: bytes, pos: int) -> tuple[int, int]:
+    """The Avro int or long at buf[pos:] and the position after it (IndexError past the end)."""
+    byte = buf[pos]
+    if byte < 0x80:  # most counts and lengths fit one byte
+        return (byte >> 1) ^ -(byte & 1), pos + 1
+    n, shift = byte & 0x7F, 7
+    while True:
+        pos += 1
+        byte = buf[pos]
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (n >> 1) ^ -(n & 1), pos + 1
+        shift += 7
+
+
 def avro_string(text: str) -> bytes:
     """An Avro string: its UTF-8 length, then the bytes."""
     data = text.encode()

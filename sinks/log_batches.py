@@ -19,7 +19,15 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from schemas.codec import AVRO_DIR, MARKER, avro_long, avro_string, codec, writer_schemas
+from schemas.codec import (
+    AVRO_DIR,
+    MARKER,
+    avro_long,
+    avro_string,
+    codec,
+    read_long,
+    writer_schemas,
+)
 from sinks.tables import KafkaPosition
 
 TENSOR = ("Tuple(name String, dtype String, shape Array(Int64), values Array(Float64), "
@@ -119,13 +127,10 @@ def container(values: Sequence[bytes], positions: Sequence[KafkaPosition],
 def logs_in(batch: bytes) -> int:
     """How many logs an InferenceLogBatch message holds (its array's first block's count:
     our writers write one block)."""
-    n = shift = 0
-    for byte in batch[10:20]:
-        n |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return abs((n >> 1) ^ -(n & 1))
-    return 0
+    try:
+        return abs(read_long(batch, 10)[0])
+    except IndexError:
+        return 0
 
 
 def decode_logs(value: bytes) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 from agents.formats import AvroInput
@@ -330,3 +330,11 @@ ENVELOPES = st.builds(
     PAYLOADS, weighted((8, st.sampled_from(["ann", "bob", "carol", "mallory"])), (1, TEXT)),
     weighted((8, st.just("ws")), (1, st.just("lab")), (1, st.none()), (1, TEXT)), EVENT_IDS,
     TIME)
+
+
+def against_the_broker(examples: int) -> settings:
+    """Hypothesis settings for a property run against the broker: a few derandomised
+    examples, no deadline, and no shrinking (each example costs seconds)."""
+    return settings(max_examples=examples, derandomize=True, database=None, deadline=None,
+                    phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=list(HealthCheck))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from skl2onnx.common.data_types import FloatTensorType
 
 from agents.demo_models import TARGET_OPSET, iris_rows, train_iris_classifier
 from agents.metrics import StageMetrics
+from agents.runtimes.base import STRING, TensorSpec
 from agents.runtimes.onnx import OnnxRuntime
 from agents.serving import DeploymentManager, Serving
 from control.config import Settings
@@ -113,12 +115,8 @@ def _both(manager: DeploymentManager, serving: Serving, messages: list[Message]
     """What the fast path sends (None if it declines), and what the manager sends without it."""
     fast = Collect()
     served = serving.columnar.serve(messages, fast, StageMetrics())  # type: ignore[union-attr]
-    manager.columnar = False
-    try:
-        slow = Collect()
-        counts = manager.serve_batch(serving, messages, slow)
-    finally:
-        manager.columnar = True
+    slow = Collect()
+    counts = manager.serve_batch(replace(serving, columnar=None), messages, slow)
     return (fast.sent if served is not None else None), slow.sent, counts  # type: ignore[return-value]
 
 
@@ -200,3 +198,7 @@ def test_splits_and_other_inputs_are_not_the_common_case(
     assert _serving(manager, runtimes, split).columnar is None
     mapped = (ModelStep("c", 1, {"float_input": "x"}),)  # step 1 reads what no record holds
     assert _serving(manager, runtimes, mapped).columnar is None
+    texts = object.__new__(OnnxRuntime)  # a model whose label is text
+    texts.__dict__.update(runtimes[("c", 1)].__dict__)
+    texts._outputs = (TensorSpec("label", STRING, (-1,)),)
+    assert _serving(manager, {**runtimes, ("c", 1): texts}, (ModelStep("c", 1),)).columnar is None

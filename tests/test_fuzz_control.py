@@ -21,7 +21,7 @@ from uuid import uuid4
 
 import pytest
 from confluent_kafka import TopicPartition
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from registry_events import (
@@ -56,7 +56,7 @@ from control.registry import MAX_BATCH_SIZE, Limits, apply, fold
 from control.state import AppliedEvents, ArtifactRef, Registry
 from schemas.codec import codec
 from schemas.errors import ArtifactError, Rejected
-from tests.fuzz_strategies import BY_TYPE, ENVELOPES, FUZZ, TEXT, weighted
+from tests.fuzz_strategies import BY_TYPE, ENVELOPES, FUZZ, TEXT, against_the_broker, weighted
 
 pytestmark = pytest.mark.fuzz
 
@@ -345,9 +345,7 @@ GARBAGE = st.lists(weighted(
 
 
 @pytest.mark.kafka
-@settings(max_examples=4, derandomize=True, database=None, deadline=None,
-          phases=[Phase.explicit, Phase.generate],  # no shrinking against a broker
-          suppress_health_check=list(HealthCheck))
+@against_the_broker(4)
 @given(GARBAGE)
 def test_garbage_on_the_control_topic_is_rejected_and_the_registrar_goes_on(
         judging: Judged, garbage: list[bytes]) -> None:

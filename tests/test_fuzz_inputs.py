@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 import pytest
 from confluent_kafka import TopicPartition
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.avro_writer import LogWriter
@@ -59,6 +59,7 @@ from tests.fuzz_strategies import (
     IRIS,
     KINDS,
     MANGLED,
+    against_the_broker,
     avro_records,
     json_records,
     mangle,
@@ -342,9 +343,7 @@ GARBAGE = st.lists(weighted((6, record_bytes("iris")), (1, st.binary(max_size=20
 
 
 @pytest.mark.kafka
-@settings(max_examples=3, derandomize=True, database=None, deadline=None,
-          phases=[Phase.explicit, Phase.generate],  # no shrinking against a broker
-          suppress_health_check=list(HealthCheck))
+@against_the_broker(3)
 @given(GARBAGE)
 def test_garbage_on_the_input_topic_ends_in_results_or_dead_letters(
         served: Served, garbage: list[bytes]) -> None:
