@@ -1,9 +1,11 @@
 """Avro bodies of what a worker writes per record, byte for byte as fastavro would write them.
 
-A served record costs one InferenceResult (Avro inputs) and one InferenceLog per model that ran
-it. Through fastavro each took a validate() and a dict of Python floats per tensor; here the
+A served record costs one InferenceResult (Avro inputs) and one inference log per model that
+ran it. Through fastavro each took a validate() and a dict of Python floats per tensor; here the
 parts that never change within a pipeline version (names, versions, tensor headers) are encoded
-once, and tensor values go from numpy to little-endian doubles in one call.
+once, and tensor values go from numpy to little-endian bytes in one call. A predict call's logs
+are one InferenceLogBlock: its tensors as they came out of the model, a column each, so a log
+costs its record id and its values.
 Avro binary encoding: ints and longs are zigzag varints, strings and bytes are a length and the
 bytes, an array is one block (count, items) and a 0, a union is the branch index and the value.
 """
@@ -102,14 +104,17 @@ LOG_MESSAGE_BYTES = 900_000
 class LogWriter:
     """InferenceLog records of one pipeline version served by one worker.
 
-    A served batch's logs go to the logs topic as InferenceLogBatch messages (pack): one per
-    batch, or a few when they are many bytes. The body methods write the logs without the
-    single-object header, as they sit in a batch; encode() writes one standalone log.
+    A served batch's logs go to the logs topic (messages): the logs of each predict call whose
+    tensors are numbers with as many rows per record as one InferenceLogBlock (blocks), the
+    others packed into InferenceLogBatch messages (pack); either kind is at most
+    LOG_MESSAGE_BYTES. The body methods write one log without the single-object header, as it
+    sits in a batch; encode() writes one standalone log.
     """
 
     def __init__(self, workspace: str, pipeline: str, pipeline_version: int, worker: str) -> None:
         self._prefix = MARKER + codec("InferenceLog").fingerprint
         self._batch_prefix = MARKER + codec("InferenceLogBatch").fingerprint
+        self._block_prefix = MARKER + codec("InferenceLogBlock").fingerprint
         self._pipeline = string(workspace) + string(pipeline) + long(pipeline_version)
         self._worker = string(worker)
         self._models: dict[tuple[int, str, int, bool], bytes] = {}
@@ -126,20 +131,52 @@ class LogWriter:
              shadow: bool, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
              elapsed_us: int, error: str | None) -> bytes:
         """One InferenceLog's Avro body."""
-        which = (step, model, model_version, shadow)
-        served_by = self._models.get(which)
-        if served_by is None:
-            served_by = self._models[which] = (long(step) + string(model) + long(model_version)
-                                               + (b"\x01" if shadow else b"\x00"))
         longs = self._longs
         return b"".join((
-            longs.time(time_us), string(record_id), self._pipeline, served_by,
+            longs.time(time_us), string(record_id), self._pipeline,
+            self._served_by(step, model, model_version, shadow),
             tensors(inputs), tensors(outputs), longs.elapsed(elapsed_us), self._worker,
             _EMPTY if error is None else _SECOND_BRANCH + string(error)))
+
+    def _served_by(self, step: int, model: str, model_version: int, shadow: bool) -> bytes:
+        which = (step, model, model_version, shadow)
+        found = self._models.get(which)
+        if found is None:
+            found = self._models[which] = (long(step) + string(model) + long(model_version)
+                                           + (b"\x01" if shadow else b"\x00"))
+        return found
 
     def encode_all(self, time_us: int, entries: Sequence[InferenceLogEntry]) -> list[bytes]:
         """The logs of a batch, in order, each a single-object encoded InferenceLog."""
         return [self._prefix + body for body in self.bodies(time_us, entries)]
+
+    def bodies(self, time_us: int, entries: Sequence[InferenceLogEntry]) -> list[bytes]:
+        """The bodies of a batch's logs, in order."""
+        return [self.body(time_us, e.record_id, e.step, e.model, e.model_version, e.shadow,
+                          e.inputs, e.outputs, e.elapsed_us, e.error) for e in entries]
+
+    def messages(self, time_us: int, entries: Sequence[InferenceLogEntry]) -> list[bytes]:
+        """A batch's logs as messages of the logs topic: a block per predict call that can be
+        one (see blocks), the rest in InferenceLogBatch messages."""
+        out: list[bytes] = []
+        rows: list[InferenceLogEntry] = []
+        start, n = 0, len(entries)
+        while start < n:
+            first = entries[start]
+            end = start + 1
+            while end < n and first.call is not None and entries[end].call is first.call:
+                end += 1
+            group = entries[start:end]
+            blocks = None if first.call is None else self.blocks(
+                time_us, first.step, first.model, first.model_version, first.shadow,
+                first.elapsed_us, first.call, [e.record_id for e in group],
+                [e.row for e in group])
+            if blocks is None:
+                rows += group
+            else:
+                out += blocks
+            start = end
+        return out + self.pack(self.bodies(time_us, rows))
 
     def pack(self, bodies: Sequence[bytes]) -> list[bytes]:
         """Log bodies as InferenceLogBatch messages of at most LOG_MESSAGE_BYTES (a log over
@@ -157,57 +194,87 @@ class LogWriter:
     def _batch(self, bodies: Sequence[bytes]) -> bytes:
         return b"".join((self._batch_prefix, long(len(bodies)), *bodies, _EMPTY))
 
-    def bodies(self, time_us: int, entries: Sequence[InferenceLogEntry]) -> list[bytes]:
-        """The bodies of a batch's logs, in order. Entries of one predict call whose records
-        have as many rows each are written from the call's arrays: one conversion to doubles
-        per tensor instead of one per record and tensor."""
-        out: list[bytes] = []
-        start, n = 0, len(entries)
-        while start < n:
-            call = entries[start].call
-            end = start + 1
-            while end < n and call is not None and entries[end].call is call:
-                end += 1
-            group = entries[start:end]
-            written = self._from_call(time_us, call, group) if call is not None else None
-            out += written if written is not None else [self._one(time_us, e) for e in group]
-            start = end
-        return out
-
-    def _one(self, time_us: int, e: InferenceLogEntry) -> bytes:
-        return self.body(time_us, e.record_id, e.step, e.model, e.model_version, e.shadow,
-                           e.inputs, e.outputs, e.elapsed_us, e.error)
-
-    def _from_call(self, time_us: int, call: Call, group: Sequence[InferenceLogEntry]
-                   ) -> list[bytes] | None:
-        first = group[0]
-        return self.encode_call(time_us, first.step, first.model, first.model_version,
-                                first.shadow, first.elapsed_us, call,
-                                [e.record_id for e in group], [e.row for e in group])
-
-    def encode_call(self, time_us: int, step: int, model: str, model_version: int, shadow: bool,
-                    elapsed_us: int, call: Call, record_ids: Sequence[str],
-                    rows: Sequence[int] | None = None) -> list[bytes] | None:
-        """The log bodies of one predict call that served no error, from the call's arrays:
-        record_ids[i] owns the call's rows rows[i] (every row in order when None). None unless
-        its tensors are numbers with as many rows per record."""
-        ins = _columns(call.inputs, call.input_offsets)
-        outs = _columns(call.outputs, call.output_offsets) if ins is not None else None
+    def blocks(self, time_us: int, step: int, model: str, model_version: int, shadow: bool,
+               elapsed_us: int, call: Call, record_ids: Sequence[str],
+               records: Sequence[int] | None = None) -> list[bytes] | None:
+        """The logs of one predict call that served no error, as InferenceLogBlock messages
+        (more than one only past LOG_MESSAGE_BYTES): record_ids[i] owns the call's record
+        records[i] (every record in order when None). None unless its tensors are numbers
+        with as many rows per record."""
+        ins = _tensor_columns(call.inputs, call.input_offsets, records)
+        outs = (None if ins is None
+                else _tensor_columns(call.outputs, call.output_offsets, records))
         if ins is None or outs is None:
             return None
-        which = (step, model, model_version, shadow)
-        served_by = self._models.get(which)
-        if served_by is None:
-            served_by = self._models[which] = (long(step) + string(model) + long(model_version)
-                                               + (b"\x01" if shadow else b"\x00"))
-        before = self._longs.time(time_us)
-        tail = self._longs.elapsed(elapsed_us) + self._worker + _EMPTY  # no error
-        n = len(call.input_offsets) - 1 if call.input_offsets else 1
-        fixed, width = _matrix(n, [self._pipeline + served_by, *_tensor_segments(ins),
-                                   *_tensor_segments(outs), tail])
-        return [b"".join((before, string(record_id), fixed[r * width:(r + 1) * width]))
-                for r, record_id in zip(range(len(record_ids)) if rows is None else rows,
-                                        record_ids, strict=True)]
+        head = b"".join((self._block_prefix, long(time_us), self._pipeline,
+                         self._served_by(step, model, model_version, shadow), long(elapsed_us),
+                         self._worker))
+        # Record ids are short: 64 bytes a record bounds a block's share of them.
+        per_record = 64 + sum(matrix[0].nbytes for _, matrix in ins + outs if len(matrix))
+        size = max(1, (LOG_MESSAGE_BYTES - len(head)) // per_record)
+        return [b"".join((head, _record_ids(record_ids[at:at + size]),
+                          _tensor_column_array(ins, at, at + size),
+                          _tensor_column_array(outs, at, at + size)))
+                for at in range(0, len(record_ids), size)]
+
+
+# A TensorColumn before its data (name, dtype, shape: the same for every call of a step), and
+# its records' values, a row per record.
+_TensorColumn = tuple[bytes, np.ndarray]
+_COLUMN_HEADERS: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
+
+
+def _tensor_columns(arrays: Mapping[str, np.ndarray], offsets: list[int] | None,
+                    records: Sequence[int] | None) -> list[_TensorColumn] | None:
+    """The call's tensors as columns of the given records (all when None), or None unless
+    numbers with as many rows per record."""
+    n = len(offsets) - 1 if offsets else 1
+    rows = offsets[1] - offsets[0] if offsets and n else None
+    if offsets and (not rows or offsets != list(range(0, offsets[-1] + 1, rows))):
+        return None
+    columns = []
+    for name, a in arrays.items():
+        if a.ndim == 0 or a.dtype.kind not in "biuf" or (offsets and len(a) != offsets[-1]):
+            return None
+        shape = a.shape if rows is None else (rows, *a.shape[1:])
+        key = (name, a.dtype, shape)
+        head = _COLUMN_HEADERS.get(key)
+        if head is None:
+            if len(_COLUMN_HEADERS) > 4096:  # shapes that vary from call to call: bounded
+                _COLUMN_HEADERS.clear()
+            head = _COLUMN_HEADERS[key] = string(name) + string(a.dtype.name) + (
+                long(len(shape)) + b"".join(long(d) for d in shape) + _EMPTY if shape
+                else _EMPTY)
+        matrix = a.reshape(n, math.prod(shape))
+        if records is not None:
+            matrix = matrix[np.asarray(records)]
+        columns.append((head, matrix.astype(a.dtype.newbyteorder("<"), copy=False)))
+    return columns
+
+
+def _tensor_column_array(columns: list[_TensorColumn], start: int, end: int) -> bytes:
+    """An array of TensorColumn holding records start:end of each column."""
+    if not columns:
+        return _EMPTY
+    parts = [long(len(columns))]
+    for head, matrix in columns:
+        data = matrix[start:end].tobytes()
+        parts += (head, long(len(data)), data)
+    parts.append(_EMPTY)
+    return b"".join(parts)
+
+
+def _record_ids(ids: Sequence[str]) -> bytes:
+    """A block's record_ids and record_id_ends: the ids' UTF-8 back to back, and where each
+    ends (little-endian int32)."""
+    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+    data = "".join(ids).encode()
+    if len(data) != lengths.sum():  # not all ASCII: a character may take several bytes
+        encoded = [i.encode() for i in ids]
+        data = b"".join(encoded)
+        lengths = np.fromiter(map(len, encoded), np.int64, len(ids))
+    ends = np.cumsum(lengths).astype("<i4").tobytes()
+    return long(len(data)) + data + long(len(ends)) + ends
 
 
 def _columns(arrays: Mapping[str, np.ndarray], offsets: list[int] | None

@@ -124,16 +124,17 @@ class Columnar:
         now_us = time.time_ns() // 1000
         results = self.results.encode_rows(ids, keys, self._used, calls[-1][0].outputs,
                                            elapsed_us, now_us)
-        logs = [self.logs.encode_call(now_us, m.step, m.model, m.version, False, e, call, ids)
+        logs = [self.logs.blocks(now_us, m.step, m.model, m.version, False, e, call, ids)
                 for m, (call, e) in zip(self.models, calls, strict=True)]
-        if results is None or any(entries is None for entries in logs):
+        if results is None or any(blocks is None for blocks in logs):
             return None
         send, output = sink.send, self.output_topic
         for key, value in zip(keys, results, strict=True):
             send(output, key, value)
         topic = self.logs_topic
-        for value in self.logs.pack([body for bodies in logs for body in bodies]):  # type: ignore[union-attr]
-            send(topic, None, value)
+        for blocks in logs:
+            for value in blocks:  # type: ignore[union-attr]
+                send(topic, None, value)
         metrics.add("encode", started)
         return len(ids)
 

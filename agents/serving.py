@@ -247,10 +247,9 @@ class DeploymentManager:
         )
 
     def publish_logs(self, serving: Serving, outcome: BatchOutcome, sink: Sink) -> None:
-        """Send the batch's inference logs (shadow ones too), as InferenceLogBatch messages."""
+        """Send the batch's inference logs (shadow ones too): see LogWriter.messages."""
         topic, send = self.settings.topic("logs"), sink.send
-        for value in serving.logs.pack(serving.logs.bodies(time.time_ns() // 1000,
-                                                           outcome.logs)):
+        for value in serving.logs.messages(time.time_ns() // 1000, outcome.logs):
             send(topic, None, value)
 
     def _dead(self, serving: Serving, message: Message, reason: str, sink: Sink) -> None:

@@ -135,7 +135,7 @@ class Monitoring:
                                          only_failures, workspace)
         columns = ", ".join(LOG_COLUMNS)
         newest = ", ".join(f"{c} DESC" for c in _ORDER)
-        sql = f"SELECT {columns} FROM inference_logs FINAL WHERE {where} ORDER BY {newest}"
+        sql = f"SELECT {columns} FROM inference_logs WHERE {where} ORDER BY {newest}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._reader() as reader:
@@ -149,7 +149,7 @@ class Monitoring:
         """How many inference logs match (for a progress bar, or before an export)."""
         where, params = self._log_filter(pipeline, start, end, pipeline_version, model,
                                          only_failures, workspace)
-        sql = f"SELECT count() AS n FROM inference_logs FINAL WHERE {where}"
+        sql = f"SELECT count() AS n FROM inference_logs WHERE {where}"
         with self._reader() as reader:
             return int(reader.query(sql, params)[0]["n"])
 
@@ -172,7 +172,7 @@ class Monitoring:
         with self._reader() as reader:
             if limit is not None and limit > 0:  # the newest `limit` start at the limit-th newest
                 newest = ", ".join(f"{c} DESC" for c in _ORDER)
-                first = reader.query(f"SELECT {ascending} FROM inference_logs FINAL WHERE {where} "
+                first = reader.query(f"SELECT {ascending} FROM inference_logs WHERE {where} "
                                      f"ORDER BY {newest} LIMIT 1 OFFSET {int(limit) - 1}", params)
                 if first:
                     where += f" AND {_position('>=', 'first')}"
@@ -181,7 +181,7 @@ class Monitoring:
             while left is None or left > 0:
                 size = page_size if left is None else min(page_size, left)
                 page_where = f"{where} AND {_position('>', 'after')}" if after else where
-                page = reader.query(f"SELECT {columns} FROM inference_logs FINAL WHERE "
+                page = reader.query(f"SELECT {columns} FROM inference_logs WHERE "
                                     f"{page_where} ORDER BY {ascending} LIMIT {size}",
                                     params | after)
                 if not page:

@@ -8,11 +8,11 @@ from dataclasses import replace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter
+
 from agents.connectors import Connection as Spec
 from agents.connectors import ConnectionError as BadConnection
 from agents.connectors import validate
-from croniter import croniter
-
 from control.events import ControlEvent
 from control.rules import check_name, member, pipeline_of
 from control.state import Registry

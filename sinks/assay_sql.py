@@ -55,7 +55,7 @@ def logged_values(io: str) -> str:
     column = {"input": "inputs", "output": "outputs"}[io]
     return f"""
         SELECT time, {column}[{{field:String}}][{{element:UInt32}}] AS x
-        FROM inference_logs FINAL
+        FROM inference_logs
         WHERE workspace = {{workspace:String}}
           AND pipeline = {{pipeline:String}}
           AND model = {{model:String}}

@@ -1,4 +1,4 @@
-"""Inference logs into `inference_logs` as the Avro they arrive in, parsed by ClickHouse.
+"""Inference logs into `inference_log_rows` as the Avro they arrive in, parsed by ClickHouse.
 
 Decoding each log in Python (fastavro: 30 µs a row) and handing rows to clickhouse-connect
 (another 30 µs) cost the worker as much CPU as serving the record did. Instead, a batch of
@@ -28,7 +28,8 @@ from schemas.codec import (
     read_long,
     writer_schemas,
 )
-from sinks.tables import KafkaPosition
+from sinks.log_blocks import block_logs, decode_block
+from sinks.tables import LOG_ROWS, KafkaPosition
 
 TENSOR = ("Tuple(name String, dtype String, shape Array(Int64), values Array(Float64), "
           "strings Array(String))")
@@ -62,7 +63,7 @@ COLUMNS = {
 # CPU): readers use FINAL, and a replayed batch is dropped by its deduplication token.
 INSERT_SETTINGS = {"optimize_on_insert": 0}
 # {source} is where the rows come from: input(...) on a server, file(...) on chDB.
-INSERT = (f"INSERT INTO inference_logs ({', '.join(COLUMNS)}) "
+INSERT = (f"INSERT INTO {LOG_ROWS} ({', '.join(COLUMNS)}) "
           f"SELECT {', '.join(COLUMNS.values())} FROM {{source}}")
 # The same from InferenceLogBatch messages: a row per log of each.
 INSERT_BATCHES = INSERT.replace("{source}", (
@@ -134,10 +135,12 @@ def logs_in(batch: bytes) -> int:
 
 
 def decode_logs(value: bytes) -> list[dict[str, Any]]:
-    """The logs in a message of the logs topic, an InferenceLogBatch or one InferenceLog, of
-    any schema version; raises DecodeError."""
+    """The logs in a message of the logs topic (an InferenceLogBlock, an InferenceLogBatch or
+    one InferenceLog, of any schema version) as InferenceLog records; raises DecodeError."""
     writer = writer_schemas().get(bytes(value[2:10]))
-    batch = codec("InferenceLogBatch")
-    if writer is not None and writer["name"] == batch.full_name:
-        return batch.decode(value)["logs"]
+    name = writer["name"] if writer is not None else None
+    if name == codec("InferenceLogBlock").full_name:
+        return block_logs(decode_block(value))
+    if name == codec("InferenceLogBatch").full_name:
+        return codec("InferenceLogBatch").decode(value)["logs"]
     return [codec("InferenceLog").decode(value)]

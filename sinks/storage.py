@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
@@ -102,6 +103,19 @@ class Storage:
                                  settings=settings)
         except ClickHouseError as exc:
             raise self._error(exc, sql) from exc
+
+    def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None,
+                     settings: Params | None = None) -> int:
+        """Insert an Arrow table whose columns are the table's (or some of them, the others
+        taking their defaults) as one block; returns the row count. Tokens as for insert."""
+        if not data.num_rows:
+            return 0
+        try:
+            self._client.insert_arrow(table, data,
+                                      settings=_insert_settings(dedup_token, settings))
+        except ClickHouseError as exc:
+            raise self._error(exc, f"INSERT INTO {table}") from exc
+        return data.num_rows
 
     def close(self) -> None:
         """Release the connection (for chDB: the folder, once its last user closes)."""

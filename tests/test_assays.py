@@ -35,7 +35,7 @@ from sinks.assays import (
     status_of,
 )
 from sinks.storage import ChdbStorage, Storage
-from sinks.tables import log_rows, migrate
+from sinks.tables import LOG_ROWS, log_rows, migrate
 
 HOUR = timedelta(hours=1)
 T0 = datetime(2024, 3, 1, tzinfo=UTC)  # baseline hour
@@ -127,7 +127,7 @@ def log_values(
         }
         for i, value in enumerate(values)
     ]
-    storage.insert("inference_logs", log_rows(records))
+    storage.insert(LOG_ROWS, log_rows(records))
 
 
 def config(vector: Vector | None = None, **overrides: Any) -> AssayConfig:

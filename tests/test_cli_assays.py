@@ -25,7 +25,7 @@ from control.registrar import Registrar
 from sinks.access import open_reader
 from sinks.assays import run_window, save_result
 from sinks.storage import ChdbStorage, Storage
-from sinks.tables import log_rows, migrate
+from sinks.tables import LOG_ROWS, log_rows, migrate
 
 pytestmark = pytest.mark.kafka
 
@@ -84,7 +84,7 @@ def log_values(storage: Storage, start: datetime, values: list[float]) -> None:
     """One log of pipeline scoring, model clf per value, a second apart from `start`."""
     records = [log_record(f"{start:%H%M}-{i}", start + i * timedelta(seconds=1), value=v)
                for i, v in enumerate(values)]
-    storage.insert("inference_logs", log_rows(records))
+    storage.insert(LOG_ROWS, log_rows(records))
 
 
 def register_pipeline(cli, settings: Settings) -> None:
@@ -105,8 +105,8 @@ def test_open_reader_shares_the_handle_open_in_this_process(
     log_values(storage, T0, [1.0, 2.0])
     with open_reader(settings) as reader:
         assert isinstance(reader, ChdbStorage)
-        assert reader.query("SELECT count() AS n FROM inference_logs FINAL") == [{"n": 2}]
-    assert storage.query("SELECT count() AS n FROM inference_logs FINAL") == [{"n": 2}]
+        assert reader.query("SELECT count() AS n FROM inference_logs") == [{"n": 2}]
+    assert storage.query("SELECT count() AS n FROM inference_logs") == [{"n": 2}]
 
 
 def test_assay_lifecycle(cli, settings: Settings, storage: Storage, tmp_path: Path) -> None:
@@ -226,7 +226,7 @@ def payments_logs(storage: Storage) -> None:
                                   error="bad input" if i in (3, 7) else None))
     records.append(log_record("r11", T0 + timedelta(minutes=11), pipeline="payments",
                               model="clf-next", shadow=True, pipeline_version=2))
-    storage.insert("inference_logs", log_rows(records))
+    storage.insert(LOG_ROWS, log_rows(records))
 
 
 def keys(rows: list[dict[str, Any]]) -> list[tuple[str, int, str]]:

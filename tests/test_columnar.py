@@ -24,6 +24,7 @@ from agents.serving import DeploymentManager, Serving
 from control.config import Settings
 from control.state import Deployment, ModelStep, PipelineVersion, RandomSplit, Step
 from schemas.codec import decode
+from sinks.log_batches import decode_logs
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 ROWS = iris_rows()
@@ -137,7 +138,7 @@ def test_a_batch_of_the_common_case_gives_the_record_paths_bytes(
     results = [m for m in fast if m[0] == serving.output_topic]
     assert len(results) == n
     logs = [log for m in fast if m[0] != serving.output_topic
-            for log in decode("InferenceLogBatch", m[2])["logs"]]
+            for log in decode_logs(m[2])]
     assert [(log["step"], log["record_id"]) for log in logs] == [
         (step, decode("InferenceResult", r[2])["record_id"])
         for step in range(1, len(steps) + 1) for r in results]

@@ -179,7 +179,7 @@ def test_worker_killed_repeatedly_loses_and_duplicates_nothing(platform: FaultPl
     def stored() -> bool:
         with open_reader(owner) as reader:
             rows = reader.query(
-                "SELECT record_id, count() AS n FROM inference_logs FINAL "
+                "SELECT record_id, count() AS n FROM inference_logs "
                 "WHERE pipeline = 'crashy' GROUP BY record_id")
         return len(rows) == len(good) and all(r["n"] == 1 for r in rows)
     wait_until(stored, 120, "every log stored once in ClickHouse")

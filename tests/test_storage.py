@@ -26,7 +26,15 @@ from sinks.storage import (
     StorageLocked,
     open_storage,
 )
-from sinks.tables import MIGRATIONS, KafkaPosition, applied_versions, batch_token, log_rows, migrate
+from sinks.tables import (
+    LOG_ROWS,
+    MIGRATIONS,
+    KafkaPosition,
+    applied_versions,
+    batch_token,
+    log_rows,
+    migrate,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.8"  # the one compose.yaml runs
@@ -117,19 +125,20 @@ def test_migrations_are_applied_once(storage: Storage) -> None:
         "SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name"
     )
     assert [t["name"] for t in tables] == [
-        "assay_results", "inference_logs", "schema_version", "task_run_logs", "task_runs"]
+        "assay_results", "inference_log_blocks", "inference_log_rows", "inference_logs",
+        "schema_version", "task_run_logs", "task_runs"]
 
 
 def test_one_element_of_one_field_is_selectable(storage: Storage) -> None:
     migrate(storage)
     records, positions = batch(3)
     records[2]["error"] = "model failed"
-    storage.insert("inference_logs", log_rows(records, positions))
+    storage.insert(LOG_ROWS, log_rows(records, positions))
     rows = storage.query(
         """SELECT record_id, time, inputs['float_input'][3] AS petal, outputs['score'][2] AS other,
                   output_shapes['score'] AS shape, output_strings['label'][1] AS label,
                   input_dtypes['float_input'] AS dtype, kafka_offset, error
-           FROM inference_logs FINAL
+           FROM inference_logs
            WHERE pipeline = {pipeline:String} AND time >= {since:DateTime64(6, 'UTC')}
            ORDER BY time""",
         {"pipeline": "scoring", "since": T0 + timedelta(seconds=1)},
@@ -155,29 +164,30 @@ def test_parameters_are_bound_not_pasted(storage: Storage) -> None:
 
 
 def count_logs(storage: Storage, final: bool) -> int:
-    sql = f"SELECT count() AS n FROM inference_logs {'FINAL' if final else ''}"
+    sql = f"SELECT count() AS n FROM {LOG_ROWS} {'FINAL' if final else ''}"
     return storage.query(sql)[0]["n"]
 
 
 def test_replaying_a_batch_does_not_duplicate_rows(storage: Storage) -> None:
     migrate(storage)
     # No background merge may hide a duplicate before we count the rows written.
-    storage.command("SYSTEM STOP MERGES inference_logs")
+    storage.command(f"SYSTEM STOP MERGES {LOG_ROWS}")
     records, positions = batch(50)
     rows = log_rows(records, positions)
     token = batch_token(positions)
-    storage.insert("inference_logs", rows, dedup_token=token)
-    storage.insert("inference_logs", rows, dedup_token=token)  # the same offsets, replayed
+    storage.insert(LOG_ROWS, rows, dedup_token=token)
+    storage.insert(LOG_ROWS, rows, dedup_token=token)  # the same offsets, replayed
     assert count_logs(storage, final=False) == 50  # the second insert was not even written
 
     # A replay cut into different batches has other tokens: the rows are written again,
     # and the ReplacingMergeTree key makes every read path (FINAL) see each inference once.
-    storage.insert("inference_logs", rows[:20], dedup_token=batch_token(positions[:20]))
-    storage.insert("inference_logs", rows[10:], dedup_token=batch_token(positions[10:]))
+    storage.insert(LOG_ROWS, rows[:20], dedup_token=batch_token(positions[:20]))
+    storage.insert(LOG_ROWS, rows[10:], dedup_token=batch_token(positions[10:]))
     assert count_logs(storage, final=False) == 50 + 20 + 40
     assert count_logs(storage, final=True) == 50
-    storage.command("SYSTEM START MERGES inference_logs")
-    storage.command("OPTIMIZE TABLE inference_logs FINAL")
+    assert storage.query("SELECT count() AS n FROM inference_logs")[0]["n"] == 50  # the view
+    storage.command(f"SYSTEM START MERGES {LOG_ROWS}")
+    storage.command(f"OPTIMIZE TABLE {LOG_ROWS} FINAL")
     assert count_logs(storage, final=False) == 50
 
 
@@ -188,7 +198,7 @@ def test_shadow_and_other_steps_are_separate_rows(storage: Storage) -> None:
         log_record("r1", T0, model="clf-next", shadow=True),
         log_record("r1", T0, step=1, model="scorer"),
     ]
-    storage.insert("inference_logs", log_rows(records))
+    storage.insert(LOG_ROWS, log_rows(records))
     assert count_logs(storage, final=True) == 3
 
 
