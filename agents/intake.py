@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 IDLE_S = 0.2  # how often an intake with nothing to serve looks for deployments
 LAG_EVERY_S = 1.0
 COMMIT_ATTEMPTS = 3  # of 30 s each; then the batch is aborted and served again
+# A transaction not committed by then is given up: after a broker restart librdkafka 2.16's
+# send_offsets_to_transaction was seen to block for minutes past its own 30 s timeout.
+COMMIT_DEADLINE_S = 45.0
 BATCHES_PER_TRANSACTION = 8  # micro-batches (of a deployment's batch size) a commit may carry
 
 
@@ -80,6 +83,7 @@ class _Commit:
     counts: list[tuple[int, int]]
     thread: threading.Thread | None = None
     done: bool = False  # committed, once settled
+    fatal: bool = False  # the failed transaction left the producer unusable
 
 
 class Intake:
@@ -203,24 +207,20 @@ class Intake:
             out.produce(p)
         except KafkaException as exc:
             log.warning("serving a batch failed (%s); serving it again", exc)
-            self._abort(p, exc.args[0])
+            self._fatal = self._abort(p, exc.args[0])
             _rewind(c, served)
             return self._producer_after_failure(p)
         pending = self._pending = _Commit(served, batches, counts)
         if self.exactly_once:
             pending.thread = threading.Thread(
-                target=self._commit_pending, args=(c, p, pending, c.consumer_group_metadata()),
+                target=self._commit, args=(c, p, pending, c.consumer_group_metadata()),
                 name="transaction-commit", daemon=True)
             pending.thread.start()
         else:
-            pending.done = self._commit(c, p, served)
+            self._commit(c, p, pending)
             p, _ = self._known(c, p)
         metrics.add("produce", started)
         return p
-
-    def _commit_pending(self, c: Consumer, p: Producer, pending: _Commit,
-                        metadata: object) -> None:
-        pending.done = self._commit(c, p, pending.served, metadata)
 
     def _settle(self) -> None:
         """Wait for the pending batch's commit; count it, or keep its records to read again."""
@@ -228,7 +228,12 @@ class Intake:
         if pending is None:
             return
         if pending.thread is not None:
-            pending.thread.join()
+            pending.thread.join(COMMIT_DEADLINE_S)
+            if pending.thread.is_alive():  # left to itself: the next producer fences it
+                log.warning("a batch's transaction did not commit in %gs; replacing the "
+                            "producer and serving the batch again", COMMIT_DEADLINE_S)
+                pending.done, pending.fatal = False, True
+        self._fatal = self._fatal or pending.fatal
         if not pending.done:
             self._failed += pending.served
             return
@@ -255,24 +260,29 @@ class Intake:
         if partitions:
             log.info("input partitions revoked: %s", _names(partitions))
 
-    def _commit(self, c: Consumer, p: Producer, served: Sequence[Message],
-                metadata: object = None) -> bool:
-        """Commit the batch's output with its input offsets; False when it had to abort.
-        metadata: the consumer's group metadata when the batch was taken (exactly-once)."""
-        offsets = _next_offsets(served)
+    def _commit(self, c: Consumer, p: Producer, pending: _Commit, metadata: object = None
+                ) -> None:
+        """Commit the batch's output with its input offsets (in the commit thread when
+        exactly once): pending.done, or it was aborted. metadata: the consumer's group
+        metadata when the batch was taken (exactly-once). Writes only to pending."""
+        offsets = _next_offsets(pending.served)
         if not self.exactly_once:
             left = p.flush(30)
             if left:
                 log.warning("%d records of a batch were not delivered; serving it again", left)
-                return False
+                return
             c.commit(offsets=offsets, asynchronous=False)
-            return True
+            pending.done = True
+            return
+        started = time.perf_counter_ns()
         try:
-            _bounded(lambda: p.send_offsets_to_transaction(offsets, metadata, 30), 45)
+            p.send_offsets_to_transaction(offsets, metadata, 30)
             for attempt in range(COMMIT_ATTEMPTS):
                 try:
-                    _bounded(lambda: p.commit_transaction(30), 45)
-                    return True
+                    p.commit_transaction(30)
+                    pending.done = True
+                    self.manager.metrics.committed(time.perf_counter_ns() - started)
+                    return
                 except KafkaException as exc:  # e.g. the broker restarting: try again
                     if not exc.args[0].retriable() or attempt == COMMIT_ATTEMPTS - 1:
                         raise
@@ -280,21 +290,19 @@ class Intake:
                                 exc.args[0])
         except KafkaException as exc:
             log.warning("a batch's transaction failed (%s); serving it again", exc.args[0])
-            self._abort(p, exc.args[0])
-        except Stuck as exc:  # a new producer of the same transactional id fences this one
-            log.warning("%s; replacing the producer and serving the batch again", exc)
-            self._fatal = True
-        return False
+            pending.fatal = self._abort(p, exc.args[0])
 
-    def _abort(self, p: Producer, error: KafkaError) -> None:
-        """End a failed batch's transaction; a producer that cannot go on is replaced."""
-        self._fatal = error.fatal()
-        if self.exactly_once and not self._fatal:
+    def _abort(self, p: Producer, error: KafkaError) -> bool:
+        """End a failed batch's transaction; True if the producer cannot go on (replace it)."""
+        if error.fatal():
+            return True
+        if self.exactly_once:
             try:
                 p.abort_transaction(30)
             except KafkaException as exc:
                 log.warning("aborting the batch's transaction failed: %s", exc)
-                self._fatal = True
+                return True
+        return False
 
     def _producer_after_failure(self, p: Producer) -> Producer:
         """The producer to go on with: a fenced or failed one is replaced."""
@@ -315,34 +323,6 @@ class Intake:
                 lag[tp.topic] += max(high - tp.offset, 0)
         for topic, serving in by_topic.items():
             self.manager.lag(serving, lag.get(topic, 0))
-
-
-class Stuck(Exception):
-    """A librdkafka call did not return within its deadline."""
-
-
-def _bounded(call: Callable[[], object], seconds: float) -> None:
-    """Run a transaction call in a thread and give up on it after `seconds`.
-
-    After a broker restart send_offsets_to_transaction was seen to block for minutes past its
-    own 30 s timeout (librdkafka 2.16), which stalled the worker for good.
-    """
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            call()
-            outcome.append(None)
-        except BaseException as exc:  # handed to the caller
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, name="transaction-call", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if not outcome:
-        raise Stuck(f"a transaction call did not return in {seconds:g}s")
-    if outcome[0] is not None:
-        raise outcome[0]
 
 
 def _assigned(_: Consumer, partitions: list[TopicPartition]) -> None:

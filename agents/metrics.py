@@ -1,11 +1,13 @@
 """What a worker measures: time per stage (StageMetrics) and, per pipeline, Prometheus series.
 
 StageMetrics: cheap counters of where a worker's time goes, nanoseconds per stage, summed per
-batch. Stages of a served batch: consume (waiting for the batch: fetching, and whatever else the
-event loop ran meanwhile), decode, infer, encode (results, dead letters, logs), produce (queueing
-the sends and waiting for the broker's acks) and ack; the log sink adds sink (decoding and
+batch. Stages of a served batch: consume (waiting for the batch: fetching), decode, infer,
+encode (results, dead letters, logs), produce (waiting for the last transaction to commit, and
+queueing the sends) and commit (the transaction's commit, in a thread of its own while the next
+batch is served: not on the serving thread's clock); the log sink adds sink (decoding and
 inserting log rows). Two clock reads per stage per batch, not per record; served as JSON on
-GET /metrics/stages (bench/ reads it).
+GET /metrics/stages (bench/ reads it) with the counts of records, micro-batches and
+transactions.
 
 PipelineMetrics: records in, out and dead-lettered, batch latency, consumer lag, model load
 failures and the deployed version, labelled by workspace and pipeline; served in Prometheus'
@@ -24,7 +26,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-STAGES = ("consume", "decode", "infer", "encode", "produce", "ack", "sink")
+STAGES = ("consume", "decode", "infer", "encode", "produce", "commit", "sink")
 
 
 class StageMetrics:
@@ -34,8 +36,9 @@ class StageMetrics:
         self.ns = dict.fromkeys(STAGES, 0)
         self.records = 0  # records served (results and dead letters)
         self.batches = 0
+        self.transactions = 0  # committed ones
         self.sink_rows = 0
-        self._lock = threading.Lock()  # the sink's stage is added from an executor thread
+        self._lock = threading.Lock()  # the sink's stage is added from a thread of its own
 
     def add(self, stage: str, started_ns: int) -> int:
         """Add the time since started_ns to stage; returns now, the next stage's start."""
@@ -47,6 +50,12 @@ class StageMetrics:
         self.records += records
         self.batches += 1
 
+    def committed(self, elapsed_ns: int) -> None:
+        """A transaction committed in elapsed_ns (from the commit thread)."""
+        with self._lock:
+            self.ns["commit"] += elapsed_ns
+            self.transactions += 1
+
     def sunk(self, rows: int, elapsed_ns: int) -> None:
         with self._lock:
             self.ns["sink"] += elapsed_ns
@@ -54,7 +63,7 @@ class StageMetrics:
 
     def snapshot(self) -> dict[str, Any]:
         return {"stages_ns": dict(self.ns), "records": self.records, "batches": self.batches,
-                "sink_rows": self.sink_rows}
+                "transactions": self.transactions, "sink_rows": self.sink_rows}
 
 
 def per_record_us(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
@@ -66,6 +75,8 @@ def per_record_us(before: dict[str, Any], after: dict[str, Any]) -> dict[str, fl
     out["sink_per_log_row"] = ((after["stages_ns"]["sink"] - before["stages_ns"]["sink"])
                                / rows / 1000) if rows else 0.0
     out["batch_size"] = records / max(after["batches"] - before["batches"], 1)
+    out["transaction_size"] = records / max(
+        after.get("transactions", 0) - before.get("transactions", 0), 1)
     return out
 
 

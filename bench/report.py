@@ -114,10 +114,11 @@ def table(result: dict[str, Any]) -> str:
         if "stored_per_s" in sat:
             lines.append(f"  {'':<22}(results {_n(sat['msgs_per_s'])}/s, logs stored "
                          f"{_n(sat['stored_per_s'])}/s: the slower sets the pace)")
-    lines += ["", "worker stages, µs per record at saturation (sink/log: per log row; batch: "
-                  "records per micro-batch)"]
+    lines += ["", "worker stages, µs per record at saturation (commit: in a thread beside the "
+                  "others; sink/log: per log row; batch, txn: records per micro-batch, per "
+                  "transaction)"]
     stages = [k for k in next(iter(result["scenarios"].values()))["saturation"]["stages_us"] or {}]
-    names = {"sink_per_log_row": "sink/log", "batch_size": "batch"}
+    names = {"sink_per_log_row": "sink/log", "batch_size": "batch", "transaction_size": "txn"}
     lines.append("  " + " " * 22 + "".join(f"{names.get(k, k):>10}" for k in stages))
     for s in result["scenarios"].values():
         st = s["saturation"]["stages_us"] or {}
