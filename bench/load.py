@@ -50,7 +50,6 @@ def producer_config(bootstrap: str) -> dict[str, object]:
     """A latency-minded producer: small linger, acks from every replica. Not idempotent: its
     producer id would be fetched on the first send, adding ~0.5 s to the first latencies."""
     return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
-            "socket.nagle.disable": True,
             "linger.ms": 1, "batch.num.messages": 10000, "queue.buffering.max.messages": 1000000,
             "queue.buffering.max.kbytes": 1048576, "partitioner": "murmur2_random"}
 
@@ -89,7 +88,6 @@ def send(job: Send, report: Any) -> None:
 def tap(job: Tap) -> None:
     """Read the topic and write each record's key and receipt time to job.out."""
     c = Consumer({"bootstrap.servers": job.bootstrap, "group.id": "bench-tap",
-                  "socket.nagle.disable": True,
                   "enable.auto.commit": False, "fetch.wait.max.ms": 5,
                   "fetch.message.max.bytes": 4_000_000})
     c.assign([TopicPartition(job.topic, p, o) for p, o in job.offsets.items()])

@@ -26,11 +26,10 @@ class Relay:
 def relay(job: Relay) -> None:
     """Move job.count records from source to destination as fast as the clients go."""
     c = Consumer({"bootstrap.servers": job.bootstrap, "group.id": job.group,
-                  "socket.nagle.disable": True,
                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
                   "fetch.message.max.bytes": 4_000_000})
     p = Producer({"bootstrap.servers": job.bootstrap, "acks": "all",
-                  "socket.nagle.disable": True, "enable.idempotence": True, "linger.ms": 5,
+                  "enable.idempotence": True, "linger.ms": 5,
                   "batch.num.messages": 10000,
                   "batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000,
                   "partitioner": "murmur2_random"})

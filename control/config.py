@@ -109,13 +109,7 @@ class Settings(BaseSettings):
 
         Holds the SASL password in clear: pass it to a client, never print or log it.
         """
-        config: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            # librdkafka leaves Nagle's algorithm on (Kafka's Java clients turn it off): each
-            # small request of a transaction's commit then waited for a delayed ACK, ~15 ms
-            # a commit on loopback, the floor of a record's latency.
-            "socket.nagle.disable": True,
-        }
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
         protocol = self.security_protocol
         if protocol != "PLAINTEXT":
             config["security.protocol"] = protocol

@@ -110,11 +110,7 @@ def block_logs(block: Block) -> list[dict[str, Any]]:
 
 
 def block_table(blocks: Sequence[tuple[Block, KafkaPosition]]) -> pa.Table:
-    """The `inference_log_blocks` rows of decoded blocks (see SCHEMA), a row per block.
-
-    Blocks of one tensor layout (every call of a model step has the same) go together, so
-    their values are laid out with a few numpy calls, not a few per block."""
-    blocks = sorted(blocks, key=lambda entry: _layout(entry[0]))
+    """The `inference_log_blocks` rows of decoded blocks (see SCHEMA), a row per block."""
     columns: dict[str, Any] = {f: [block[f] for block, _ in blocks] for f in _SHARED}
     columns["time"] = [(t - _EPOCH) // _MICROSECOND for t in columns["time"]]
     counts = [len(block["record_id_ends"]) for block, _ in blocks]
@@ -128,11 +124,6 @@ def block_table(blocks: Sequence[tuple[Block, KafkaPosition]]) -> pa.Table:
     return pa.Table.from_arrays([columns[f.name] if isinstance(columns[f.name], pa.Array)
                                  else pa.array(columns[f.name], f.type) for f in SCHEMA],
                                 schema=SCHEMA)
-
-
-def _layout(block: Block) -> tuple:
-    return tuple(tuple((c["name"], c["dtype"], tuple(c["shape"])) for c in block[io])
-                 for io in _IO)
 
 
 def _ids(blocks: Sequence[tuple[Block, KafkaPosition]], counts: Sequence[int]) -> pa.Array:
@@ -150,21 +141,27 @@ def _ids(blocks: Sequence[tuple[Block, KafkaPosition]], counts: Sequence[int]) -
 def _record_major(blocks: Sequence[tuple[Block, KafkaPosition]], io: str,
                   counts: Sequence[int]) -> pa.Array:
     """The blocks' tensor columns of inputs or outputs as [block][record][tensor][value]: the
-    values of every record, record after record, and the offsets of the three levels."""
-    flat, widths, tensors = [], [], []
-    for _, run in itertools.groupby(zip(blocks, counts, strict=True),
-                                    key=lambda entry: _layout(entry[0][0])):
+    values of every record, record after record, cast once into one array of doubles, and
+    the offsets of the three levels (a few numpy calls per run of blocks of one layout)."""
+    sizes = [[math.prod(c["shape"]) for c in block[io]] for block, _ in blocks]
+    values = np.empty(sum(n * sum(s) for n, s in zip(counts, sizes, strict=True)), np.float64)
+    at = 0
+    for (block, _), n, widths in zip(blocks, counts, sizes, strict=True):
+        rows = values[at:at + n * sum(widths)].reshape(n, sum(widths))
+        column = 0
+        for c, width in zip(block[io], widths, strict=True):
+            rows[:, column:column + width] = np.frombuffer(
+                c["data"], DTYPES[c["dtype"]]).reshape(n, width)
+            column += width
+        at += rows.size
+    per_tensor, per_record = [], []
+    for _, run in itertools.groupby(zip(sizes, counts, strict=True), key=lambda e: e[0]):
         run = list(run)
-        layout, n = run[0][0][0][io], sum(count for _, count in run)
-        if layout:
-            stacked = [np.concatenate([np.frombuffer(block[io][j]["data"], DTYPES[c["dtype"]])
-                                       for (block, _), _ in run]).reshape(n, -1)
-                       for j, c in enumerate(layout)]
-            flat.append(np.hstack(stacked, dtype=np.float64).ravel())
-        widths.append(np.tile(np.array([math.prod(c["shape"]) for c in layout], np.int64), n))
-        tensors.append(np.full(n, len(layout), np.int64))
-    items = pa.array(np.concatenate(flat) if flat else np.empty(0), pa.float64())
-    for lengths in (widths, tensors, [counts]):  # values a tensor, tensors a record, records
+        widths, n = run[0][0], sum(count for _, count in run)
+        per_tensor.append(np.tile(np.array(widths, np.int64), n))
+        per_record.append(np.full(n, len(widths), np.int64))
+    items = pa.array(values, pa.float64())
+    for lengths in (per_tensor, per_record, [counts]):  # values a tensor, tensors a record, records
         items = pa.ListArray.from_arrays(_starts(np.concatenate(lengths)), items)
     return items
 

@@ -29,6 +29,7 @@ from sinks.storage import (
 from sinks.tables import (
     LOG_ROWS,
     MIGRATIONS,
+    SCHEMA_VERSION,
     KafkaPosition,
     applied_versions,
     batch_token,
@@ -127,6 +128,25 @@ def test_migrations_are_applied_once(storage: Storage) -> None:
     assert [t["name"] for t in tables] == [
         "assay_results", "inference_log_blocks", "inference_log_rows", "inference_logs",
         "schema_version", "task_run_logs", "task_runs"]
+
+
+def test_logs_stored_before_the_blocks_stay_readable(storage: Storage) -> None:
+    # A database of migrations 1-3, whose inference_logs was the table of rows.
+    storage.command(SCHEMA_VERSION)
+    for migration in MIGRATIONS[:3]:
+        for statement in migration.statements:
+            storage.command(statement)
+        storage.insert("schema_version", [{"version": migration.version, "name": migration.name,
+                                           "applied_at": T0}])
+    records, positions = batch(3)
+    storage.insert("inference_logs", log_rows(records, positions))
+    assert migrate(storage) == [4]
+    engines = {t["name"]: t["engine"] for t in storage.query(
+        "SELECT name, engine FROM system.tables WHERE database = currentDatabase()")}
+    assert engines["inference_logs"] == "View"
+    assert engines[LOG_ROWS] == "ReplacingMergeTree"
+    rows = storage.query("SELECT record_id FROM inference_logs ORDER BY record_id")
+    assert [r["record_id"] for r in rows] == ["r0", "r1", "r2"]
 
 
 def test_one_element_of_one_field_is_selectable(storage: Storage) -> None:
