@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 
 import faust
@@ -40,12 +41,19 @@ log = logging.getLogger(__name__)
 DEPLOYMENT_EVENTS = {"Deploy", "Undeploy", "Rollback", "UploadModel"}
 
 
+SWITCH_INTERVAL_S = 0.001
+
+
 def worker_name(settings: Settings) -> str:
     return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
 
 
 def create_app(settings: Settings) -> faust.App:
     """A worker app for the platform `settings` names; run it with app.main()."""
+    # The intake serves records in a thread of its own, beside the event loop, the commit
+    # thread and the log sink's: a thread that wants the GIL waits up to the switch interval
+    # for the one running Python to let go (5 ms by default), at every hand-over.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     datadir = Path(settings.data_dir).resolve() / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(

@@ -16,6 +16,7 @@ Arrow table per insert (sinks.log_blocks); the others as the Avro they are
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -170,9 +171,13 @@ class LogSinkThread:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        _background()
         topic = self.settings.topic("logs")
+        # Fetches of a megabyte or half a second: each small fetch cost the broker about as
+        # much as a big one, and logs may wait that long.
         c = consumer(self.settings, group=f"{self.settings.namespace}.log-sink",
-                     **{"enable.partition.eof": False, "fetch.wait.max.ms": 100})
+                     **{"enable.partition.eof": False, "fetch.min.bytes": 1_000_000,
+                        "fetch.wait.max.ms": 500})
         c.subscribe([topic])
         try:
             while not self._stop.is_set():
@@ -219,6 +224,15 @@ class LogSinkThread:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
         return None
+
+
+def _background() -> None:
+    """Lower this thread's priority (nice 10, as the engine's insert threads; see
+    INSERT_SETTINGS): where chDB shares the worker's machine, serving records comes first."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed
+        log.info("the log sink runs at the worker's priority: %s", exc)
 
 
 _COORDINATOR_MOVED = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,

@@ -61,7 +61,10 @@ COLUMNS = {
 }
 # The engine need not merge duplicates within a batch as it writes it (half of the insert's
 # CPU): readers use FINAL, and a replayed batch is dropped by its deduplication token.
-INSERT_SETTINGS = {"optimize_on_insert": 0}
+# Storing logs is background work beside serving records, on the same machine with chDB: one
+# thread, at a low priority (nice 10), so that it takes the CPU serving leaves.
+INSERT_SETTINGS = {"optimize_on_insert": 0, "max_insert_threads": 1, "max_threads": 1,
+                   "os_thread_priority": 10}
 # {source} is where the rows come from: input(...) on a server, file(...) on chDB.
 INSERT = (f"INSERT INTO {LOG_ROWS} ({', '.join(COLUMNS)}) "
           f"SELECT {', '.join(COLUMNS.values())} FROM {{source}}")

@@ -34,7 +34,9 @@ _SHARED = ("time", "workspace", "pipeline", "pipeline_version", "step", "model",
 _IO = ("inputs", "outputs")
 _EPOCH, _MICROSECOND = datetime(1970, 1, 1, tzinfo=UTC), timedelta(microseconds=1)
 _NAMES = pa.list_(pa.string())
-_VALUES = pa.list_(pa.list_(pa.list_(pa.float64())))
+_FLOAT32, _FLOAT64 = np.dtype("<f4"), np.dtype("<f8")
+# Items float32 holds exactly whatever their values; other dtypes are checked block by block.
+_EXACT_IN_FLOAT32 = {"float16", "float32", "int8", "int16", "uint8", "uint16", "bool"}
 # The columns of sinks.tables.INFERENCE_LOG_BLOCKS, a row per block.
 SCHEMA = pa.schema([
     ("time", pa.timestamp("us", "UTC")), ("workspace", pa.string()), ("pipeline", pa.string()),
@@ -43,7 +45,8 @@ SCHEMA = pa.schema([
     ("worker", pa.string()), ("record_ids", _NAMES),
     *((f"{io}_{part}", kind) for io in ("input", "output") for part, kind in (
         ("names", _NAMES), ("dtypes", _NAMES), ("shapes", pa.list_(pa.list_(pa.int64()))),
-        ("values", _VALUES))),
+        ("values", pa.list_(pa.list_(pa.list_(pa.float32())))),
+        ("values64", pa.list_(pa.list_(pa.list_(pa.float64())))))),
     ("kafka_topic", pa.string()), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
 ])
 
@@ -118,7 +121,11 @@ def block_table(blocks: Sequence[tuple[Block, KafkaPosition]]) -> pa.Table:
     for io, prefix in zip(_IO, ("input", "output"), strict=True):
         for part in ("name", "dtype", "shape"):
             columns[f"{prefix}_{part}s"] = [[c[part] for c in block[io]] for block, _ in blocks]
-        columns[f"{prefix}_values"] = _record_major(blocks, io, counts)
+        exact = [all(_exact_in_float32(c) for c in block[io]) for block, _ in blocks]
+        columns[f"{prefix}_values"] = _record_major(
+            blocks, io, [n if e else 0 for n, e in zip(counts, exact, strict=True)], _FLOAT32)
+        columns[f"{prefix}_values64"] = _record_major(
+            blocks, io, [0 if e else n for n, e in zip(counts, exact, strict=True)], _FLOAT64)
     for i, part in enumerate(("topic", "partition", "offset")):
         columns[f"kafka_{part}"] = [position[i] for _, position in blocks]
     return pa.Table.from_arrays([columns[f.name] if isinstance(columns[f.name], pa.Array)
@@ -138,15 +145,31 @@ def _ids(blocks: Sequence[tuple[Block, KafkaPosition]], counts: Sequence[int]) -
     return pa.ListArray.from_arrays(_starts(np.asarray(counts)), strings)
 
 
+def _exact_in_float32(column: dict[str, Any]) -> bool:
+    """Whether float32 holds every value of a column as it is (NaN and infinities too)."""
+    if column["dtype"] in _EXACT_IN_FLOAT32:
+        return True
+    data = np.frombuffer(column["data"], DTYPES[column["dtype"]])
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = data.astype(_FLOAT32)
+        return bool(np.array_equal(narrow.astype(data.dtype), data, equal_nan=True)) if (
+            data.dtype.kind == "f") else bool(
+            np.array_equal(narrow.astype(np.float64), data.astype(np.float64)))
+
+
 def _record_major(blocks: Sequence[tuple[Block, KafkaPosition]], io: str,
-                  counts: Sequence[int]) -> pa.Array:
+                  counts: Sequence[int], dtype: np.dtype) -> pa.Array:
     """The blocks' tensor columns of inputs or outputs as [block][record][tensor][value]: the
-    values of every record, record after record, cast once into one array of doubles, and
-    the offsets of the three levels (a few numpy calls per run of blocks of one layout)."""
-    sizes = [[math.prod(c["shape"]) for c in block[io]] for block, _ in blocks]
-    values = np.empty(sum(n * sum(s) for n, s in zip(counts, sizes, strict=True)), np.float64)
+    values of counts[b] records of block b (all of them, or none: the other column has
+    them), record after record, cast once into one array of dtype, and the offsets of the
+    three levels (a few numpy calls per run of blocks of one layout)."""
+    sizes = [[math.prod(c["shape"]) for c in block[io]] if n else []
+             for (block, _), n in zip(blocks, counts, strict=True)]
+    values = np.empty(sum(n * sum(s) for n, s in zip(counts, sizes, strict=True)), dtype)
     at = 0
     for (block, _), n, widths in zip(blocks, counts, sizes, strict=True):
+        if not n:
+            continue
         rows = values[at:at + n * sum(widths)].reshape(n, sum(widths))
         column = 0
         for c, width in zip(block[io], widths, strict=True):
@@ -160,7 +183,7 @@ def _record_major(blocks: Sequence[tuple[Block, KafkaPosition]], io: str,
         widths, n = run[0][0], sum(count for _, count in run)
         per_tensor.append(np.tile(np.array(widths, np.int64), n))
         per_record.append(np.full(n, len(widths), np.int64))
-    items = pa.array(values, pa.float64())
+    items = pa.array(values)
     for lengths in (per_tensor, per_record, [counts]):  # values a tensor, tensors a record, records
         items = pa.ListArray.from_arrays(_starts(np.concatenate(lengths)), items)
     return items

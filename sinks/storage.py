@@ -194,6 +194,24 @@ class ChdbStorage(Storage):
             except ClickHouseError as exc:
                 raise self._error(exc, sql) from exc
 
+    def insert_arrow(self, table: str, data: pa.Table, dedup_token: str | None = None,
+                     settings: Params | None = None) -> int:
+        # The engine reads an Arrow stream that pyarrow writes to a file of ours, off the GIL
+        # (clickhouse-connect would first copy the whole stream into a Python bytes object).
+        if not data.num_rows:
+            return 0
+        columns = ", ".join(f"`{name}`" for name in data.column_names)
+        with tempfile.NamedTemporaryFile(suffix=".arrow") as f:
+            with pa.OSFile(f.name, "wb") as out, pa.ipc.new_file(out, data.schema) as writer:
+                writer.write_table(data)
+            sql = (f"INSERT INTO {table} ({columns}) FROM INFILE {_literal(f.name)} "
+                   "FORMAT Arrow")
+            try:
+                self._client.command(sql, settings=_insert_settings(dedup_token, settings))
+            except ClickHouseError as exc:
+                raise self._error(exc, f"INSERT INTO {table}") from exc
+        return data.num_rows
+
     def close(self) -> None:
         with _chdb_lock:
             if not self._open:

@@ -129,6 +129,12 @@ def test_log_blocks_make_the_rows_decoding_makes(storage: Storage) -> None:
     assert first["output_dtypes"] == {"label": "int64", "p": "float64", "ok": "bool",
                                       "small": "int8"}
     assert [r["input_shapes"]["float_input"] for r in got if r["step"] == 2] == [[2, 4]] * 3
+    # Float32 where it holds every value (float32 inputs, float16 scores), else Float64
+    # (step 1's doubles): the rows above are the exact doubles either way.
+    kinds = storage.query(f"SELECT step, notEmpty(input_values) AS in32, "
+                          f"notEmpty(output_values) AS out32 FROM {LOG_BLOCKS} ORDER BY step")
+    assert [(k["in32"], k["out32"]) for k in kinds] == [(True, False), (True, True),
+                                                         (True, True), (True, True)]
 
 
 def test_a_block_reads_as_the_logs_it_stands_for() -> None:
