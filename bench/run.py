@@ -27,7 +27,10 @@ from bench.report import bar, machine, ratios, sink_rate, table, write
 from bench.scenarios import Flow, latency, run_flow, saturation, steady_rate, transport
 
 LOADS = (25, 50, 70, 75, 90)  # % of saturation; 70 is the bar's
-WARM_UP = (25, 4.0)  # % of saturation, seconds: before the measured fixed rates
+WARM_UP = (25, 4.0)
+# Records a drain at most. The steady window (after the sender is done) of 1M was 4-6 s, and
+# five runs of it varied by ±15 %.
+MAX_DRAIN = 2_000_000  # % of saturation, seconds: before the measured fixed rates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of backlog for the saturation figure")
     parser.add_argument("--latency-s", type=float, default=8.0,
                         help="seconds of each fixed-rate run")
-    parser.add_argument("--repeat", type=int, default=3,
+    parser.add_argument("--repeat", type=int, default=5,
                         help="saturation runs per scenario (the median is reported)")
     parser.add_argument("--relay-records", type=int, default=1_000_000)
     parser.add_argument("--only", choices=("sink", "single", "chain"), action="append",
@@ -122,7 +125,7 @@ def scenario(platform: BenchPlatform, w: WorkerProcess, pipeline: str, label: st
                 platform.topic(pipeline, "output"), pool, platform.folder)
     _, times, _, sent_at = run_flow(flow, platform.ends(flow.sink), 20_000, None, 120)
     guess = steady_rate(times, sent_at)[0]
-    count = int(min(max(guess * args.drain_s, 20_000), 1_000_000))
+    count = int(min(max(guess * args.drain_s, 20_000), MAX_DRAIN))
     say(f"{label}: calibrated at {guess:,.0f}/s; saturation: {args.repeat} x {count:,} records")
     runs = [saturation(platform, w, pipeline, pool, count, broker_pid,
                        logs_per_record=3 if chain else 1, sink=pipeline == "sink")
