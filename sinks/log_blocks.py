@@ -138,7 +138,7 @@ def _ids(blocks: Sequence[tuple[Block, KafkaPosition]], counts: Sequence[int]) -
     data = b"".join(block["record_ids"] for block, _ in blocks)
     at = np.cumsum([0, *(len(block["record_ids"]) for block, _ in blocks)])
     ends = np.concatenate([block["record_id_ends"] + base for (block, _), base
-                           in zip(blocks, at, strict=False)] or [np.empty(0, np.int32)])
+                           in zip(blocks, at[:-1], strict=True)] or [np.empty(0, np.int32)])
     offsets = np.concatenate(([0], ends)).astype("<i4")
     strings = pa.StringArray.from_buffers(len(ends), pa.py_buffer(offsets.tobytes()),
                                           pa.py_buffer(data))
