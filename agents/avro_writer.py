@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,26 +45,29 @@ def string(text: str) -> bytes:
     return long(len(data)) + data
 
 
-_HEADERS: dict[tuple[str, np.dtype, tuple[int, ...]], tuple[bytes, bool]] = {}
+def _dims(shape: tuple[int, ...]) -> bytes:
+    """A shape as an Avro array of longs."""
+    return long(len(shape)) + b"".join(long(d) for d in shape) + _EMPTY if shape else _EMPTY
 
 
+# Cached by the dtype object: numpy builds dtype.name anew on every call (~2 µs); bounded for
+# shapes that vary from record to record.
+@lru_cache(maxsize=4096)
 def _header(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[bytes, bool]:
     """What comes before a Tensor's values, which repeats from record to record: its name,
-    dtype and shape, and for numbers the count of values; and whether it holds numbers.
-    Cached by the dtype object: numpy builds dtype.name anew on every call (~2 µs)."""
-    key = (name, dtype, shape)
-    found = _HEADERS.get(key)
-    if found is None:
-        if len(_HEADERS) > 4096:  # shapes that vary from record to record: keep it bounded
-            _HEADERS.clear()
-        numeric = dtype.kind in "biuf"
-        dims = long(len(shape)) + b"".join(long(d) for d in shape) + _EMPTY if shape else _EMPTY
-        head = string(name) + string(dtype.name if numeric else STRING) + dims
-        size = math.prod(shape)
-        if numeric and size:
-            head += long(size)
-        found = _HEADERS[key] = (head, numeric)
-    return found
+    dtype and shape, and for numbers the count of values; and whether it holds numbers."""
+    numeric = dtype.kind in "biuf"
+    head = string(name) + string(dtype.name if numeric else STRING) + _dims(shape)
+    size = math.prod(shape)
+    if numeric and size:
+        head += long(size)
+    return head, numeric
+
+
+@lru_cache(maxsize=4096)
+def _column_header(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """What comes before a TensorColumn's data: its name, dtype and one record's shape."""
+    return string(name) + string(dtype.name) + _dims(shape)
 
 
 _NUMBERS_END = _EMPTY + _EMPTY  # the end of the values, and no strings
@@ -221,7 +225,6 @@ class LogWriter:
 # A TensorColumn before its data (name, dtype, shape: the same for every call of a step), and
 # its records' values, a row per record.
 _TensorColumn = tuple[bytes, np.ndarray]
-_COLUMN_HEADERS: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
 
 
 def _tensor_columns(arrays: Mapping[str, np.ndarray], offsets: list[int] | None,
@@ -237,14 +240,7 @@ def _tensor_columns(arrays: Mapping[str, np.ndarray], offsets: list[int] | None,
         if a.ndim == 0 or a.dtype.kind not in "biuf" or (offsets and len(a) != offsets[-1]):
             return None
         shape = a.shape if rows is None else (rows, *a.shape[1:])
-        key = (name, a.dtype, shape)
-        head = _COLUMN_HEADERS.get(key)
-        if head is None:
-            if len(_COLUMN_HEADERS) > 4096:  # shapes that vary from call to call: bounded
-                _COLUMN_HEADERS.clear()
-            head = _COLUMN_HEADERS[key] = string(name) + string(a.dtype.name) + (
-                long(len(shape)) + b"".join(long(d) for d in shape) + _EMPTY if shape
-                else _EMPTY)
+        head = _column_header(name, a.dtype, shape)
         matrix = a.reshape(n, math.prod(shape))
         if records is not None:
             matrix = matrix[np.asarray(records)]

@@ -94,10 +94,14 @@ def record_ids(block: Block) -> list[str]:
         raise DecodeError(f"an InferenceLogBlock record id is not UTF-8: {exc}") from exc
 
 
+def _items(column: dict[str, Any]) -> np.ndarray:
+    """A column's data as its dtype's items (no copy)."""
+    return np.frombuffer(column["data"], DTYPES[column["dtype"]])
+
+
 def values(column: dict[str, Any], records: int) -> np.ndarray:
     """A column's values as doubles, a row per record."""
-    data = np.frombuffer(column["data"], DTYPES[column["dtype"]])
-    return data.reshape(records, math.prod(column["shape"])).astype(np.float64)
+    return _items(column).reshape(records, math.prod(column["shape"])).astype(np.float64)
 
 
 def block_logs(block: Block) -> list[dict[str, Any]]:
@@ -149,7 +153,7 @@ def _exact_in_float32(column: dict[str, Any]) -> bool:
     """Whether float32 holds every value of a column as it is (NaN and infinities too)."""
     if column["dtype"] in _EXACT_IN_FLOAT32:
         return True
-    data = np.frombuffer(column["data"], DTYPES[column["dtype"]])
+    data = _items(column)
     with np.errstate(over="ignore", invalid="ignore"):
         narrow = data.astype(_FLOAT32)
         return bool(np.array_equal(narrow.astype(data.dtype), data, equal_nan=True)) if (
@@ -173,8 +177,7 @@ def _record_major(blocks: Sequence[tuple[Block, KafkaPosition]], io: str,
         rows = values[at:at + n * sum(widths)].reshape(n, sum(widths))
         column = 0
         for c, width in zip(block[io], widths, strict=True):
-            rows[:, column:column + width] = np.frombuffer(
-                c["data"], DTYPES[c["dtype"]]).reshape(n, width)
+            rows[:, column:column + width] = _items(c).reshape(n, width)
             column += width
         at += rows.size
     per_tensor, per_record = [], []
