@@ -13,11 +13,13 @@ import os
 import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import faust
 
 from agents import heartbeat, web
 from agents.assay_scheduler import AssayScheduler
+from agents.http_guard import Guard
 from agents.log_sink import LogSink, LogSinkThread
 from agents.orchestration import RunExecutor
 from agents.serving import DeploymentManager
@@ -54,6 +56,7 @@ def create_app(settings: Settings) -> faust.App:
     # thread and the log sink's: a thread that wants the GIL waits up to the switch interval
     # for the one running Python to let go (5 ms by default), at every hand-over.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    guard = Guard(settings)
     datadir = Path(settings.data_dir).resolve() / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -71,7 +74,11 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=8.0,
         web_port=settings.worker_web_port,
-        web_host="127.0.0.1",
+        # Faust binds web_bind (every interface unless told) and only names web_host in URLs.
+        web_bind=settings.worker_bind,
+        web_host=urlsplit(settings.worker_url).hostname,
+        web_ssl_context=settings.http_server_tls(),
+        web_application_options=guard.application_options(),
         producer_acks=-1,
     )
     name = worker_name(settings)
@@ -79,7 +86,7 @@ def create_app(settings: Settings) -> faust.App:
     app.inferstream = manager  # type: ignore[attr-defined] - the web views reach it here
     ensure_topics(settings, platform_topics(settings))
 
-    sink = LogSink(settings, f"http://127.0.0.1:{settings.worker_web_port}")
+    sink = LogSink(settings, settings.worker_url)
     app.inferstream_sink = sink  # type: ignore[attr-defined]
     if settings.log_sink:
 
@@ -150,11 +157,15 @@ def create_app(settings: Settings) -> faust.App:
         registry = await loop.run_in_executor(None, follower.wait_caught_up)
         await manager.reconcile(registry)
         manager.intake.start()
+        guard.registry = lambda: follower.registry
+        if not follower.registry.secured:
+            log.warning("open platform: HTTP inference and reads at %s need no credential "
+                        "(`inferstream bootstrap` secures a platform)", settings.worker_url)
         manager.ready = True
         app.inferstream_follower = follower  # type: ignore[attr-defined]
         app.inferstream_registrar = registrar  # type: ignore[attr-defined]
 
-    web.register(app, manager, sink)
+    web.register(app, manager, sink, guard)
     heartbeat.register(app, manager, settings)
 
     @app.on_before_shutdown.connect

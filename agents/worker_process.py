@@ -21,7 +21,10 @@ from schemas.errors import InferstreamError
 
 TRANSPORT = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
              "ssl_ca_location", "ssl_certificate_location", "ssl_key_location",
-             "ssl_key_password", "ssl_check_hostname")
+             "ssl_key_password", "ssl_check_hostname",
+             "worker_bind", "worker_host", "http_tls_cert", "http_tls_key",
+             "http_max_in_flight", "http_request_timeout_s", "http_auth_window_s",
+             "max_record_bytes")
 
 
 class WorkerProcess:
@@ -29,8 +32,11 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, name: str, log_dir: Path,
                  data_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
-        self.settings, self.name = settings, name
+        self.name = name
         self.port = free_port()
+        self.settings = settings.model_copy(update={"worker_web_port": self.port})
+        self.url = self.settings.worker_url
+        self._tls = self.settings.http_client_tls() if self.url.startswith("https:") else None
         self.log_path = log_dir / f"{name}.log"
         extra, env = env, {
             **os.environ,
@@ -59,7 +65,8 @@ class WorkerProcess:
 
     def health(self) -> dict | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2,
+                                        context=self._tls) as r:
                 return json.loads(r.read())
         except OSError:
             return None
@@ -79,11 +86,12 @@ class WorkerProcess:
                     f"its log: {self.log_path}")
             time.sleep(0.2)
 
-    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body,
-                                         method="POST")
+    def post(self, path: str, body: bytes,
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"{self.url}{path}", data=body, method="POST",
+                                         headers=headers or {})
         try:
-            with urllib.request.urlopen(request, timeout=30) as r:
+            with urllib.request.urlopen(request, timeout=30, context=self._tls) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

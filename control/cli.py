@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from control.cli_api_keys import api_keys
 from control.cli_assays import assays
 from control.cli_base import JsonFlag, client_of, err, rows_table, show, when
 from control.cli_logs import logs
@@ -41,6 +42,7 @@ app.add_typer(assays, name="assays")
 app.add_typer(connections, name="connections")
 app.add_typer(orchestrations, name="orchestrations")
 app.add_typer(tasks, name="tasks")
+app.add_typer(api_keys, name="api-keys")
 app.command("logs")(logs)
 for command in (up, registrar, worker, infer, status, bootstrap, login, whoami, acls):
     app.command()(command)

@@ -59,6 +59,9 @@ def worker(
     ctx: typer.Context,
     web_port: Annotated[int | None, typer.Option(
         help="HTTP port for inference and health (env INFERSTREAM_WORKER_WEB_PORT)")] = None,
+    bind: Annotated[str | None, typer.Option(
+        help="Address the HTTP server listens on (env INFERSTREAM_WORKER_BIND; default "
+        "127.0.0.1, loopback only; 0.0.0.0 for every interface)")] = None,
     loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug")] = "warn",
 ) -> None:
     """Run a worker: serve every deployed pipeline. Start more, anywhere, to scale out."""
@@ -67,9 +70,14 @@ def worker(
     settings: Settings = ctx.obj
     if web_port is not None:
         settings = settings.model_copy(update={"worker_web_port": web_port})
+    if bind is not None:
+        settings = settings.model_copy(update={"worker_bind": bind})
     faust_app = create_app(settings)
+    # Faust's own command line would otherwise set its defaults over the app's settings.
     sys.argv = ["inferstream worker", "worker", "--loglevel", loglevel,
-                "--web-port", str(settings.worker_web_port), "--web-host", "127.0.0.1"]
+                "--web-port", str(settings.worker_web_port),
+                "--web-bind", settings.worker_bind,
+                "--web-host", faust_app.conf.web_host]
     faust_app.main()
 
 

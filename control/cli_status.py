@@ -20,9 +20,9 @@ from rich.table import Table
 
 from agents.heartbeat import Heartbeat
 from control.cli_base import JsonFlag, client_of, err, out, to_json, when
-from control.client_users import may_read
 from control.config import Settings
 from control.kafka import read_until_end
+from control.rules import may_read
 from control.state import Deployment
 
 STALE_BEATS = 3  # heartbeats a worker may miss before it counts as stale

@@ -75,6 +75,19 @@ def connections_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -
                             sorted(masked(c.details).items())))
 
 
+@connections.command("preview")
+def connections_preview(
+    ctx: typer.Context, name: str,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="Rows to show")] = 20,
+    json_out: JsonFlag = False,
+) -> None:
+    """Show the first rows of a ClickHouse connection's table on the platform's storage."""
+    rows = client_of(ctx).table_rows(name, limit)
+    columns = list(rows[0]) if rows else []
+    show(rows, json_out, lambda: rows_table(f"{name}: first {len(rows)} rows", columns,
+                                            [list(r.values()) for r in rows]))
+
+
 @connections.command("delete")
 def connections_delete(ctx: typer.Context, name: str) -> None:
     """Delete a connection that no orchestration uses."""

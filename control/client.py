@@ -27,8 +27,9 @@ from typing import Any
 from confluent_kafka import KafkaError, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from control.client_http import HttpClient
 from control.client_models import ModelClient
-from control.client_users import AccessClient, may_read
+from control.client_users import AccessClient
 from control.client_workloads import WorkloadClient
 from control.config import Settings
 from control.credentials import signing_key
@@ -45,6 +46,7 @@ from control.kafka import (
 from control.monitoring import Monitoring
 from control.registrar import limits_of
 from control.registry import fold
+from control.rules import may_read
 from control.signing import read_private_key
 from control.state import (
     Deployment,
@@ -98,11 +100,12 @@ def _reply_body(value: bytes, dead: bool) -> dict[str, Any]:
     return json.loads(value)
 
 
-class Client(AccessClient, ModelClient, Monitoring, WorkloadClient):
+class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, HttpClient):
     """One operator's connection to an inferstream platform.
 
     Users and workspaces come from AccessClient; uploads from ModelClient; assays and logs
-    from Monitoring; connections, orchestrations, tasks from WorkloadClient.
+    from Monitoring; connections, orchestrations, tasks from WorkloadClient; API keys and
+    requests to workers from HttpClient.
 
     key: the private key (or its PEM file) that signs this user's events; default:
     Settings.key_file, else the key `inferstream login` recorded for the user, else none.

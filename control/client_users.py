@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from control.credentials import Credentials, default_key_path, default_user
+from control.rules import may_read
 from control.signing import (
     fingerprint,
     new_key,
@@ -193,11 +194,3 @@ class AccessClient:
             raise Rejected(f"{actor!r} is not a member of workspace {ws!r}, so may not read it; "
                            "an owner can add them (as a viewer, to read only)")
         return ws, registry
-
-
-def may_read(registry: Registry, user: str, workspace: str) -> bool:
-    """Whether `user` may see `workspace` and what is in it: members and administrators."""
-    found, ws = registry.users.get(user), registry.workspaces.get(workspace)
-    if found is None or not found.active or ws is None:
-        return False
-    return found.admin or ws.role_of(user) is not None

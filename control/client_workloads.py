@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from control.workloads import TOPICS, Connection, Orchestration, OrchestrationVersion, Task
-from schemas.errors import InferstreamError, Rejected, StatusTimeout
-from sinks.runs import Run, run_by_id, run_logs, runs
+from schemas.errors import Rejected, StatusTimeout
+from sinks import reads
+from sinks.runs import Run, run_from_row
 
 if TYPE_CHECKING:
     from control.config import Settings
@@ -30,6 +31,7 @@ class WorkloadClient:
         def _ws(self, workspace: str | None) -> str: ...
         def _readable(self, workspace: str | None) -> tuple[str, Registry]: ...
         def _actor(self) -> str: ...
+        def _read(self, name: str, args: reads.Args) -> Any: ...
 
     # -- connections -------------------------------------------------------------------------
 
@@ -46,6 +48,18 @@ class WorkloadClient:
     def connections(self, workspace: str | None = None) -> list[Connection]:
         ws, registry = self._readable(workspace)
         return [c for (w, _), c in sorted(registry.connections.items()) if w == ws]
+
+    def table_rows(self, connection: str, limit: int = 20,
+                   workspace: str | None = None) -> list[dict[str, Any]]:
+        """The first rows of a ClickHouse connection's table on the platform's storage."""
+        ws, registry = self._readable(workspace)
+        found = registry.connections.get((ws, connection))
+        args = reads.TableRows(workspace=ws, connection=connection, limit=limit,
+                               table=(found.details.get("table") if found else None) or "_")
+        refused = reads.READS["table_rows"].refuse(registry, args)
+        if refused:
+            raise Rejected(refused)
+        return self._read("table_rows", args)
 
     # -- orchestrations ----------------------------------------------------------------------
 
@@ -93,21 +107,22 @@ class WorkloadClient:
     def runs(self, task: str | None = None, workspace: str | None = None,
              limit: int = 100) -> list[Run]:
         ws = self._readable(workspace)[0]
-        with self._reader() as reader:
-            return runs(reader, ws, task, limit)
+        rows = self._read("runs", reads.Runs(workspace=ws, task=task, limit=limit))
+        return [run_from_row(row) for row in rows]
 
     def run(self, run_id: str) -> Run | None:
-        with self._reader() as reader:
-            found = run_by_id(reader, run_id)
-        if found is not None:
-            self._readable(found.workspace)  # a run is read by its workspace's members
-        return found
+        """A run by id; the worker (or this process) checks that you may read its workspace."""
+        found = self._read("run", reads.RunById(run_id=run_id))
+        if found is None:
+            return None
+        run = run_from_row(found)
+        self._readable(run.workspace)  # a run is read by its workspace's members
+        return run
 
     def run_logs(self, run_id: str) -> list[dict[str, Any]]:
         if self.run(run_id) is None:
             return []
-        with self._reader() as reader:
-            return run_logs(reader, run_id)
+        return self._read("run_logs", reads.RunById(run_id=run_id))
 
     def wait_for_run(self, run_id: str, timeout: float = 3600.0,
                      progress: Callable[[Run], None] | None = None) -> Run:
@@ -123,11 +138,3 @@ class WorkloadClient:
             time.sleep(0.5)
         raise StatusTimeout(f"run {run_id} did not finish within {timeout:.0f}s; is a worker "
                             "running (`inferstream worker`)? `tasks runs` shows where it is")
-
-    def _reader(self) -> Any:
-        from sinks.access import open_reader
-
-        try:
-            return open_reader(self.settings)
-        except InferstreamError as exc:
-            raise Rejected(f"cannot read task runs: {exc}") from exc

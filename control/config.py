@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -80,6 +81,32 @@ class Settings(BaseSettings):
         10_000, gt=0, description="largest batch size a deployment may ask for; a Deploy over "
         "it is rejected. A rule of the registry: give every process the same value")
     worker_web_port: int = Field(6066, description="the worker's HTTP port (inference, health)")
+    worker_bind: str = Field(
+        "127.0.0.1", description="address the worker's HTTP server listens on; loopback unless "
+        "set (0.0.0.0: every interface, for a worker others call over the network)")
+    worker_host: str | None = Field(
+        None, description="host name in the worker's own URL (what its TLS certificate names); "
+        "default: the bind address, or 127.0.0.1 when it binds every interface")
+    http_tls_cert: Path | None = Field(
+        None, description="certificate (PEM) the worker's HTTP server presents: HTTPS with "
+        "INFERSTREAM_HTTP_TLS_KEY")
+    http_tls_key: Path | None = Field(None, description="private key (PEM) of http_tls_cert")
+    http_ca_location: Path | None = Field(
+        None, description="CA certificate(s) (PEM) the CLI and client check a worker's HTTPS "
+        "certificate with; unset: the system's")
+    http_check_hostname: bool = Field(
+        True, description="check that a worker's certificate names the host connected to")
+    api_key: SecretStr | None = Field(
+        None, description="an API key (isk_...) the client sends to workers over HTTP instead "
+        "of signing requests with the user's key; never printed")
+    http_auth_window_s: float = Field(
+        60.0, gt=0, description="how far a signed HTTP request's time may be from the worker's "
+        "clock; a nonce is refused twice within it")
+    http_max_in_flight: int = Field(
+        64, gt=0, description="requests a worker serves at once over HTTP; more get 503 with "
+        "Retry-After")
+    http_request_timeout_s: float = Field(
+        30.0, gt=0, description="longest a worker spends on one HTTP request (503 past it)")
     worker_name: str | None = Field(None, description="name in logs and results; default host:pid")
     assay_tick_s: float = Field(10.0, description="how often a worker looks for closed windows")
     task_tick_s: float = Field(2.0, description="how often a worker looks for task runs to start")
@@ -91,6 +118,45 @@ class Settings(BaseSettings):
     log_sink: bool = Field(
         True, description="whether a worker sinks the logs topic into ClickHouse; off, logs are "
         "still published and another worker (or none) sinks them")
+
+    @property
+    def worker_scheme(self) -> str:
+        """http, or https when the worker has a certificate."""
+        if bool(self.http_tls_cert) != bool(self.http_tls_key):
+            raise ConfigError("INFERSTREAM_HTTP_TLS_CERT and INFERSTREAM_HTTP_TLS_KEY go "
+                              "together: give both for HTTPS, or neither")
+        return "https" if self.http_tls_cert else "http"
+
+    @property
+    def worker_url(self) -> str:
+        """Where this machine reaches the worker these settings start, e.g. by the CLI."""
+        host = self.worker_host or self.worker_bind
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{self.worker_scheme}://{host}:{self.worker_web_port}"
+
+    def http_client_tls(self) -> ssl.SSLContext:
+        """How the CLI and client check a worker's certificate over HTTPS."""
+        context = ssl.create_default_context(
+            cafile=str(Path(self.http_ca_location).expanduser())
+            if self.http_ca_location else None)
+        context.check_hostname = self.http_check_hostname
+        return context
+
+    def http_server_tls(self) -> ssl.SSLContext | None:
+        """The worker's TLS context, when it has a certificate and key."""
+        if self.worker_scheme != "https":
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(str(Path(self.http_tls_cert).expanduser()),
+                                    str(Path(self.http_tls_key).expanduser()))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the worker's TLS certificate "
+                              f"{self.http_tls_cert} and key {self.http_tls_key}: {exc}") from None
+        return context
 
     def topic(self, name: str) -> str:
         """Full name of one of the platform's topics, e.g. topic('control')."""

@@ -57,7 +57,7 @@ def run_embedded(settings: Settings, broker_kind: str, *, demo: bool, once: bool
                                    data_dir=settings.data_dir.resolve(),
                                    env={"INFERSTREAM_ASSAY_TICK_S": "1"})
             worker.wait_ready()
-        console.print(f"[green]worker[/] {worker.name}: http://127.0.0.1:{worker.port} "
+        console.print(f"[green]worker[/] {worker.name}: {worker.url} "
                       f"(log: {worker.log_path})")
         if demo:
             run_demo(settings, console)
@@ -73,7 +73,7 @@ def run_embedded(settings: Settings, broker_kind: str, *, demo: bool, once: bool
             "  inferstream pipelines list\n"
             f"  inferstream infer {DEMO_PIPELINE} --data "
             "'{\"float_input\": [6.3, 3.3, 6.0, 2.5]}'\n"
-            f"  curl -s -XPOST http://127.0.0.1:{worker.port}/pipelines/{DEMO_PIPELINE}/infer "
+            f"  curl -s -XPOST {worker.url}/pipelines/{DEMO_PIPELINE}/infer "
             "-d '{\"float_input\": [5.1, 3.5, 1.4, 0.2]}'\n"
             "  inferstream assays list\n"
             f"  inferstream assays results {DRIFT_ASSAY}-HHMMSS --plot drift.png\n"

@@ -20,6 +20,7 @@ EVENT_TYPES = (
     "UploadModel", "CreatePipeline", "CreatePipelineVersion", "Deploy", "Undeploy", "Rollback",
     "CreateAssay", "PauseAssay", "ResumeAssay", "DeleteAssay",
     "CreateConnection", "DeleteConnection", "CreateOrchestration", "CreateTask", "KillTask",
+    "CreateApiKey", "RevokeApiKey",
 )
 
 

@@ -17,8 +17,8 @@ from typing import IO, Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from control.monitoring import LOG_COLUMNS
 from schemas.errors import InferstreamError
+from sinks.log_queries import LOG_COLUMNS
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 

@@ -16,26 +16,16 @@ from typing import TYPE_CHECKING, Any
 from control.registry_assays import assay_payload
 from control.state import Assay, Registry
 from schemas.errors import InferstreamError, Rejected
-from sinks.access import open_reader
+from sinks import reads
+from sinks.access import Credential, Reader, open_reader
 from sinks.assay_config import AssayConfig
-from sinks.assays import AssayResult, load_results, preview
+from sinks.assays import AssayResult, result_from_row
+from sinks.log_queries import LogFilter, LogPosition
 from sinks.storage import StorageError
 
 if TYPE_CHECKING:
     from control.config import Settings
     from control.events import ControlStatus
-
-# Every column of inference_logs a person may want, in reading order.
-LOG_COLUMNS = (
-    "time", "record_id", "workspace", "pipeline", "pipeline_version", "step", "model",
-    "model_version", "shadow", "inputs", "input_shapes", "input_dtypes", "input_strings",
-    "outputs", "output_shapes", "output_dtypes", "output_strings", "elapsed_us", "worker",
-    "error", "kafka_topic", "kafka_partition", "kafka_offset",
-)
-# A row's place in time order; unique, since FINAL collapses rows of the same sorting key.
-_ORDER = ("time", "record_id", "step", "model", "shadow")
-_ORDER_TYPES = ("DateTime64(6, 'UTC')", "String", "UInt16", "String", "Bool")
-_TIME = "DateTime64(6, 'UTC')"
 
 
 class Monitoring:
@@ -46,6 +36,7 @@ class Monitoring:
 
         def _ws(self, workspace: str | None) -> str: ...
         def _readable(self, workspace: str | None) -> tuple[str, Registry]: ...
+        def http_headers(self, method: str, path: str, body: bytes) -> dict[str, str]: ...
         def registry(self) -> Registry: ...
         def send(self, type: str, payload: Mapping[str, Any], *,
                  workspace: str | None = None) -> ControlStatus: ...
@@ -106,8 +97,8 @@ class Monitoring:
                       ) -> list[AssayResult]:
         """Stored results of an assay, oldest window first; windows starting in [start, end)."""
         config = self.assay_config(name, workspace)
-        with self._reader() as reader:
-            return load_results(reader, config.workspace, config.assay_id, start, end)
+        return [result_from_row(row) for row in self._read("assay_results", reads.AssayResults(
+            workspace=config.workspace, assay_id=config.assay_id, start=start, end=end))]
 
     def preview_assay(self, assay: AssayConfig | str, start: datetime, end: datetime,
                       workspace: str | None = None) -> list[AssayResult]:
@@ -118,8 +109,8 @@ class Monitoring:
         config = self.assay_config(assay, workspace) if isinstance(assay, str) else assay
         if end <= start:
             raise InferstreamError(f"preview range: --from {start} is not before --to {end}")
-        with self._reader() as reader:
-            return preview(reader, config, start, end)
+        return [result_from_row(row) for row in self._read(
+            "preview_assay", reads.PreviewAssay(config=config, start=start, end=end))]
 
     # -- inference logs --------------------------------------------------------------------
 
@@ -131,27 +122,18 @@ class Monitoring:
 
         Filters: pipeline version, model, and only failed inferences (error set).
         """
-        where, params = self._log_filter(pipeline, start, end, pipeline_version, model,
-                                         only_failures, workspace)
-        columns = ", ".join(LOG_COLUMNS)
-        newest = ", ".join(f"{c} DESC" for c in _ORDER)
-        sql = f"SELECT {columns} FROM inference_logs WHERE {where} ORDER BY {newest}"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        with self._reader() as reader:
-            rows = reader.query(sql, params)
-        return rows[::-1]
+        where = self._log_filter(pipeline, start, end, pipeline_version, model, only_failures,
+                                 workspace)
+        return self._read("logs", reads.Logs(where=where, limit=limit))
 
     def count_logs(self, pipeline: str, start: datetime | None = None,
                    end: datetime | None = None, *, pipeline_version: int | None = None,
                    model: str | None = None, only_failures: bool = False,
                    workspace: str | None = None) -> int:
         """How many inference logs match (for a progress bar, or before an export)."""
-        where, params = self._log_filter(pipeline, start, end, pipeline_version, model,
-                                         only_failures, workspace)
-        sql = f"SELECT count() AS n FROM inference_logs WHERE {where}"
-        with self._reader() as reader:
-            return int(reader.query(sql, params)[0]["n"])
+        where = self._log_filter(pipeline, start, end, pipeline_version, model, only_failures,
+                                 workspace)
+        return self._read("count_logs", reads.CountLogs(where=where))
 
     def iter_logs(self, pipeline: str, start: datetime | None = None,
                   end: datetime | None = None, limit: int | None = None, *,
@@ -160,63 +142,50 @@ class Monitoring:
                   workspace: str | None = None) -> Iterator[list[dict[str, Any]]]:
         """The logs `logs()` would return, any number of them, in pages, oldest first.
 
-        Each page is one query that starts after the last row of the one before (in time
+        Each page is one read that starts after the last row of the one before (in time
         order), so memory stays at one page and no row is repeated or skipped between pages.
         """
         if page_size <= 0:
             raise InferstreamError(f"page size {page_size} must be positive")
-        where, params = self._log_filter(pipeline, start, end, pipeline_version, model,
-                                         only_failures, workspace)
-        columns, ascending = ", ".join(LOG_COLUMNS), ", ".join(_ORDER)
-        left = limit
+        where = self._log_filter(pipeline, start, end, pipeline_version, model, only_failures,
+                                 workspace)
+        left, since, after = limit, None, None
         with self._reader() as reader:
             if limit is not None and limit > 0:  # the newest `limit` start at the limit-th newest
-                newest = ", ".join(f"{c} DESC" for c in _ORDER)
-                first = reader.query(f"SELECT {ascending} FROM inference_logs WHERE {where} "
-                                     f"ORDER BY {newest} LIMIT 1 OFFSET {int(limit) - 1}", params)
-                if first:
-                    where += f" AND {_position('>=', 'first')}"
-                    params |= {f"first_{c}": first[0][c] for c in _ORDER}
-            after: dict[str, Any] = {}
+                found = self._read("nth_newest_log", reads.NthNewestLog(where=where, n=limit),
+                                   reader)
+                since = None if found is None else LogPosition(**found)
             while left is None or left > 0:
                 size = page_size if left is None else min(page_size, left)
-                page_where = f"{where} AND {_position('>', 'after')}" if after else where
-                page = reader.query(f"SELECT {columns} FROM inference_logs WHERE "
-                                    f"{page_where} ORDER BY {ascending} LIMIT {size}",
-                                    params | after)
+                page = self._read("log_page", reads.LogPage(
+                    where=where, size=size, after=after, since=since), reader)
                 if not page:
                     return
                 yield page
                 if left is not None:
                     left -= len(page)
-                after = {f"after_{c}": page[-1][c] for c in _ORDER}
+                after = LogPosition.of(page[-1])
 
     def _log_filter(self, pipeline: str, start: datetime | None, end: datetime | None,
                     pipeline_version: int | None, model: str | None, only_failures: bool,
-                    workspace: str | None) -> tuple[str, dict[str, Any]]:
+                    workspace: str | None) -> LogFilter:
         # Logs are rows of one workspace: members (and administrators) read them.
-        params: dict[str, Any] = {"workspace": self._readable(workspace)[0],
-                                  "pipeline": pipeline}
-        where = ["workspace = {workspace:String}", "pipeline = {pipeline:String}"]
-        if start is not None and end is not None and end <= start:
-            raise InferstreamError(f"time range: --from {start} is not before --to {end}")
-        for name, value, clause in [
-            ("lo", start, f"time >= {{lo:{_TIME}}}"),
-            ("hi", end, f"time < {{hi:{_TIME}}}"),
-            ("pipeline_version", pipeline_version, "pipeline_version = {pipeline_version:UInt32}"),
-            ("model", model, "model = {model:String}"),
-        ]:
-            if value is not None:
-                where.append(clause)
-                params[name] = value
-        if only_failures:
-            where.append("error IS NOT NULL")
-        return " AND ".join(where), params
+        return LogFilter(workspace=self._readable(workspace)[0], pipeline=pipeline, start=start,
+                         end=end, pipeline_version=pipeline_version, model=model,
+                         only_failures=only_failures)
+
+    def _read(self, name: str, args: reads.Args, reader: Reader | None = None) -> Any:
+        """One typed read, through `reader` or one opened for it."""
+        if reader is not None:
+            return reader.read(name, args)
+        with self._reader() as opened:
+            return opened.read(name, args)
 
     @contextmanager
-    def _reader(self) -> Iterator[Any]:
+    def _reader(self) -> Iterator[Reader]:
         """A storage reader for the duration of one call; UNKNOWN_TABLE explained."""
-        reader = open_reader(self.settings)
+        credential: Credential = self.http_headers
+        reader = open_reader(self.settings, credential)
         try:
             yield reader
         except StorageError as exc:
@@ -229,9 +198,3 @@ class Monitoring:
             ) from exc
         finally:
             reader.close()
-
-
-def _position(op: str, prefix: str) -> str:
-    """`(time, record_id, ...) op (bound parameters prefix_time, ...)`: a place in time order."""
-    bound = ", ".join(f"{{{prefix}_{c}:{t}}}" for c, t in zip(_ORDER, _ORDER_TYPES, strict=True))
-    return f"({', '.join(_ORDER)}) {op} ({bound})"

@@ -19,6 +19,7 @@ from typing import Any
 
 from agents.runtimes.base import TensorSpec
 from control.events import EVENT_TYPES, ControlEvent
+from control.registry_api_keys import API_KEY_HANDLERS
 from control.registry_assays import ASSAY_HANDLERS
 from control.registry_users import USER_HANDLERS
 from control.registry_workloads import WORKLOAD_HANDLERS
@@ -363,4 +364,5 @@ _HANDLERS: dict[str, Handler] = {
     "Rollback": _rollback,
     **ASSAY_HANDLERS,
     **WORKLOAD_HANDLERS,
+    **API_KEY_HANDLERS,
 }

@@ -96,6 +96,7 @@ def _delete_workspace(state: Registry, event: ControlEvent, p: Mapping[str, Any]
         deployments=keep(state.deployments), assays=keep(state.assays),
         connections=keep(state.connections), orchestrations=keep(state.orchestrations),
         tasks=keep(state.tasks),
+        api_keys={i: k for i, k in state.api_keys.items() if k.workspace != ws.name},
     )
 
 

@@ -79,3 +79,11 @@ def pipeline_of(state: Registry, ws: Workspace, name: str) -> Pipeline:
     if pipeline is None:
         raise Rejected(f"unknown pipeline {name!r} in workspace {ws.name!r}")
     return pipeline
+
+
+def may_read(registry: Registry, user: str, workspace: str) -> bool:
+    """Whether `user` may see `workspace` and what is in it: members and administrators."""
+    found, ws = registry.users.get(user), registry.workspaces.get(workspace)
+    if found is None or not found.active or ws is None:
+        return False
+    return found.admin or ws.role_of(user) is not None

@@ -32,6 +32,7 @@ PERMISSIONS: Mapping[str, str] = {
         "UploadModel", "CreatePipeline", "CreatePipelineVersion", "Deploy", "Undeploy",
         "Rollback", "CreateAssay", "PauseAssay", "ResumeAssay", "DeleteAssay",
         "CreateConnection", "DeleteConnection", "CreateOrchestration", "CreateTask", "KillTask",
+        "CreateApiKey", "RevokeApiKey",
     )},
 }
 

@@ -243,6 +243,24 @@ class AppliedEvents:
         return AppliedEvents(dict(itertools.islice(self._log.items(), self._size)), self._size)
 
 
+@dataclass(frozen=True)
+class ApiKey:
+    """A workspace's key for HTTP callers; the registry keeps only its secret's sha256."""
+
+    workspace: str
+    name: str
+    key_id: str
+    secret_sha256: bytes
+    scopes: tuple[str, ...]  # infer, read
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    def usable_at(self, moment: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or moment < self.expires_at)
+
+
 Key = tuple[str, str]  # (workspace, name)
 
 
@@ -259,6 +277,7 @@ class Registry:
     connections: Mapping[Key, Connection] = field(default_factory=dict)
     orchestrations: Mapping[Key, Orchestration] = field(default_factory=dict)
     tasks: Mapping[Key, Task] = field(default_factory=dict)
+    api_keys: Mapping[str, ApiKey] = field(default_factory=dict)  # by key id
     # Bootstrapped with a key: every event must be signed by its actor, every user has a key.
     secured: bool = False
     applied: AppliedEvents = field(default_factory=AppliedEvents)

@@ -3,40 +3,73 @@
 With a ClickHouse server every process connects directly. With chDB one process
 at a time can open the data folder: the worker that runs the log sink opens it
 and records itself in `<data_dir>/chdb.owner.json`; other processes (the CLI, a
-second worker) read through that worker's `/storage/query` endpoint, or open
-the folder themselves when it is free.
+second worker) ask that worker for the typed reads of sinks/reads.py at
+`POST /reads/{name}` (with their credential), or open the folder themselves when
+it is free. Either way a read is a name and checked arguments, never SQL.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from control.config import Settings
+from sinks.reads import Args, run_read
 from sinks.storage import ChdbStorage, ServerStorage, Storage, StorageError, StorageLocked
 
 OWNER_FILE = "chdb.owner.json"
+# Headers that authenticate a request: (method, path, body) -> headers (control.client).
+Credential = Callable[[str, str, bytes], Mapping[str, str]]
+
+
+class LocalReader:
+    """Reads on a storage this process has open."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def read(self, name: str, args: Args) -> Any:
+        return run_read(self.storage, name, args)
+
+    def close(self) -> None:
+        self.storage.close()
+
+    def __enter__(self) -> LocalReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class RemoteReader:
-    """Read-only queries through the worker that owns the chDB folder."""
+    """Reads through the worker that owns the chDB folder, with the caller's credential."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, url: str, credential: Credential | None = None,
+                 tls: ssl.SSLContext | None = None, timeout_s: float = 120.0) -> None:
+        self.url, self.credential, self.tls = url.rstrip("/"), credential, tls
+        self.timeout_s = timeout_s
 
-    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        body = json.dumps({"sql": sql, "params": to_wire(params or {})}).encode()
-        request = urllib.request.Request(f"{self.url}/storage/query", data=body, method="POST")
+    def read(self, name: str, args: Args) -> Any:
+        path, body = f"/reads/{name}", args.model_dump_json().encode()
+        headers = {"Content-Type": "application/json"}
+        if self.credential is not None:
+            headers |= self.credential("POST", path, body)
+        request = urllib.request.Request(f"{self.url}{path}", data=body, method="POST",
+                                         headers=headers)
+        tls = self.tls if self.url.startswith("https:") else None
         try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return from_wire(json.loads(response.read()))["rows"]
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=tls) as response:
+                return from_wire(json.loads(response.read()))["result"]
         except urllib.error.HTTPError as exc:
-            raise StorageError(f"query through {self.url}: {_reason(exc)}") from exc
+            raise StorageError(f"read {name} through {self.url}: {exc.code} "
+                               f"{_reason(exc)}") from exc
         except OSError as exc:
             raise StorageError(f"the worker owning the chDB folder ({self.url}) does not "
                                f"answer: {exc}") from exc
@@ -51,20 +84,25 @@ class RemoteReader:
         self.close()
 
 
-def open_reader(settings: Settings) -> Storage | RemoteReader:
-    """Something to query: the server, the chDB folder when free, else its owning worker."""
+Reader = LocalReader | RemoteReader
+
+
+def open_reader(settings: Settings, credential: Credential | None = None) -> Reader:
+    """Something to read from: the server, the chDB folder when free, else its owning worker
+    (asked with `credential`'s headers)."""
     if settings.clickhouse_url:
-        return ServerStorage(settings.clickhouse_url)
+        return LocalReader(ServerStorage(settings.clickhouse_url))
     owner = read_owner(settings)
-    if owner is not None and owner["pid"] != os.getpid():
-        return RemoteReader(owner["url"])  # a live worker has it: don't even try the lock
-    try:
-        return ChdbStorage(settings.data_dir / "chdb")
-    except StorageLocked:
-        owner = read_owner(settings)
-        if owner is None:
-            raise
-        return RemoteReader(owner["url"])
+    if owner is None or owner["pid"] == os.getpid():
+        try:
+            return LocalReader(ChdbStorage(settings.data_dir / "chdb"))
+        except StorageLocked:
+            owner = read_owner(settings)
+            if owner is None:
+                raise
+    # A live worker has it: don't even try the lock.
+    return RemoteReader(owner["url"], credential, settings.http_client_tls()
+                        if owner["url"].startswith("https:") else None)
 
 
 def claim(settings: Settings, url: str) -> None:

@@ -211,7 +211,7 @@ def save_result(storage: Storage, result: AssayResult) -> None:
     """Store one result; saving the same window again replaces it (newest computed_at)."""
     token = f"assay-{result.assay_id}-{result.window_start.isoformat()}-"
     token += result.computed_at.isoformat()
-    storage.insert("assay_results", [_result_row(result)], dedup_token=token)
+    storage.insert("assay_results", [result_row(result)], dedup_token=token)
 
 
 def load_results(
@@ -231,7 +231,7 @@ def load_results(
         where += " AND window_start < {hi:DateTime64(6, 'UTC')}"
         params["hi"] = end
     sql = f"SELECT * FROM assay_results FINAL WHERE {where} ORDER BY window_start"
-    return [_result_from_row(row) for row in storage.query(sql, params)]
+    return [result_from_row(row) for row in storage.query(sql, params)]
 
 
 def last_done(storage: Storage, workspace: str, assay_id: str) -> datetime | None:
@@ -327,7 +327,7 @@ _STATS = ("count", "min", "max", "mean", "median", "std")
 _TUPLES = ("edges", "baseline_counts", "baseline_densities", "window_counts", "window_densities")
 
 
-def _result_row(result: AssayResult) -> dict[str, Any]:
+def result_row(result: AssayResult) -> dict[str, Any]:
     row = {
         name: getattr(result, name)
         for name in AssayResult.__dataclass_fields__
@@ -341,7 +341,7 @@ def _result_row(result: AssayResult) -> dict[str, Any]:
     return row
 
 
-def _result_from_row(row: dict[str, Any]) -> AssayResult:
+def result_from_row(row: dict[str, Any]) -> AssayResult:
     stats = {
         prefix: WindowStats(*(row.pop(f"{prefix}_{name}") for name in _STATS))
         for prefix in ("window", "baseline")

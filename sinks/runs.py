@@ -89,7 +89,7 @@ def log_line(storage: Storage, run_id: str, message: str, level: str = "info") -
                                       "level": level, "message": message}])
 
 
-def runs(reader: Any, workspace: str, task: str | None = None, limit: int = 100
+def runs(reader: Storage, workspace: str, task: str | None = None, limit: int = 100
          ) -> list[Run]:
     """Newest runs first, of one task or of every task in a workspace."""
     where, params = "workspace = {ws:String}", {"ws": workspace, "n": limit}
@@ -98,26 +98,26 @@ def runs(reader: Any, workspace: str, task: str | None = None, limit: int = 100
         params["task"] = task
     rows = reader.query(f"SELECT * FROM task_runs FINAL WHERE {where} "
                         "ORDER BY coalesce(started_at, updated_at) DESC LIMIT {n:UInt32}", params)
-    return [_run(row) for row in rows]
+    return [run_from_row(row) for row in rows]
 
 
-def run_by_id(reader: Any, run_id: str) -> Run | None:
+def run_by_id(reader: Storage, run_id: str) -> Run | None:
     rows = reader.query("SELECT * FROM task_runs FINAL WHERE run_id = {id:String}",
                         {"id": run_id})
-    return _run(rows[0]) if rows else None
+    return run_from_row(rows[0]) if rows else None
 
 
-def run_logs(reader: Any, run_id: str) -> list[dict[str, Any]]:
+def run_logs(reader: Storage, run_id: str) -> list[dict[str, Any]]:
     return reader.query("SELECT time, level, message FROM task_run_logs "
                         "WHERE run_id = {id:String} ORDER BY time", {"id": run_id})
 
 
-def unfinished(reader: Any) -> list[Run]:
+def unfinished(reader: Storage) -> list[Run]:
     rows = reader.query("SELECT * FROM task_runs FINAL WHERE status IN ('pending', 'running')")
-    return [_run(row) for row in rows]
+    return [run_from_row(row) for row in rows]
 
 
-def _run(row: dict[str, Any]) -> Run:
+def run_from_row(row: dict[str, Any]) -> Run:
     fields = Run.__dataclass_fields__
     values: dict[str, Any] = {k: v for k, v in row.items() if k in fields}
     values["pipeline_versions"] = dict(values.get("pipeline_versions") or {})

@@ -56,17 +56,27 @@ class Storage:
         except ClickHouseError as exc:
             raise self._error(exc, sql) from exc
 
-    def query(self, sql: str, params: Params | None = None) -> list[dict[str, Any]]:
-        """Rows of a SELECT as dicts, in column order."""
-        names, rows = self.query_rows(sql, params)
+    # Settings every query runs with: chDB's refuse table functions (file, url, s3, remote,
+    # executable, ...), writes and SETTINGS clauses (readonly=1), a second wall behind the
+    # rule that no caller's SQL text reaches the engine. A server's come from its user profile.
+    read_settings: Mapping[str, Any] = {}
+
+    def query(self, sql: str, params: Params | None = None,
+              timeout_s: float | None = None) -> list[dict[str, Any]]:
+        """Rows of a SELECT as dicts, in column order; `timeout_s` bounds the engine's time."""
+        names, rows = self.query_rows(sql, params, timeout_s)
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     def query_rows(
-        self, sql: str, params: Params | None = None
+        self, sql: str, params: Params | None = None, timeout_s: float | None = None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Column names and row tuples of a SELECT (cheaper than dicts for big results)."""
+        settings = dict(self.read_settings)
+        if timeout_s is not None:
+            settings["max_execution_time"] = max(1, round(timeout_s))
         try:
-            result = self._client.query(sql, parameters=dict(params or {}))
+            result = self._client.query(sql, parameters=dict(params or {}),
+                                        settings=settings or None)
         except ClickHouseError as exc:
             raise self._error(exc, sql) from exc
         return list(result.column_names), [tuple(row) for row in result.result_rows]
@@ -159,6 +169,8 @@ _chdb_lock = threading.Lock()
 
 class ChdbStorage(Storage):
     """chDB in this process, on a local folder (created if missing)."""
+
+    read_settings = {"readonly": 1}
 
     def __init__(self, path: Path | str) -> None:
         folder = os.path.realpath(path)

@@ -304,6 +304,17 @@ def kill_task(name: str) -> Action:
     return "KillTask", {"name": name}
 
 
+def create_api_key(name: str, key_id: str = "0123456789abcdef",
+                   scopes: tuple[str, ...] = ("infer",), secret_sha256: bytes = bytes(32),
+                   expires_at: datetime | None = None) -> Action:
+    return "CreateApiKey", {"name": name, "key_id": key_id, "secret_sha256": secret_sha256,
+                            "scopes": list(scopes), "expires_at": expires_at}
+
+
+def revoke_api_key(name: str) -> Action:
+    return "RevokeApiKey", {"name": name}
+
+
 def every_action() -> list[Action]:
     """One action of each payload type, with nested records filled in."""
     return [
@@ -345,4 +356,6 @@ def every_action() -> list[Action]:
         create_task("nightly-3am", schedule="0 3 * * *", timezone="Europe/Berlin",
                     arguments={"day": "2024-05-01"}, version=1),
         kill_task("nightly-3am"),
+        create_api_key("scorer", scopes=("infer", "read"), expires_at=T0),
+        revoke_api_key("scorer"),
     ]

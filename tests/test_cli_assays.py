@@ -22,8 +22,10 @@ from control.cli import main
 from control.client import Client
 from control.config import Settings
 from control.registrar import Registrar
-from sinks.access import open_reader
+from sinks.access import LocalReader, open_reader
 from sinks.assays import run_window, save_result
+from sinks.log_queries import LogFilter
+from sinks.reads import CountLogs
 from sinks.storage import ChdbStorage, Storage
 from sinks.tables import LOG_ROWS, log_rows, migrate
 
@@ -103,9 +105,10 @@ def test_open_reader_shares_the_handle_open_in_this_process(
     settings: Settings, storage: Storage
 ) -> None:
     log_values(storage, T0, [1.0, 2.0])
+    where = LogFilter(workspace="fraud", pipeline="scoring")
     with open_reader(settings) as reader:
-        assert isinstance(reader, ChdbStorage)
-        assert reader.query("SELECT count() AS n FROM inference_logs") == [{"n": 2}]
+        assert isinstance(reader, LocalReader) and isinstance(reader.storage, ChdbStorage)
+        assert reader.read("count_logs", CountLogs(where=where)) == 2
     assert storage.query("SELECT count() AS n FROM inference_logs") == [{"n": 2}]
 
 

@@ -23,7 +23,7 @@ from agents.connectors import (
 )
 from control.config import Settings
 from control.kafka import TopicSpec, ensure_topics, read_until_end
-from sinks.storage import ChdbStorage, Storage
+from sinks.storage import ChdbStorage, Storage, StorageError
 
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 
@@ -243,6 +243,30 @@ def test_a_missing_topic_is_named(settings: Settings) -> None:
         read_all(conn, settings)
 
 
+def test_the_platform_tables_are_all_guarded(chdb: Storage) -> None:
+    from agents.connectors.queries import PLATFORM_TABLES
+    from sinks.tables import migrate
+
+    migrate(chdb)
+    made = {r["name"] for r in chdb.query("SELECT name FROM system.tables WHERE database = "
+                                          "currentDatabase()") if not r["name"].startswith("t_")}
+    assert made == PLATFORM_TABLES
+
+
+def test_chdb_refuses_table_functions_and_settings_even_if_asked(chdb: Storage,
+                                                                 local: Settings) -> None:
+    # The second wall: every query on chDB runs with readonly=1.
+    for sql in ("SELECT * FROM file('/etc/hostname', 'LineAsString')",
+                "SELECT * FROM url('http://127.0.0.1:9/x', 'LineAsString')",
+                "SELECT 1 SETTINGS readonly = 0"):
+        with pytest.raises(StorageError, match="READONLY"):
+            chdb.query(sql)
+    # A connection registered before a rule existed is checked again when it runs.
+    sneaky = Connection("old", "clickhouse", {"query": "SELECT * FROM file('/etc/hostname')"})
+    with pytest.raises(ConnectionError, match="table function"):
+        read_all(sneaky, local, storage=chdb)
+
+
 # ---- validate and masked (pure) ------------------------------------------------------------
 
 @pytest.mark.parametrize(("kind", "details", "message"), [
@@ -257,6 +281,25 @@ def test_a_missing_topic_is_named(settings: Settings) -> None:
     ("clickhouse", {"table": "t; DROP TABLE x"}, "is not a table name"),
     ("clickhouse", {"query": "DROP TABLE logs"}, "query must be a SELECT"),
     ("clickhouse", {"table": "t", "url": "localhost:8123"}, "not a ClickHouse server URL"),
+    # One plain SELECT over tables: no table functions, files, settings or second statements.
+    ("clickhouse", {"query": "SELECT * FROM file('/etc/passwd', 'LineAsString')"},
+     "query reads the table function \"file('/etc/passwd', 'LineAsString')\""),
+    ("clickhouse", {"query": "SELECT * FROM t WHERE x IN url('http://h/x', CSV)"},
+     "calls the table function 'url'"),
+    ("clickhouse", {"query": "SELECT * FROM t JOIN remote('h', db.t) USING id"},
+     "table function"),
+    ("clickhouse", {"query": "SELECT * FROM executable('x.sh', 'CSV', 'a String')"},
+     "table function"),
+    ("clickhouse", {"query": "SELECT 1; SELECT 2"}, "query has 2 statements"),
+    ("clickhouse", {"query": "SELECT * FROM t INTO OUTFILE '/tmp/x'"}, "not one plain SELECT"),
+    ("clickhouse", {"query": "SELECT * FROM t SETTINGS readonly = 0"}, "a SETTINGS clause"),
+    ("clickhouse", {"query": "SELECT * FROM t FORMAT CSV"}, "a FORMAT clause"),
+    # The platform's tables hold every workspace's logs and runs.
+    ("clickhouse", {"query": "SELECT * FROM inference_logs"}, "belongs to the platform"),
+    ("clickhouse", {"query": "SELECT * FROM t WHERE id IN (SELECT record_id FROM "
+                             "default.inference_log_blocks)"}, "belongs to the platform"),
+    ("clickhouse", {"table": "task_runs"}, "'task_runs' belongs to the platform"),
+    ("clickhouse", {"table": "system.users"}, "belongs to the platform"),
     ("kafka", {}, "'topic' is missing"),
     ("kafka", {"topic": "a topic"}, "not a Kafka topic name"),
     ("kafka", {"topic": "t", "security_protocol": "TLS"}, "security_protocol 'TLS'"),
@@ -277,6 +320,8 @@ def test_validate_names_the_bad_detail(kind: str, details: dict[str, str], messa
     ("file", {"path": "out/{date}/{run_id}.jsonl"}),
     ("file", {"path": "dump", "format": "csv"}),
     ("clickhouse", {"table": "analytics.scores", "url": "https://u:p@ch.example:8443/db"}),
+    # On a server of its own, a connection may name any table there.
+    ("clickhouse", {"query": "SELECT * FROM inference_logs", "url": "http://ch.example:8123"}),
     # Literal values in a query are the owner's SQL; only task arguments are bound.
     ("clickhouse", {"query": "-- daily\nWITH 1 AS x SELECT * FROM t WHERE d >= '2024-01-01'"}),
     ("kafka", {"topic": "in.scores", "key_field": "customer", "bootstrap_servers": "b:9093",

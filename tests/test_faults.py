@@ -29,11 +29,11 @@ from agents.demo_models import iris_rows
 from agents.runtimes.base import TensorSpec
 from agents.worker_process import WorkerProcess
 from control.brokers import find_kafka_jars, start_local_broker
+from control.client import Client
 from control.config import Settings
 from control.kafka import end_offsets, producer, read_until_end
 from schemas.codec import decode
 from schemas.errors import Rejected
-from sinks.access import open_reader
 from sinks.log_batches import decode_logs
 from tests.helpers import wait_until
 from tests.worker_platform import Platform
@@ -175,13 +175,11 @@ def test_worker_killed_repeatedly_loses_and_duplicates_nothing(platform: FaultPl
     # The log sink (in the worker, killed with it) stored every served record once too.
     good = sorted(flow.good)
     owner = platform.settings.model_copy(update={"data_dir": platform.tmp / "w1"})
+    reader = Client(owner, user="ann", workspace="lab")
 
     def stored() -> bool:
-        with open_reader(owner) as reader:
-            rows = reader.query(
-                "SELECT record_id, count() AS n FROM inference_logs "
-                "WHERE pipeline = 'crashy' GROUP BY record_id")
-        return len(rows) == len(good) and all(r["n"] == 1 for r in rows)
+        ids = [r["record_id"] for r in reader.logs("crashy", limit=None)]
+        return sorted(ids) == good
     wait_until(stored, 120, "every log stored once in ClickHouse")
 
 

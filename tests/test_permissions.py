@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from registry_events import (
     add_member,
+    create_api_key,
     create_assay,
     create_connection,
     create_orchestration,
@@ -28,6 +29,7 @@ from registry_events import (
     reject,
     remove_member,
     resume_assay,
+    revoke_api_key,
     rollback,
     secured_user,
     signed,
@@ -72,6 +74,8 @@ TABLE = {
     "CreateOrchestration": (create_orchestration("new-orch"), WRITERS),
     "CreateTask": (create_task("new-task"), WRITERS),
     "KillTask": (kill_task("nightly-once"), WRITERS),
+    "CreateApiKey": (create_api_key("new-key", key_id="00000000000000ff"), WRITERS),
+    "RevokeApiKey": (revoke_api_key("service"), WRITERS),
 }
 # What a refusal says, by what the event needs and who was refused.
 REASONS = {
@@ -104,7 +108,8 @@ def platform() -> Registry:
             deploy("fraud", 1), deploy("fraud", 2),
             create_assay("drift", "fraud", "scaler", "y"),
             create_assay("paused", "fraud", "scaler", "y"), pause_assay("paused"),
-            create_orchestration("nightly"), create_task("nightly-once")),
+            create_orchestration("nightly"), create_task("nightly-once"),
+            create_api_key("service")),
     )
 
 

@@ -177,6 +177,8 @@ def test_http_endpoint(platform: Platform) -> None:
     assert status == 400 and "float_input" in json.loads(body)["error"]
     status, body = w.post("/pipelines/nope/infer", b"{}")
     assert status == 404
+    # An open platform (its first user has no key) asks no credential, and says so.
+    assert w.health()["secured"] is False
 
 
 def test_two_workers_share_the_partitions(platform: Platform) -> None:

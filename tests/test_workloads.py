@@ -21,7 +21,7 @@ from control.client import Client
 from control.config import Settings
 from control.registrar import Registrar
 from schemas.errors import Rejected
-from sinks.access import open_reader, read_owner
+from sinks.access import read_owner
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -53,9 +53,10 @@ class Lab:
                              env={"INFERSTREAM_TASK_STALE_S": str(STALE_S),
                                   "INFERSTREAM_TASK_TICK_S": "0.5"})
 
-    def rows(self, table: str) -> list[dict]:
-        with open_reader(self.settings) as reader:
-            return reader.query(f"SELECT * FROM {table} ORDER BY id")
+    def rows(self, connection: str) -> list[dict]:
+        """The rows of a ClickHouse connection's table, read through the worker that owns
+        the storage (`connections preview`)."""
+        return sorted(self.client.table_rows(connection, 100_000), key=lambda r: r["id"])
 
     def close(self) -> None:
         for w in self.workers:
@@ -99,8 +100,8 @@ def test_run_once_chains_two_pipelines_into_a_clickhouse_table(lab: Lab) -> None
         assert run.pipeline_versions == {"classify": 1, "score": 1}
     want = load_model("tensorflow", lab.scorer).predict(
         load_model("onnx", lab.clf).predict({"float_input": iris_rows()}))["score"].ravel()
-    for table in ("scores", "scores_inproc"):
-        rows = lab.rows(table)
+    for connection in ("scores", "scores-inproc"):
+        rows = lab.rows(connection)
         assert [r["id"] for r in rows] == [f"r{i:04d}" for i in range(150)]
         assert rows[3]["customer"] == "c3"
         np.testing.assert_allclose([r["score"][0] for r in rows], want, rtol=1e-5)

@@ -119,10 +119,25 @@ def _validate_clickhouse(where: str, d: Mapping[str, str]) -> None:
     if query and not _SELECT.match(query):
         raise ConnectionError(f"{where}: query must be a SELECT (or WITH ... SELECT), "
                               f"got {query[:40]!r}")
+    check_clickhouse(where, d)
     url = d.get("url")
     if url is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
         raise ConnectionError(f"{where}: url {masked({'url': url})['url']!r} is not a ClickHouse "
                               "server URL like http://user:password@host:8123/database")
+
+
+def check_clickhouse(where: str, d: Mapping[str, str]) -> None:
+    """The table or query of a ClickHouse connection is one it may use (queries.py)."""
+    from agents.connectors.queries import QueryRefused, check_query, check_table
+
+    on_platform = not d.get("url")
+    try:
+        if d.get("table"):
+            check_table(d["table"].strip(), on_platform)
+        else:
+            check_query(d["query"], on_platform)
+    except QueryRefused as exc:
+        raise ConnectionError(f"{where}: {exc}") from None
 
 
 def _validate_kafka(where: str, d: Mapping[str, str]) -> None:

@@ -19,6 +19,7 @@ from agents.connectors import (
     _BaseWriter,
     _columns_of,
     _json_default,
+    check_clickhouse,
 )
 from control.config import Settings
 
@@ -32,6 +33,7 @@ def records(connection: Connection, settings: Settings, storage: Storage | None,
             arguments: Mapping[str, str]) -> Iterator[list[Record]]:
     """The table's rows, or the query's with the task's arguments bound as its parameters."""
     d = connection.details
+    check_clickhouse(f"connection {connection.name!r}", d)  # again: rules may have grown
     if "table" in d:
         sql, params = f"SELECT * FROM {_quote_table(d['table'])}", {}
     else:
@@ -56,6 +58,7 @@ def open_writer(connection: Connection, settings: Settings, storage: Storage | N
     if "table" not in connection.details:
         raise ConnectionError(f"connection {connection.name!r} is a query; a destination "
                               "needs 'table'")
+    check_clickhouse(f"connection {connection.name!r}", connection.details)
     return _TableWriter(connection, settings, storage)
 
 
