@@ -79,6 +79,10 @@ def create_app(settings: Settings) -> faust.App:
         web_host=urlsplit(settings.worker_url).hostname,
         web_ssl_context=settings.http_server_tls(),
         web_application_options=guard.application_options(),
+        # Faust's own pages (partition router, tables, graph, stats) would answer anyone:
+        # a worker serves only the pages of agents/web.py.
+        web_router_enabled=False, web_tables_enabled=False, web_graph_enabled=False,
+        web_stats_enabled=False, web_metrics_enabled=False,
         producer_acks=-1,
     )
     name = worker_name(settings)

@@ -59,6 +59,10 @@ def run_embedded(settings: Settings, broker_kind: str, *, demo: bool, once: bool
             worker.wait_ready()
         console.print(f"[green]worker[/] {worker.name}: {worker.url} "
                       f"(log: {worker.log_path})")
+        if not (worker.health() or {}).get("secured"):
+            console.print("[yellow]open platform[/]: its HTTP needs no credential, so it "
+                          "listens on loopback only (`inferstream bootstrap` secures a new "
+                          "platform)")
         if demo:
             run_demo(settings, console)
             run_drift_demo(settings, console)

@@ -153,6 +153,13 @@ def test_the_worker_listens_on_loopback_only_by_default(secured: Secured) -> Non
         kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == secured.worker.port]
     assert listening and all(ipaddress.ip_address(a.ip).is_loopback for a in listening), listening
     assert secured.worker.health()["secured"] is True
+    # Faust's own pages (partition assignment, tables, stats) are not served.
+    import urllib.error
+
+    for page in ("/router/", "/table/", "/graph/", "/stats/", "/performance/"):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib_open(secured.worker, page)
+        assert caught.value.code == 404, page
 
 
 def test_inference_needs_a_good_credential(secured: Secured) -> None:
