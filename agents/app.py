@@ -18,14 +18,13 @@ from urllib.parse import urlsplit
 import faust
 
 from agents import heartbeat, web
-from agents.assay_scheduler import AssayScheduler
 from agents.http_guard import Guard
-from agents.log_sink import LogSink, LogSinkThread
-from agents.orchestration import RunExecutor
-from agents.serving import DeploymentManager
-from agents.task_scheduler import TaskScheduler
+from agents.scheduling.assay_scheduler import AssayScheduler
+from agents.scheduling.orchestration import RunExecutor
+from agents.scheduling.task_scheduler import TaskScheduler
+from agents.serving.dataplane import DataPlane
+from agents.serving.deployments import DeploymentManager
 from control.config import Settings
-from control.events import ControlStatus
 from control.follower import RegistryFollower
 from control.kafka import (
     end_offsets,
@@ -35,7 +34,9 @@ from control.kafka import (
     producer,
 )
 from control.registrar import Registrar
-from control.state import Registry
+from control.registry.events import ControlStatus
+from control.registry.state import Registry
+from sinks.log_sink import LogSink, LogSinkThread
 from sinks.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
     )
     name = worker_name(settings)
-    manager = DeploymentManager(settings, name)
+    plane = DataPlane(settings, name)
+    manager = DeploymentManager(settings, plane)
     app.inferstream = manager  # type: ignore[attr-defined] - the web views reach it here
     ensure_topics(settings, platform_topics(settings))
 
@@ -96,7 +98,7 @@ def create_app(settings: Settings) -> faust.App:
 
         @app.task
         async def sink_logs() -> None:
-            LogSinkThread(settings, sink, manager.metrics.sunk).start()
+            LogSinkThread(settings, sink, plane.metrics.sunk).start()
 
     alerts_producer = producer(settings)
     scheduler = AssayScheduler(
@@ -128,7 +130,7 @@ def create_app(settings: Settings) -> faust.App:
             return
         loop = asyncio.get_running_loop()
         if not tasks:
-            executor = RunExecutor(settings, manager.cache, name)
+            executor = RunExecutor(settings, manager.cache, plane)
             tasks.append(await loop.run_in_executor(None, TaskScheduler, settings, executor, name))
         storage = await loop.run_in_executor(None, sink.open)
         await loop.run_in_executor(None, tasks[0].tick, storage, lambda: follower.registry)

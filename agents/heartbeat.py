@@ -24,7 +24,7 @@ from control.kafka import producer
 if TYPE_CHECKING:
     import faust
 
-    from agents.serving import DeploymentManager
+    from agents.serving.deployments import DeploymentManager
 
 log = logging.getLogger(__name__)
 

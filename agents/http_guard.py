@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from control.config import Settings
-from control.http_auth import (
+from control.registry.http_auth import (
     SCHEME,
     Principal,
     ReplayGuard,
@@ -25,7 +25,7 @@ from control.http_auth import (
     Unauthenticated,
     authenticate,
 )
-from control.state import Registry
+from control.registry.state import Registry
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/health", "/metrics")  # and below them: probes and scrapes need no credential

@@ -14,7 +14,7 @@
 
 On a secured platform inference needs an owner's or collaborator's credential (or an API key
 with scope infer) and reads a member's (or scope read): 401 without a good one, 403 when it
-may not (control/http_auth.py). Health and metrics are open on the bind address. A request
+may not (control/registry/http_auth.py). Health and metrics are open on the bind address. A request
 is served in-process by the deployed version (not through the input topic) and logged like
 any other inference; a bad request gets a 4xx with the reason.
 """
@@ -30,10 +30,9 @@ import faust
 from faust.web import Request, Response, View
 from pydantic import ValidationError
 
-from agents.formats import BadRecord, decode_record, encode_result
 from agents.http_guard import CHALLENGE, Guard
 from agents.metrics import CONTENT_TYPE, worker_exposition
-from control.http_auth import Forbidden, Principal, Unauthenticated, authorize, may_infer
+from control.registry.http_auth import Forbidden, Principal, Unauthenticated, authorize, may_infer
 from schemas.errors import InferstreamError
 from sinks.access import to_wire
 from sinks.reads import READS, Read
@@ -42,9 +41,10 @@ from sinks.storage import StorageError
 NOT_LIVE = "the worker does not take records from its input topics; restart it"
 
 if TYPE_CHECKING:
-    from agents.log_sink import LogSink
-    from agents.serving import DeploymentManager, Serving
-    from control.state import Registry
+    from agents.serving.dataplane import Serving
+    from agents.serving.deployments import DeploymentManager
+    from control.registry.state import Registry
+    from sinks.log_sink import LogSink
     from sinks.storage import Storage
 
 
@@ -89,22 +89,10 @@ def register(app: faust.App, manager: DeploymentManager, sink: LogSink, guard: G
             authorize(guard.registry(), principal, serving.deployment.workspace, "infer")
         except Forbidden as exc:
             return view.error(403, str(exc))
-        try:
-            record = decode_record(body, None, serving.specs, f"http:{uuid.uuid4().hex}",
-                                   serving.avro, max_bytes=manager.settings.max_record_bytes)
-        except BadRecord as exc:
-            return view.error(400, str(exc))
-        outcome = await asyncio.get_running_loop().run_in_executor(
-            None, serving.runner.run, [record])
-        shipment = manager.outbox.shipment()
-        manager.publish_logs(serving, outcome, shipment)
-        await shipment.delivered()
-        if outcome.failures:
-            return view.error(422, outcome.failures[0].reason)
-        result = outcome.results[0]
-        value = encode_result(record, result.outputs, manager.meta(serving, result))
-        content_type = "avro/binary" if record.format == "avro" else "application/json"
-        return view.bytes(value, content_type=content_type)
+        answer = await manager.plane.serve_request(serving, body, f"http:{uuid.uuid4().hex}")
+        if answer.status != 200:
+            return view.error(answer.status, str(answer.body))
+        return view.bytes(answer.body, content_type=answer.content_type)
 
     @app.page("/pipelines/{name}/infer")
     class PipelineInfer(View):
@@ -164,8 +152,9 @@ def register(app: faust.App, manager: DeploymentManager, sink: LogSink, guard: G
         """Prometheus' text format: per-pipeline series, then the worker's own."""
 
         async def get(self, request: Request) -> Response:
-            body = manager.pipeline_metrics.render() + worker_exposition(
-                manager.metrics, manager.alive(), manager.ready, len(manager.refused))
+            plane = manager.plane
+            body = plane.pipeline_metrics.render() + worker_exposition(
+                plane.metrics, manager.alive(), manager.ready, len(manager.refused))
             # Set as a header: aiohttp refuses a charset in its content_type argument.
             return self.bytes(body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -174,7 +163,7 @@ def register(app: faust.App, manager: DeploymentManager, sink: LogSink, guard: G
         """Where the time goes: nanoseconds per stage since start (agents.metrics)."""
 
         async def get(self, request: Request) -> Response:
-            return self.json(manager.metrics.snapshot())
+            return self.json(manager.plane.metrics.snapshot())
 
     @app.page("/health")
     class Health(View):

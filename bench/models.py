@@ -22,7 +22,7 @@ from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
-from agents.demo_models import TARGET_OPSET
+from control.local.demo_models import TARGET_OPSET
 
 N_FEATURES = 30
 INPUT = "float_input"

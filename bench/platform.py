@@ -19,13 +19,13 @@ from uuid import uuid4
 
 import numpy as np
 
-from agents.formats import avro_input, input_schema_name
-from agents.worker_process import WorkerProcess
+from agents.records.formats import avro_input, input_schema_name
 from bench.models import INPUT, BenchModels, chain_steps
-from control.brokers import LocalBroker, start_local_broker
 from control.client import Client
 from control.config import Settings
 from control.kafka import end_offsets, ensure_topics, pipeline_topics
+from control.local.brokers import LocalBroker, start_local_broker
+from control.local.worker_process import WorkerProcess
 from control.registrar import Registrar
 
 WORKSPACE = "bench"

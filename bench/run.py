@@ -19,12 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agents.worker_process import WorkerProcess
 from bench.inference import ceiling
 from bench.models import build
 from bench.platform import BenchPlatform, broker
 from bench.report import bar, machine, ratios, sink_rate, table, write
 from bench.scenarios import Flow, latency, run_flow, saturation, steady_rate, transport
+from control.local.worker_process import WorkerProcess
 
 LOADS = (25, 50, 70, 75, 90)  # % of saturation; 70 is the bar's
 WARM_UP = (25, 4.0)

@@ -11,7 +11,6 @@ from uuid import uuid4
 import numpy as np
 
 from agents.metrics import per_record_us
-from agents.worker_process import WorkerProcess
 from bench.cpu import Timeline, cpu_of
 from bench.load import (
     Send,
@@ -28,6 +27,7 @@ from bench.load import (
 from bench.platform import BenchPlatform, metrics
 from bench.relay import Relay, relay
 from control.kafka import TopicSpec, ensure_topics
+from control.local.worker_process import WorkerProcess
 
 
 @dataclass(frozen=True)

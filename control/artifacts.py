@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from control.config import Settings
 from control.kafka import consumer, producer, read_until_end
-from control.state import ArtifactRef
+from control.registry.state import ArtifactRef
 from schemas.codec import codec
 from schemas.errors import ArtifactError, BrokerError
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from control.config import Settings
-from control.events import ControlStatus
 from control.kafka import consumer, end_offsets
 from control.registrar import judge, limits_of
-from control.state import Registry
+from control.registry.events import ControlStatus
+from control.registry.state import Registry
 
 log = logging.getLogger(__name__)
 OnChange = Callable[[Registry, ControlStatus], None]

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
 
 from control.config import Settings
-from control.events import ControlEvent, ControlStatus
 from control.kafka import consumer, ensure_topics, platform_topics, producer
-from control.registry import LIMITS, Limits, apply, result_of
-from control.state import Registry
+from control.registry.events import ControlEvent, ControlStatus
+from control.registry.fold import LIMITS, Limits, apply, result_of
+from control.registry.state import Registry
 from schemas.errors import DecodeError, Rejected
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The SQL of assays: edges, bins, counts, densities, scores and window statistics.
 
-The semantics are ../shared/ASSAYS.md's. Values come as bound parameters; the only text
+The semantics are docs/assays.md's. Values come as bound parameters; the only text
 put into these statements is numbers and column names that `AssayConfig` has validated.
 """
 

@@ -1,4 +1,4 @@
-"""Assays exactly as ../shared/ASSAYS.md defines them, computed in ClickHouse SQL.
+"""Assays exactly as docs/assays.md defines them, computed in ClickHouse SQL.
 
 An assay compares a baseline (a time range of the logs, or given values) with successive
 windows of one element of one input or output of one model. Python here only validates,
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from control.registry.assay_config import AssayConfig, AssayError
 from sinks import assay_sql
-from sinks.assay_config import AssayConfig, AssayError
 from sinks.storage import Storage
 
 __all__ = [

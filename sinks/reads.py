@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from control.registry.assay_config import AssayConfig
 from sinks import log_queries
-from sinks.assay_config import AssayConfig
 from sinks.assays import load_results, preview, result_row
 from sinks.log_queries import MAX_ROWS, LogFilter, LogPosition
 from sinks.runs import run_by_id, run_logs, runs
 
 if TYPE_CHECKING:
-    from control.state import Registry
+    from control.registry.state import Registry
     from sinks.storage import Storage
 
 Name = Field(min_length=1, max_length=256)

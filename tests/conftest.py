@@ -17,14 +17,14 @@ from uuid import uuid4
 
 import pytest
 
-from control.brokers import (
+from control.config import Settings
+from control.local.brokers import (
     TANSU_DEFECTS,
     find_kafka_jars,
     kafka_version,
     start_local_broker,
     tansu_version,
 )
-from control.config import Settings
 from schemas.errors import BrokerError
 
 DOCKER_KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"  # Apache Kafka 3.6 in KRaft mode

@@ -21,9 +21,9 @@ import orjson
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
-from agents.formats import AvroInput
-from agents.runtimes.base import STRING, TensorSpec
-from control.events import NAMESPACE, ControlEvent
+from agents.records.formats import AvroInput
+from control.registry.events import NAMESPACE, ControlEvent
+from control.registry.tensors import STRING, TensorSpec
 from schemas.codec import codec
 
 # The same examples on every run (CI reproduces a failure); INFERSTREAM_FUZZ_EXAMPLES=50000

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from control.events import NAMESPACE, ControlEvent
-from control.registry import apply
-from control.signing import public_key_of
-from control.state import Registry
+from control.registry.events import NAMESPACE, ControlEvent
+from control.registry.fold import apply
+from control.registry.signing import public_key_of
+from control.registry.state import Registry
 from schemas.errors import Rejected
 
 Action = tuple[str, dict[str, Any]]

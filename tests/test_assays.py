@@ -1,4 +1,4 @@
-"""Assays on the real ClickHouse engine (chDB): every test vector of ../shared/ASSAYS.md.
+"""Assays on the real ClickHouse engine (chDB): every test vector of docs/assays.md.
 
 Values are written as inference logs with controlled timestamps, so the vectors go through
 the same SQL as live traffic: the baseline from the logs of one hour (or given as values),
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents.assay_scheduler import AssayScheduler
-from control.state import Assay, Registry
+from agents.scheduling.assay_scheduler import AssayScheduler
+from control.registry.state import Assay, Registry
 from schemas import decode, encode
 from schemas.codec import codec
 from sinks.assays import (

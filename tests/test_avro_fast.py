@@ -12,14 +12,15 @@ import fastavro
 import numpy as np
 import pytest
 
-from agents.avro_reader import read_body
-from agents.avro_writer import LogWriter, ResultWriter, long
-from agents.demo_models import build_onnx_classifier, iris_rows
-from agents.formats import BadRecord, InputRecord, avro_input, decode_record, tensor_records
-from agents.runner import PipelineRunner
+from agents.records.avro_reader import read_body
+from agents.records.avro_writer import LogWriter, ResultWriter, long
+from agents.records.formats import BadRecord, InputRecord, avro_input, decode_record, tensor_records
 from agents.runtimes import load_model
-from agents.runtimes.base import STRING, ModelRuntime, TensorSpec
-from control.state import ModelStep, PipelineVersion, ShadowStep
+from agents.runtimes.base import ModelRuntime
+from agents.serving.runner import PipelineRunner
+from control.local.demo_models import build_onnx_classifier, iris_rows
+from control.registry.state import ModelStep, PipelineVersion, ShadowStep
+from control.registry.tensors import STRING, TensorSpec
 from schemas.codec import codec, decode
 from sinks.log_batches import decode_logs
 from sinks.log_blocks import current_block_prefix

@@ -14,7 +14,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, Topic
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from control import brokers
-from control.brokers import find_kafka_jars, kafka_version, start_local_broker
+from control.local.brokers import find_kafka_jars, kafka_version, start_local_broker
 from schemas.errors import BrokerError
 from tests.helpers import wait_until
 

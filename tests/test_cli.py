@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.demo_models import build_keras_model, build_onnx_classifier
 from control.cli import app, main
 from control.config import Settings
+from control.local.demo_models import build_keras_model, build_onnx_classifier
 from control.registrar import Registrar
 
 pytestmark = pytest.mark.kafka

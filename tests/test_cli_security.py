@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from agents.demo_models import build_onnx_classifier
 from control.cli import main
 from control.client import Client
+from control.client.keys import read_private_key, write_public_key
 from control.config import Settings
-from control.events import ControlEvent
+from control.local.demo_models import build_onnx_classifier
 from control.registrar import Registrar
-from control.signing import new_key, public_key_of, read_private_key, write_public_key
+from control.registry.events import ControlEvent
+from control.registry.signing import new_key, public_key_of
 
 pytestmark = pytest.mark.kafka
 

@@ -14,7 +14,7 @@ import pytest
 from registry_events import T0, every_action
 
 import schemas.codec as codec_module
-from control.events import EVENT_TYPES, ControlEvent, ControlStatus
+from control.registry.events import EVENT_TYPES, ControlEvent, ControlStatus
 from schemas.codec import MARKER, codec, decode, encode, schema_fingerprint, schema_names
 from schemas.errors import DecodeError, InferstreamError
 

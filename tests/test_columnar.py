@@ -1,5 +1,5 @@
-"""The column-wise fast path (agents.columnar) writes the very bytes the record path writes, and
-leaves every batch it cannot serve whole to the record path."""
+"""The column-wise fast path (agents.serving.columnar) writes the very bytes the record path writes,
+and leaves every batch it cannot serve whole to the record path."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ from onnx import TensorProto, helper
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 
-from agents.demo_models import TARGET_OPSET, iris_rows, train_iris_classifier
 from agents.metrics import StageMetrics
-from agents.runtimes.base import STRING, TensorSpec
 from agents.runtimes.onnx import OnnxRuntime
-from agents.serving import DeploymentManager, Serving
+from agents.serving.dataplane import DataPlane, Serving
+from agents.serving.deployments import DeploymentManager
 from control.config import Settings
-from control.state import Deployment, ModelStep, PipelineVersion, RandomSplit, Step
+from control.local.demo_models import TARGET_OPSET, iris_rows, train_iris_classifier
+from control.registry.state import Deployment, ModelStep, PipelineVersion, RandomSplit, Step
+from control.registry.tensors import STRING, TensorSpec
 from schemas.codec import decode
 from sinks.log_batches import decode_logs
 
@@ -84,9 +85,10 @@ def runtimes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], 
 
 @pytest.fixture(scope="module")
 def manager() -> Iterator[DeploymentManager]:
-    m = DeploymentManager(Settings(bootstrap_servers="127.0.0.1:9"), "w1")  # no broker is reached
+    settings = Settings(bootstrap_servers="127.0.0.1:9")  # no broker is reached
+    m = DeploymentManager(settings, DataPlane(settings, "w1"))
     yield m
-    m.outbox.close()
+    m.plane.close()
 
 
 @pytest.fixture
@@ -117,7 +119,7 @@ def _both(manager: DeploymentManager, serving: Serving, messages: list[Message]
     fast = Collect()
     served = serving.columnar.serve(messages, fast, StageMetrics())  # type: ignore[union-attr]
     slow = Collect()
-    counts = manager.serve_batch(replace(serving, columnar=None), messages, slow)
+    counts = manager.plane.serve_batch(replace(serving, columnar=None), messages, slow)
     return (fast.sent if served is not None else None), slow.sent, counts  # type: ignore[return-value]
 
 

@@ -12,17 +12,10 @@ from uuid import uuid4
 
 import pytest
 
-from agents.connectors import (
-    Connection,
-    ConnectionError,
-    count_hint,
-    masked,
-    open_writer,
-    read_batches,
-    validate,
-)
+from agents.connectors import count_hint, open_writer, read_batches
 from control.config import Settings
 from control.kafka import TopicSpec, ensure_topics, read_until_end
+from control.registry.connections import ConnectionSpec, ConnectorError, masked, validate
 from sinks.storage import ChdbStorage, Storage, StorageError
 
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
@@ -35,7 +28,7 @@ def iris(n: int, start: int = 0) -> list[dict[str, Any]]:
             for i in range(start, start + n)]
 
 
-def read_all(connection: Connection, settings: Settings, **kwargs: Any) -> list[dict[str, Any]]:
+def read_all(connection: ConnectionSpec, settings: Settings, **kwargs: Any) -> list[dict[str, Any]]:
     return [r for batch in read_batches(connection, settings, **kwargs) for r in batch]
 
 
@@ -63,7 +56,7 @@ def test_a_file_written_in_batches_reads_back_equal(
     tmp_path: Path, local: Settings, suffix: str
 ) -> None:
     records = iris(7)
-    conn = Connection("scores", "file", {"path": str(tmp_path / f"out.{suffix}")})
+    conn = ConnectionSpec("scores", "file", {"path": str(tmp_path / f"out.{suffix}")})
     with open_writer(conn, local) as writer:
         writer.write(records[:3])
         writer.write([])
@@ -76,11 +69,11 @@ def test_a_file_written_in_batches_reads_back_equal(
 
 def test_a_glob_reads_every_matching_file_in_name_order(tmp_path: Path, local: Settings) -> None:
     for part in range(3):
-        conn = Connection("part", "file", {"path": str(tmp_path / f"in/part-{part}.parquet")})
+        conn = ConnectionSpec("part", "file", {"path": str(tmp_path / f"in/part-{part}.parquet")})
         with open_writer(conn, local) as writer:
             writer.write(iris(3, start=3 * part))
     (tmp_path / "in" / "notes.txt").write_text("not matched")
-    source = Connection("parts", "file", {"path": str(tmp_path / "in" / "*.parquet")})
+    source = ConnectionSpec("parts", "file", {"path": str(tmp_path / "in" / "*.parquet")})
     batches = list(read_batches(source, local, batch_size=4))
     assert [len(b) for b in batches] == [4, 4, 1]  # batches span files
     assert [r for b in batches for r in b] == iris(9)
@@ -90,40 +83,41 @@ def test_a_glob_reads_every_matching_file_in_name_order(tmp_path: Path, local: S
 def test_csv_without_suffix_takes_the_format_detail(tmp_path: Path, local: Settings) -> None:
     path = tmp_path / "export.txt"
     path.write_text('id,float_input,note\nr1,"[1.5, 2.0]",[draft]\nr2,"[]",\n')
-    conn = Connection("export", "file", {"path": str(path), "format": "csv"})
+    conn = ConnectionSpec("export", "file", {"path": str(path), "format": "csv"})
     assert read_all(conn, local) == [{"id": "r1", "float_input": [1.5, 2.0], "note": "[draft]"},
                                      {"id": "r2", "float_input": [], "note": None}]
 
 
 def test_destination_placeholders_come_from_arguments(tmp_path: Path, local: Settings) -> None:
-    conn = Connection("daily", "file", {"path": str(tmp_path / "{date}" / "run-{run_id}.jsonl")})
+    conn = ConnectionSpec("daily", "file",
+                          {"path": str(tmp_path / "{date}" / "run-{run_id}.jsonl")})
     with open_writer(conn, local, arguments={"run_id": "42", "date": "2024-05-01"}) as writer:
         writer.write(iris(2))
-    assert read_all(Connection("back", "file", {"path": str(tmp_path / "*/run-42.jsonl")}),
+    assert read_all(ConnectionSpec("back", "file", {"path": str(tmp_path / "*/run-42.jsonl")}),
                     local) == iris(2)
-    with pytest.raises(ConnectionError, match="needs argument 'run_id'"):
+    with pytest.raises(ConnectorError, match="needs argument 'run_id'"):
         open_writer(conn, local)
-    with pytest.raises(ConnectionError, match="cannot be part of a path"):
+    with pytest.raises(ConnectorError, match="cannot be part of a path"):
         open_writer(conn, local, arguments={"run_id": "../../etc"})
 
 
 def test_a_failed_write_leaves_no_file(tmp_path: Path, local: Settings) -> None:
-    conn = Connection("scores", "file", {"path": str(tmp_path / "out.parquet")})
+    conn = ConnectionSpec("scores", "file", {"path": str(tmp_path / "out.parquet")})
     with pytest.raises(RuntimeError), open_writer(conn, local) as writer:
         writer.write(iris(3))
         raise RuntimeError("the run was killed")
     assert list(tmp_path.iterdir()) == []
-    with open_writer(conn, local) as writer, pytest.raises(ConnectionError, match="'extra'"):
+    with open_writer(conn, local) as writer, pytest.raises(ConnectorError, match="'extra'"):
         writer.write(iris(1))
         writer.write([{**iris(1)[0], "extra": 1}])
 
 
 def test_unreadable_files_are_named(tmp_path: Path, local: Settings) -> None:
     (tmp_path / "bad.jsonl").write_text('{"id": "r1"}\n[1, 2]\n')
-    with pytest.raises(ConnectionError, match=r"bad.jsonl as jsonl: line 2 is not a JSON object"):
-        read_all(Connection("bad", "file", {"path": str(tmp_path / "bad.jsonl")}), local)
-    with pytest.raises(ConnectionError, match="no file matches"):
-        read_all(Connection("none", "file", {"path": str(tmp_path / "*.csv")}), local)
+    with pytest.raises(ConnectorError, match=r"bad.jsonl as jsonl: line 2 is not a JSON object"):
+        read_all(ConnectionSpec("bad", "file", {"path": str(tmp_path / "bad.jsonl")}), local)
+    with pytest.raises(ConnectorError, match="no file matches"):
+        read_all(ConnectionSpec("none", "file", {"path": str(tmp_path / "*.csv")}), local)
 
 
 # ---- ClickHouse ------------------------------------------------------------------------------
@@ -139,7 +133,7 @@ def make_events(storage: Storage) -> str:
 
 def test_a_table_source_reads_every_row(chdb: Storage, local: Settings) -> None:
     table = make_events(chdb)
-    conn = Connection("events", "clickhouse", {"table": f"default.{table}"})
+    conn = ConnectionSpec("events", "clickhouse", {"table": f"default.{table}"})
     rows = read_all(conn, local, storage=chdb, batch_size=4)
     assert sorted(r["id"] for r in rows) == [f"r{h}" for h in range(6)]
     assert rows[0] == {"time": T0, "id": "r0", "float_input": [0.0, 1.0], "score": 0.0}
@@ -148,7 +142,7 @@ def test_a_table_source_reads_every_row(chdb: Storage, local: Settings) -> None:
 
 def test_a_query_source_binds_the_task_arguments(chdb: Storage, local: Settings) -> None:
     table = make_events(chdb)
-    conn = Connection("window", "clickhouse", {"query": (
+    conn = ConnectionSpec("window", "clickhouse", {"query": (
         f"SELECT id, score FROM {table} WHERE time >= {{start:DateTime64(6,'UTC')}} "
         f"AND time < {{end:DateTime64(6, 'UTC')}} AND id != {{skip:String}} ORDER BY time")})
     arguments = {"start": "2024-05-01T13:00:00Z", "end": "2024-05-01 17:00:00", "skip": "r2"}
@@ -159,13 +153,13 @@ def test_a_query_source_binds_the_task_arguments(chdb: Storage, local: Settings)
     injected = {**arguments, "skip": "r2' OR '1' = '1"}
     assert len(read_all(conn, local, storage=chdb, arguments=injected)) == 4
     assert count_hint(conn, local, storage=chdb, arguments=arguments) is None
-    with pytest.raises(ConnectionError, match=r"needs argument 'end' \(DateTime64"):
+    with pytest.raises(ConnectorError, match=r"needs argument 'end' \(DateTime64"):
         read_all(conn, local, storage=chdb, arguments={"start": "2024-05-01", "skip": "r2"})
 
 
 def test_a_destination_table_is_created_then_appended(chdb: Storage, local: Settings) -> None:
     table = table_name()
-    conn = Connection("results", "clickhouse", {"table": table})
+    conn = ConnectionSpec("results", "clickhouse", {"table": table})
     first = [{**r, "time": T0, "note": None if r["count"] else "first",
               "outputs": {"probabilities": [[0.1, 0.9]]}} for r in iris(3)]
     with open_writer(conn, local, storage=chdb) as writer:
@@ -180,7 +174,7 @@ def test_a_destination_table_is_created_then_appended(chdb: Storage, local: Sett
     assert "MergeTree" in chdb.query(f"SHOW CREATE TABLE {table}")[0]["statement"]
     with open_writer(conn, local, storage=chdb) as writer:  # an existing table: appended to
         writer.write(iris(1, start=5))
-        with pytest.raises(ConnectionError, match=r"fields \['extra'\] are not columns"):
+        with pytest.raises(ConnectorError, match=r"fields \['extra'\] are not columns"):
             writer.write([{"id": "x", "extra": 1}])
     rows = read_all(conn, local, storage=chdb)
     assert sorted(r["id"] for r in rows) == [f"r{i}" for i in range(6)]
@@ -191,16 +185,16 @@ def test_a_destination_table_is_created_then_appended(chdb: Storage, local: Sett
 
 
 def test_text_that_is_no_time_is_refused_by_name(chdb: Storage, local: Settings) -> None:
-    conn = Connection("results", "clickhouse", {"table": table_name()})
+    conn = ConnectionSpec("results", "clickhouse", {"table": table_name()})
     with open_writer(conn, local, storage=chdb) as writer:
         writer.write([{"id": "r0", "time": T0}])
-        with pytest.raises(ConnectionError, match=r"cannot insert into .*yesterday"):
+        with pytest.raises(ConnectorError, match=r"cannot insert into .*yesterday"):
             writer.write([{"id": "r1", "time": "yesterday"}])
 
 
 def test_a_query_is_no_destination(chdb: Storage, local: Settings) -> None:
-    conn = Connection("q", "clickhouse", {"query": "SELECT 1"})
-    with pytest.raises(ConnectionError, match="destination needs 'table'"):
+    conn = ConnectionSpec("q", "clickhouse", {"query": "SELECT 1"})
+    with pytest.raises(ConnectorError, match="destination needs 'table'"):
         open_writer(conn, local, storage=chdb)
 
 
@@ -210,7 +204,7 @@ def test_a_query_is_no_destination(chdb: Storage, local: Settings) -> None:
 def test_a_topic_round_trip_keeps_records_and_keys(settings: Settings) -> None:
     topic = settings.topic("scores")
     ensure_topics(settings, {topic: TopicSpec(3)})
-    conn = Connection("scores", "kafka", {"topic": topic, "key_field": "customer"})
+    conn = ConnectionSpec("scores", "kafka", {"topic": topic, "key_field": "customer"})
     records = [{**r, "time": T0} for r in iris(10)]
     with open_writer(conn, settings) as writer:
         writer.write(records[:4])
@@ -225,7 +219,7 @@ def test_a_topic_round_trip_keeps_records_and_keys(settings: Settings) -> None:
 
 @pytest.mark.kafka
 def test_a_topic_source_stops_at_the_end_as_of_the_start(settings: Settings) -> None:
-    conn = Connection("live", "kafka", {"topic": settings.topic("live")})
+    conn = ConnectionSpec("live", "kafka", {"topic": settings.topic("live")})
     with open_writer(conn, settings) as writer:
         writer.write(iris(5))
         batches = read_batches(conn, settings, batch_size=2)
@@ -238,13 +232,13 @@ def test_a_topic_source_stops_at_the_end_as_of_the_start(settings: Settings) -> 
 
 @pytest.mark.kafka
 def test_a_missing_topic_is_named(settings: Settings) -> None:
-    conn = Connection("gone", "kafka", {"topic": settings.topic("nothing-here")})
-    with pytest.raises(ConnectionError, match="no such topic"):
+    conn = ConnectionSpec("gone", "kafka", {"topic": settings.topic("nothing-here")})
+    with pytest.raises(ConnectorError, match="no such topic"):
         read_all(conn, settings)
 
 
 def test_the_platform_tables_are_all_guarded(chdb: Storage) -> None:
-    from agents.connectors.queries import PLATFORM_TABLES
+    from control.registry.source_queries import PLATFORM_TABLES
     from sinks.tables import migrate
 
     migrate(chdb)
@@ -262,8 +256,8 @@ def test_chdb_refuses_table_functions_and_settings_even_if_asked(chdb: Storage,
         with pytest.raises(StorageError, match="READONLY"):
             chdb.query(sql)
     # A connection registered before a rule existed is checked again when it runs.
-    sneaky = Connection("old", "clickhouse", {"query": "SELECT * FROM file('/etc/hostname')"})
-    with pytest.raises(ConnectionError, match="table function"):
+    sneaky = ConnectionSpec("old", "clickhouse", {"query": "SELECT * FROM file('/etc/hostname')"})
+    with pytest.raises(ConnectorError, match="table function"):
         read_all(sneaky, local, storage=chdb)
 
 
@@ -310,8 +304,8 @@ def test_chdb_refuses_table_functions_and_settings_even_if_asked(chdb: Storage,
     ("kafka", {"topic": "t", "sasl_password": "p"}, "need sasl_mechanism"),
 ])
 def test_validate_names_the_bad_detail(kind: str, details: dict[str, str], message: str) -> None:
-    with pytest.raises(ConnectionError, match="connection 'c'") as raised:
-        validate(Connection("c", kind, details))
+    with pytest.raises(ConnectorError, match="connection 'c'") as raised:
+        validate(ConnectionSpec("c", kind, details))
     assert message in str(raised.value)
 
 
@@ -329,7 +323,7 @@ def test_validate_names_the_bad_detail(kind: str, details: dict[str, str], messa
                "sasl_username": "svc", "sasl_password": "hunter2-long"}),
 ])
 def test_validate_accepts_good_connections(kind: str, details: dict[str, str]) -> None:
-    validate(Connection("c", kind, details))
+    validate(ConnectionSpec("c", kind, details))
 
 
 def test_validating_imports_no_data_library() -> None:
@@ -352,7 +346,7 @@ def test_masked_never_shows_a_secret(secret: str) -> None:
     }
     shown = masked(details)
     assert all(secret not in value for value in shown.values())
-    assert secret not in repr(Connection("c", "kafka", details))
+    assert secret not in repr(ConnectionSpec("c", "kafka", details))
     assert shown["key_field"] == "customer" and shown["sasl_username"] == "svc"
     assert shown["url"].startswith("http://admin:****") and shown["url"].endswith("@ch:8123/db")
     assert shown["sasl_password"] == ("****" + secret[-2:] if len(secret) >= 8 else "****")

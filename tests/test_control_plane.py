@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.demo_models import build_keras_model, build_onnx_classifier, iris_rows
 from agents.runtimes import load_model
 from agents.runtimes.packing import unpack
 from control.artifacts import ArtifactStore
 from control.client import Client
 from control.config import Settings
-from control.events import ControlEvent
 from control.kafka import producer, read_until_end
+from control.local.demo_models import build_keras_model, build_onnx_classifier, iris_rows
 from control.registrar import Registrar
-from control.state import ArtifactRef, ModelStep, Registry
+from control.registry.events import ControlEvent
+from control.registry.state import ArtifactRef, ModelStep, Registry
 from schemas.codec import codec
 from schemas.errors import ArtifactError, Rejected, StatusTimeout
 from tests.helpers import wait_until

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from confluent_kafka import TopicPartition
 
-from agents.demo_models import build_onnx_classifier, iris_rows
 from agents.runtimes import load_model
-from agents.worker_process import WorkerProcess
 from control.cli import main
 from control.client import Client
 from control.config import Settings
 from control.kafka import consumer
+from control.local.demo_models import build_onnx_classifier, iris_rows
+from control.local.worker_process import WorkerProcess
 from control.registrar import Registrar
 from schemas.codec import codec
 from sinks.access import read_owner

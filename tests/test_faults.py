@@ -4,7 +4,7 @@ inference logs, through worker crashes, a broker restart, redeploys and a corrup
 
 Each case streams a few thousand records (Avro, every 25th malformed JSON) at a steady rate
 while the fault happens, then checks every record id, not counts. Batches without a malformed
-record take the column-wise path (agents.columnar), the others the record path. Run only
+record take the column-wise path (agents.serving.columnar), the others the record path. Run only
 these: `pytest -m faults`.
 """
 
@@ -24,14 +24,14 @@ from uuid import uuid4
 
 import pytest
 
-from agents.avro_input import avro_input, input_schema_name
-from agents.demo_models import iris_rows
-from agents.runtimes.base import TensorSpec
-from agents.worker_process import WorkerProcess
-from control.brokers import find_kafka_jars, start_local_broker
+from agents.records.avro_input import avro_input, input_schema_name
 from control.client import Client
 from control.config import Settings
 from control.kafka import end_offsets, producer, read_until_end
+from control.local.brokers import find_kafka_jars, start_local_broker
+from control.local.demo_models import iris_rows
+from control.local.worker_process import WorkerProcess
+from control.registry.tensors import TensorSpec
 from schemas.codec import decode
 from schemas.errors import Rejected
 from sinks.log_batches import decode_logs

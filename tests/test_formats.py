@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.formats import (
+from agents.records.formats import (
     AvroInput,
     BadRecord,
     InputRecord,
@@ -24,8 +24,9 @@ from agents.formats import (
     input_schema,
     input_schema_name,
 )
-from agents.formats import tensor_records as to_tensors
-from agents.runtimes.base import STRING, TensorSpec, conform
+from agents.records.formats import tensor_records as to_tensors
+from agents.runtimes.base import conform
+from control.registry.tensors import STRING, TensorSpec
 from schemas.codec import MARKER, decode
 from schemas.errors import InferstreamError
 

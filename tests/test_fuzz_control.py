@@ -49,11 +49,11 @@ from registry_events import (
 from control.artifacts import ArtifactStore
 from control.client import Client
 from control.config import Settings
-from control.events import EVENT_TYPES, NAMESPACE, ControlEvent, ControlStatus
 from control.kafka import consumer, end_offsets, producer
 from control.registrar import Registrar, judge, limits_of
-from control.registry import MAX_BATCH_SIZE, Limits, apply, fold
-from control.state import AppliedEvents, ArtifactRef, Registry
+from control.registry.events import EVENT_TYPES, NAMESPACE, ControlEvent, ControlStatus
+from control.registry.fold import MAX_BATCH_SIZE, Limits, apply, fold
+from control.registry.state import AppliedEvents, ArtifactRef, Registry
 from schemas.codec import codec
 from schemas.errors import ArtifactError, Rejected
 from tests.fuzz_strategies import BY_TYPE, ENVELOPES, FUZZ, TEXT, against_the_broker, weighted

@@ -32,9 +32,8 @@ from confluent_kafka import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.avro_writer import LogWriter
-from agents.demo_models import build_onnx_classifier
-from agents.formats import (
+from agents.records.avro_writer import LogWriter
+from agents.records.formats import (
     AVRO,
     JSON,
     BadRecord,
@@ -44,12 +43,14 @@ from agents.formats import (
     decode_record,
     encode_result,
 )
-from agents.runner import PipelineRunner
 from agents.runtimes import load_model
-from agents.runtimes.base import STRING, conform
+from agents.runtimes.base import conform
+from agents.serving.runner import PipelineRunner
 from control.config import Settings
 from control.kafka import consumer, end_offsets, producer, read_until_end
-from control.state import ModelStep, PipelineVersion, ShadowStep
+from control.local.demo_models import build_onnx_classifier
+from control.registry.state import ModelStep, PipelineVersion, ShadowStep
+from control.registry.tensors import STRING
 from schemas.codec import MARKER, decode
 from tests.fuzz_strategies import (
     AVRO_INPUTS,
@@ -273,8 +274,8 @@ class Served:
     """A platform of its own: registrar, the iris classifier deployed as ws/iris, a worker."""
 
     def __init__(self, broker: Any, tmp: Path) -> None:
-        from agents.worker_process import WorkerProcess
         from control.client import Client
+        from control.local.worker_process import WorkerProcess
         from control.registrar import Registrar
 
         self.settings = Settings(

@@ -17,11 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.heartbeat import Heartbeat
 from agents.metrics import PipelineMetrics, StageMetrics, worker_exposition
-from agents.worker_process import WorkerProcess
 from control.cli import main
-from control.cli_status import print_health, summarise
+from control.cli.status import print_health, summarise
 from control.config import Settings
-from control.state import Deployment
+from control.local.worker_process import WorkerProcess
+from control.registry.state import Deployment
 from schemas.errors import Rejected
 from tests.helpers import wait_until
 from tests.worker_platform import Platform, json_records

@@ -23,8 +23,8 @@ from registry_events import (
     signed,
 )
 
-from control.events import ControlEvent
-from control.http_auth import (
+from control.registry.events import ControlEvent
+from control.registry.http_auth import (
     ANYONE,
     Forbidden,
     Principal,
@@ -36,7 +36,7 @@ from control.http_auth import (
     new_api_key,
     sign_request,
 )
-from control.state import Registry
+from control.registry.state import Registry
 
 NS = "prod"
 WINDOW = 60.0

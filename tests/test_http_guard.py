@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from agents.http_guard import Guard
-from control.brokers import free_port
 from control.config import Settings
+from control.local.brokers import free_port
 
 
 def serve(settings: Settings, scenario) -> None:

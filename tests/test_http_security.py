@@ -29,14 +29,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agents.demo_models import build_onnx_classifier
-from agents.worker_process import WorkerProcess
 from control.client import Client
-from control.client_http import HttpError
+from control.client.http import HttpError
+from control.client.keys import read_private_key
 from control.config import Settings
-from control.http_auth import sign_request
+from control.local.demo_models import build_onnx_classifier
+from control.local.worker_process import WorkerProcess
 from control.registrar import Registrar
-from control.signing import read_private_key
+from control.registry.http_auth import sign_request
 from sinks.access import RemoteReader, open_reader, read_owner
 from sinks.reads import READS
 from tests.helpers import wait_until

@@ -10,9 +10,8 @@ from uuid import uuid4
 import numpy as np
 import pytest
 
-from agents.avro_writer import LOG_MESSAGE_BYTES, LogWriter
-from agents.log_sink import LogSink
-from agents.runner import Call
+from agents.records.avro_writer import LOG_MESSAGE_BYTES, LogWriter
+from agents.records.inference import Call
 from control.config import Settings
 from schemas.codec import codec
 from schemas.errors import DecodeError
@@ -26,6 +25,7 @@ from sinks.log_batches import (
     logs_in,
 )
 from sinks.log_blocks import block_table, decode_block
+from sinks.log_sink import LogSink
 from sinks.storage import ChdbStorage, ServerStorage, Storage
 from sinks.tables import LOG_BLOCKS, LOG_ROWS, KafkaPosition, batch_token, log_rows, migrate
 from tests.test_storage import clickhouse_server  # noqa: F401 - the server fixture

@@ -9,11 +9,11 @@ from uuid import uuid4
 
 import pytest
 
-from agents.demo_models import build_onnx_classifier, iris_rows
-from agents.worker_process import WorkerProcess
 from control.client import Client
 from control.config import Settings
 from control.kafka import producer
+from control.local.demo_models import build_onnx_classifier, iris_rows
+from control.local.worker_process import WorkerProcess
 from control.registrar import Registrar
 from sinks.access import RemoteReader, open_reader, read_owner
 from tests.helpers import wait_until

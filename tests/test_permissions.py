@@ -1,7 +1,7 @@
 """Who may send which control event: every event type by every role, on a secured platform.
 
-The expectations are written out here, not read from control.security.PERMISSIONS, so that a
-change to the rules has to change this table too. Every event is signed by its actor.
+The expectations are written out here, not read from control.registry.security.PERMISSIONS,
+so that a change to the rules has to change this table too. Every event is signed by its actor.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from registry_events import (
     upload_model,
 )
 
-from control.events import EVENT_TYPES
-from control.security import PERMISSIONS
-from control.state import Registry
+from control.registry.events import EVENT_TYPES
+from control.registry.security import PERMISSIONS
+from control.registry.state import Registry
 
 # role -> the user who has it in workspace "ws" ("admin" is a platform administrator who is no
 # member of ws; "non-member" is an active user who is not in ws either).

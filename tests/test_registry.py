@@ -31,10 +31,9 @@ from registry_events import (
     upload_model,
 )
 
-from agents.runtimes.base import TensorSpec
-from control.events import ControlEvent
-from control.registry import fold, result_of
-from control.state import (
+from control.registry.events import ControlEvent
+from control.registry.fold import fold, result_of
+from control.registry.state import (
     ArtifactRef,
     KeySplit,
     ModelStep,
@@ -42,6 +41,7 @@ from control.state import (
     Registry,
     ShadowStep,
 )
+from control.registry.tensors import TensorSpec
 
 SCALER = upload_model("scaler", b"scaler v1", inputs=["x"], outputs=["y"])
 CLASSIFIER = upload_model("classifier", b"classifier v1", inputs=["y"], outputs=["label"])

@@ -30,10 +30,10 @@ from registry_events import (
     upload_model,
 )
 
-from control.registry import apply, fold, result_of
-from control.registry_assays import assay_payload, config_of
-from control.state import Registry
-from sinks.assay_config import AssayConfig
+from control.registry.assay_config import AssayConfig
+from control.registry.assays import assay_payload, config_of
+from control.registry.fold import apply, fold, result_of
+from control.registry.state import Registry
 
 HOUR = timedelta(hours=1)
 SCALER = upload_model("scaler", b"scaler v1", inputs=["x"], outputs=["y"])

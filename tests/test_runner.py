@@ -17,11 +17,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents.demo_models import build_keras_model, build_onnx_classifier, iris_rows
-from agents.formats import InputRecord
-from agents.runner import MissingRuntime, ModelUsed, PipelineRunner
+from agents.records.formats import InputRecord
+from agents.records.inference import ModelUsed
 from agents.runtimes import ModelRuntime, load_model
-from control.state import KeySplit, ModelStep, PipelineVersion, RandomSplit, ShadowStep, Step
+from agents.serving.runner import MissingRuntime, PipelineRunner
+from control.local.demo_models import build_keras_model, build_onnx_classifier, iris_rows
+from control.registry.state import (
+    KeySplit,
+    ModelStep,
+    PipelineVersion,
+    RandomSplit,
+    ShadowStep,
+    Step,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 Key = tuple[str, int]
@@ -304,10 +312,10 @@ ROUTES_IN_A_FRESH_PROCESS = """
 import json, sys
 from datetime import UTC, datetime
 import numpy as np
-from agents.formats import InputRecord
-from agents.runner import PipelineRunner
+from agents.records.formats import InputRecord
+from agents.serving.runner import PipelineRunner
 from agents.runtimes import load_model
-from control.state import ModelStep, PipelineVersion, RandomSplit
+from control.registry.state import ModelStep, PipelineVersion, RandomSplit
 
 split = RandomSplit(((1.0, ModelStep("iris", 1)), (1.0, ModelStep("iris", 2))), "customer")
 version = PipelineVersion("ws", "pipe", 1, (split,), "alice", datetime.now(UTC))

@@ -11,16 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.demo_models import (
-    build_keras_model,
-    build_onnx_classifier,
-    build_onnx_regressor,
-    diabetes_rows,
-    iris_rows,
-    keras_scorer,
-    train_diabetes_regressor,
-    train_iris_classifier,
-)
 from agents.runtimes import (
     FRAMEWORKS,
     InputMismatch,
@@ -32,6 +22,16 @@ from agents.runtimes import (
     runtime_for,
 )
 from agents.runtimes.packing import artifact_bytes, artifact_format, framework_of, unpack
+from control.local.demo_models import (
+    build_keras_model,
+    build_onnx_classifier,
+    build_onnx_regressor,
+    diabetes_rows,
+    iris_rows,
+    keras_scorer,
+    train_diabetes_regressor,
+    train_iris_classifier,
+)
 from schemas.errors import ArtifactError
 
 REPO = Path(__file__).resolve().parents[1]

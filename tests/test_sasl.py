@@ -4,7 +4,7 @@ control topic and operators off the results.
 
 A second broker of its own: Apache Kafka 4.1 from the jars, SASL_PLAINTEXT with
 SCRAM-SHA-512, users created when its log dir is formatted, the StandardAuthorizer on, and
-the ACLs of `inferstream acls` (control/acls.py) applied with Kafka's own kafka-acls tool.
+the ACLs of `inferstream acls` (control/local/acls.py) applied with Kafka's own kafka-acls tool.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from uuid import uuid4
 
 import pytest
 
-from agents.demo_models import build_onnx_classifier, iris_rows
-from control.broker_security import BrokerSecurity, run_kafka_tool
-from control.brokers import LocalBroker, find_kafka_jars, start_local_broker
 from control.cli import main
 from control.client import Client
 from control.config import Settings
 from control.kafka import faust_broker_options, list_topics, producer, read_until_end
+from control.local.broker_security import BrokerSecurity, run_kafka_tool
+from control.local.brokers import LocalBroker, find_kafka_jars, start_local_broker
+from control.local.demo_models import build_onnx_classifier, iris_rows
 from control.registrar import Registrar
 from schemas.errors import BrokerError
 from tests.helpers import wait_until
@@ -76,7 +76,7 @@ class SecureCluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
-    from control.acls import platform_acls
+    from control.local.acls import platform_acls
 
     folder = tmp_path_factory.mktemp("sasl")
     security = BrokerSecurity(PASSWORDS, acls=True)
@@ -236,8 +236,8 @@ def test_faust_broker_options_authenticate_aiokafka(cluster: SecureCluster,
            "`**faust_broker_options(settings),` in place of the `broker=[...]` argument")
 def test_a_worker_authenticates_and_serves(cluster: SecureCluster, registrar: Registrar,
                                            tmp_path: Path) -> None:
-    from agents.worker_process import WorkerProcess
-    from control.acls import pipeline_acls, platform_acls
+    from control.local.acls import pipeline_acls, platform_acls
+    from control.local.worker_process import WorkerProcess
 
     # A platform of its own (other tests of the module bootstrap theirs), with its ACLs.
     ns = f"{cluster.namespace}w"

@@ -30,10 +30,10 @@ from registry_events import (
 )
 
 import schemas.codec as codec_module
-from control.events import ControlEvent
-from control.registry import fold
-from control.signing import fingerprint, new_key, public_key_of, verify
-from control.state import AppliedEvents, Registry
+from control.registry.events import ControlEvent
+from control.registry.fold import fold
+from control.registry.signing import fingerprint, new_key, public_key_of, verify
+from control.registry.state import AppliedEvents, Registry
 from schemas.codec import MARKER, schema_fingerprint
 
 SCALER = upload_model("scaler", b"scaler v1", inputs=["x"], outputs=["y"])

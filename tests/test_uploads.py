@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.demo_models import build_keras_model, build_onnx_classifier
 from control.client import Client
-from control.client_models import check_archive
+from control.client.models import check_archive
 from control.config import Settings
 from control.kafka import end_offsets
+from control.local.demo_models import build_keras_model, build_onnx_classifier
 from control.registrar import Registrar
 from schemas.errors import ArtifactError, Rejected
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from agents.formats import avro_input
+from agents.records.formats import avro_input
 from agents.runtimes import load_model
 from control.config import Settings
 from control.kafka import producer, read_until_end

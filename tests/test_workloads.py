@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from agents.demo_models import build_keras_model, build_onnx_classifier, iris_rows
 from agents.runtimes import load_model
-from agents.task_scheduler import RunClaims
-from agents.worker_process import WorkerProcess
+from agents.scheduling.task_scheduler import RunClaims
 from control.client import Client
 from control.config import Settings
+from control.local.demo_models import build_keras_model, build_onnx_classifier, iris_rows
+from control.local.worker_process import WorkerProcess
 from control.registrar import Registrar
 from schemas.errors import Rejected
 from sinks.access import read_owner

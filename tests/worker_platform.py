@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.demo_models import build_keras_model, build_onnx_classifier, iris_rows
-from agents.worker_process import WorkerProcess
 from control.client import Client
 from control.config import Settings
 from control.kafka import producer
+from control.local.demo_models import build_keras_model, build_onnx_classifier, iris_rows
+from control.local.worker_process import WorkerProcess
 from control.registrar import Registrar
 from schemas.codec import codec
 from tests.helpers import wait_until

@@ -11,17 +11,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from agents.connectors import (
-    _JSON,
-    Connection,
-    ConnectionError,
-    Record,
-    _BaseWriter,
-    _columns_of,
-    _json_default,
-    check_clickhouse,
-)
+from agents.connectors import _JSON, Record, _BaseWriter, _columns_of, _json_default
 from control.config import Settings
+from control.registry.connections import ConnectionSpec, ConnectorError, check_clickhouse
 
 if TYPE_CHECKING:
     from sinks.storage import Storage
@@ -29,7 +21,7 @@ if TYPE_CHECKING:
 _PARAM = re.compile(r"\{\s*([A-Za-z_]\w*)\s*:\s*([^{}]+?)\s*\}")
 
 
-def records(connection: Connection, settings: Settings, storage: Storage | None,
+def records(connection: ConnectionSpec, settings: Settings, storage: Storage | None,
             arguments: Mapping[str, str]) -> Iterator[list[Record]]:
     """The table's rows, or the query's with the task's arguments bound as its parameters."""
     d = connection.details
@@ -42,7 +34,7 @@ def records(connection: Connection, settings: Settings, storage: Storage | None,
         yield ch.query(sql, params)  # all rows at once: Storage has no streaming query yet
 
 
-def count_hint(connection: Connection, settings: Settings, storage: Storage | None,
+def count_hint(connection: ConnectionSpec, settings: Settings, storage: Storage | None,
                arguments: Mapping[str, str]) -> int | None:
     """The table's row count; None for a query."""
     d = connection.details
@@ -52,22 +44,22 @@ def count_hint(connection: Connection, settings: Settings, storage: Storage | No
         return int(ch.query(f"SELECT count() AS n FROM {_quote_table(d['table'])}")[0]["n"])
 
 
-def open_writer(connection: Connection, settings: Settings, storage: Storage | None,
+def open_writer(connection: ConnectionSpec, settings: Settings, storage: Storage | None,
                 arguments: Mapping[str, str]) -> _TableWriter:
     """A writer of rows into the table, created from the first batch if it does not exist."""
     if "table" not in connection.details:
-        raise ConnectionError(f"connection {connection.name!r} is a query; a destination "
+        raise ConnectorError(f"connection {connection.name!r} is a query; a destination "
                               "needs 'table'")
     check_clickhouse(f"connection {connection.name!r}", connection.details)
     return _TableWriter(connection, settings, storage)
 
 
-def _query_params(connection: Connection, arguments: Mapping[str, str]) -> dict[str, str]:
+def _query_params(connection: ConnectionSpec, arguments: Mapping[str, str]) -> dict[str, str]:
     """The task's arguments the query names, bound by the engine (never pasted into the SQL)."""
     params = {}
     for name, ch_type in _PARAM.findall(connection.details["query"]):
         if name not in arguments:
-            raise ConnectionError(f"connection {connection.name!r}: the query needs argument "
+            raise ConnectorError(f"connection {connection.name!r}: the query needs argument "
                                   f"{name!r} ({ch_type}); given: {sorted(arguments) or 'none'}")
         params[name] = _param_value(arguments[name], ch_type)
     return params
@@ -87,7 +79,7 @@ def _param_value(value: str, ch_type: str) -> str:
 
 
 class _TableWriter(_BaseWriter):
-    def __init__(self, connection: Connection, settings: Settings,
+    def __init__(self, connection: ConnectionSpec, settings: Settings,
                  storage: Storage | None) -> None:
         super().__init__(connection)
         self.table = connection.details["table"]
@@ -132,7 +124,7 @@ class _TableWriter(_BaseWriter):
 class _Clickhouse:
     """The connection's server (its `url`), else the caller's storage, else the platform's."""
 
-    def __init__(self, connection: Connection, settings: Settings,
+    def __init__(self, connection: ConnectionSpec, settings: Settings,
                  storage: Storage | None) -> None:
         from sinks.storage import ServerStorage, StorageError, open_storage
         self.name, self._errors = connection.name, StorageError
@@ -140,14 +132,14 @@ class _Clickhouse:
         try:
             self.storage = ServerStorage(url) if url else storage or open_storage(settings)
         except StorageError as exc:
-            raise ConnectionError(f"connection {self.name!r}: {exc}") from exc
+            raise ConnectorError(f"connection {self.name!r}: {exc}") from exc
         self._owned = bool(url) or storage is None
 
     def _call(self, method: str, *args: Any) -> Any:
         try:
             return getattr(self.storage, method)(*args)
         except self._errors as exc:
-            raise ConnectionError(f"connection {self.name!r}: {exc}") from exc
+            raise ConnectorError(f"connection {self.name!r}: {exc}") from exc
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Record]:
         return self._call("query", sql, params)

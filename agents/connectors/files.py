@@ -13,64 +13,54 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agents.connectors import (
-    _JSON,
-    _PLACEHOLDER,
-    Connection,
-    ConnectionError,
-    Record,
-    _BaseWriter,
-    _columns_of,
-    _format,
-    _json_default,
-    _loads,
-)
+from agents.connectors import _JSON, Record, _BaseWriter, _columns_of, _json_default, _loads
 from control.config import Settings
+from control.registry.connections import PLACEHOLDER, ConnectionSpec, ConnectorError, file_format
 
 if TYPE_CHECKING:
     from sinks.storage import Storage
 
 
-def records(connection: Connection, settings: Settings, storage: Storage | None,
+def records(connection: ConnectionSpec, settings: Settings, storage: Storage | None,
             arguments: Mapping[str, str]) -> Iterator[list[Record]]:
     """The files' records, file after file in path order."""
     import pyarrow as pa
-    fmt = _format(connection.details)
+    fmt = file_format(connection.details)
     for path in _files(connection, arguments):
         try:
             yield from {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[fmt](path)
         except (OSError, ValueError, pa.ArrowException) as exc:
-            raise ConnectionError(f"connection {connection.name!r}: cannot read {path} as "
+            raise ConnectorError(f"connection {connection.name!r}: cannot read {path} as "
                                   f"{fmt}: {exc}") from exc
 
 
-def count_hint(connection: Connection, settings: Settings, storage: Storage | None,
+def count_hint(connection: ConnectionSpec, settings: Settings, storage: Storage | None,
                arguments: Mapping[str, str]) -> int | None:
     """The row count of Parquet files (from their metadata); None for other formats."""
-    if _format(connection.details) != "parquet":
+    if file_format(connection.details) != "parquet":
         return None
     import pyarrow as pa
     import pyarrow.parquet as pq
     try:
         return sum(pq.ParquetFile(p).metadata.num_rows for p in _files(connection, arguments))
     except (OSError, pa.ArrowException) as exc:
-        raise ConnectionError(f"connection {connection.name!r}: {exc}") from exc
+        raise ConnectorError(f"connection {connection.name!r}: {exc}") from exc
 
 
-def open_writer(connection: Connection, settings: Settings, storage: Storage | None,
+def open_writer(connection: ConnectionSpec, settings: Settings, storage: Storage | None,
                 arguments: Mapping[str, str]) -> _FileWriter:
     """A writer of one file at the path, its placeholders filled from the arguments."""
     return _FileWriter(connection, Path(os.path.expanduser(_fill(connection, arguments))))
 
 
-def _files(connection: Connection, arguments: Mapping[str, str]) -> list[str]:
+def _files(connection: ConnectionSpec, arguments: Mapping[str, str]) -> list[str]:
     pattern = os.path.expanduser(_fill(connection, arguments))
     if glob.has_magic(pattern):
         found = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     else:
         found = [pattern] if os.path.isfile(pattern) else []
     if not found:
-        raise ConnectionError(f"connection {connection.name!r}: no file matches {pattern!r}")
+        raise ConnectorError(f"connection {connection.name!r}: no file matches {pattern!r}")
     return found
 
 
@@ -120,9 +110,9 @@ def _read_parquet(path: str) -> Iterator[list[Record]]:
 
 
 class _FileWriter(_BaseWriter):
-    def __init__(self, connection: Connection, path: Path) -> None:
+    def __init__(self, connection: ConnectionSpec, path: Path) -> None:
         super().__init__(connection)
-        self.path, self.format = path, _format(connection.details)
+        self.path, self.format = path, file_format(connection.details)
         self._part = path.with_name(f".{path.name}.{os.getpid()}.part")
         self._columns: list[str] | None = None
         self._file: Any = None
@@ -182,20 +172,20 @@ class _FileWriter(_BaseWriter):
         self._file = self._parquet = None
 
 
-def _fill(connection: Connection, arguments: Mapping[str, str]) -> str:
+def _fill(connection: ConnectionSpec, arguments: Mapping[str, str]) -> str:
     """The path with {placeholders} filled from arguments ({date} defaults to today, UTC)."""
     values = {"date": datetime.now(UTC).date().isoformat(), **arguments}
 
     def one(m: re.Match[str]) -> str:
         value = values.get(m.group(1))
         if value is None:
-            raise ConnectionError(f"connection {connection.name!r}: path needs argument "
+            raise ConnectorError(f"connection {connection.name!r}: path needs argument "
                                   f"{m.group(1)!r}; given: {sorted(arguments) or 'none'}")
         if "/" in value or "\\" in value or value in ("", ".", ".."):
-            raise ConnectionError(f"connection {connection.name!r}: argument {m.group(1)}="
+            raise ConnectorError(f"connection {connection.name!r}: argument {m.group(1)}="
                                   f"{value!r} cannot be part of a path")
         return value
-    return _PLACEHOLDER.sub(one, connection.details["path"])
+    return PLACEHOLDER.sub(one, connection.details["path"])
 
 
 def _to_cell(value: Any) -> Any:

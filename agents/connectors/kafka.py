@@ -9,22 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agents.connectors import (
-    _JSON,
-    Connection,
-    ConnectionError,
-    Record,
-    _BaseWriter,
-    _json_default,
-    _loads,
-)
+from agents.connectors import _JSON, Record, _BaseWriter, _json_default, _loads
 from control.config import Settings
+from control.registry.connections import ConnectionSpec, ConnectorError
 
 if TYPE_CHECKING:
     from sinks.storage import Storage
 
 
-def records(connection: Connection, settings: Settings, storage: Storage | None,
+def records(connection: ConnectionSpec, settings: Settings, storage: Storage | None,
             arguments: Mapping[str, str]) -> Iterator[list[Record]]:
     """The topic's records (tombstones skipped); `key_field`, if absent, from the message key."""
     key_field = connection.details.get("key_field")
@@ -46,21 +39,21 @@ def records(connection: Connection, settings: Settings, storage: Storage | None,
             yield chunk
 
 
-def count_hint(connection: Connection, settings: Settings, storage: Storage | None,
+def count_hint(connection: ConnectionSpec, settings: Settings, storage: Storage | None,
                arguments: Mapping[str, str]) -> int | None:
     """The messages the topic holds now, from its watermarks (tombstones included)."""
     with _KafkaTopic(connection, settings) as topic:
         return sum(high - low for low, high in topic.watermarks().values())
 
 
-def open_writer(connection: Connection, settings: Settings, storage: Storage | None,
+def open_writer(connection: ConnectionSpec, settings: Settings, storage: Storage | None,
                 arguments: Mapping[str, str]) -> _KafkaWriter:
     """A writer of records as JSON messages, keyed by `key_field` if given."""
     return _KafkaWriter(connection, settings)
 
 
 class _KafkaWriter(_BaseWriter):
-    def __init__(self, connection: Connection, settings: Settings) -> None:
+    def __init__(self, connection: ConnectionSpec, settings: Settings) -> None:
         from confluent_kafka import Producer
 
         from control.kafka import TopicSpec, ensure_topics
@@ -102,7 +95,7 @@ class _KafkaWriter(_BaseWriter):
 class _KafkaTopic:
     """A bounded read of one topic: from the beginning to its end as of `watermarks()`."""
 
-    def __init__(self, connection: Connection, settings: Settings) -> None:
+    def __init__(self, connection: ConnectionSpec, settings: Settings) -> None:
         from confluent_kafka import Consumer
         self.name, self.topic = connection.name, connection.details["topic"]
         self._consumer = Consumer({**_kafka_config(connection, settings),
@@ -110,8 +103,8 @@ class _KafkaTopic:
                                    "enable.auto.commit": False, "enable.partition.eof": True,
                                    "auto.offset.reset": "earliest"})
 
-    def error(self, message: str) -> ConnectionError:
-        return ConnectionError(f"connection {self.name!r}, topic {self.topic}: {message}")
+    def error(self, message: str) -> ConnectorError:
+        return ConnectorError(f"connection {self.name!r}, topic {self.topic}: {message}")
 
     def watermarks(self) -> dict[int, tuple[int, int]]:
         from confluent_kafka import KafkaException, TopicPartition
@@ -159,7 +152,7 @@ class _KafkaTopic:
         self._consumer.close()
 
 
-def _kafka_config(connection: Connection, settings: Settings) -> dict[str, Any]:
+def _kafka_config(connection: ConnectionSpec, settings: Settings) -> dict[str, Any]:
     d = connection.details
     # Another cluster gets only its own details, never the platform's credentials.
     config: dict[str, Any] = ({"bootstrap.servers": d["bootstrap_servers"]}

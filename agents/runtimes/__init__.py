@@ -5,7 +5,8 @@ from __future__ import annotations
 from importlib import import_module
 from pathlib import Path
 
-from agents.runtimes.base import InputMismatch, ModelRuntime, TensorSpec, UnknownFramework
+from agents.runtimes.base import InputMismatch, ModelRuntime, UnknownFramework
+from control.registry.tensors import TensorSpec
 
 # Module and class names, not classes: importing TensorFlow costs seconds, so a runtime's
 # module is imported only when a model of its framework is first loaded.

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
+from control.registry.tensors import STRING, TensorSpec
 from schemas.errors import ArtifactError, InferstreamError
-
-STRING = "string"  # dtype name of text tensors; numpy itself has no single name for them
 
 
 class InputMismatch(InferstreamError):
@@ -21,15 +19,6 @@ class InputMismatch(InferstreamError):
 
 class UnknownFramework(ArtifactError):
     """No runtime is registered for a framework name."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named input or output: numpy dtype name and shape, -1 for a dynamic dimension."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
 
 
 class ModelRuntime(ABC):

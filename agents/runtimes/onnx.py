@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from agents.runtimes.base import STRING, ModelRuntime, TensorSpec
+from agents.runtimes.base import ModelRuntime
+from control.registry.tensors import STRING, TensorSpec
 from schemas.errors import ArtifactError
 
 _DTYPES = {

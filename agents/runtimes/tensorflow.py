@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from agents.runtimes.base import ModelRuntime, TensorSpec
+from agents.runtimes.base import ModelRuntime
+from control.registry.tensors import TensorSpec
 from schemas.errors import ArtifactError
 
 SIGNATURE = "serving_default"

@@ -1,0 +1,1 @@
+"""What a worker runs on a schedule: assays, and task runs of orchestrations."""

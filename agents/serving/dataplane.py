@@ -1,0 +1,188 @@
+"""The data plane: the one place where records are served, for the stream, HTTP and batch tasks.
+
+It turns bytes into records (records/formats.py), runs a deployed version (the column-wise
+fast path when the batch fits it, else record by record), and turns the outcome into results,
+dead letters and inference logs, sent to a Sink: the intake's transaction buffer for the
+stream, the outbox for HTTP. Batch tasks decode and run through it too
+(scheduling/orchestration.py). It also counts what it serves (metrics).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Message
+
+from agents.metrics import PipelineMetrics, StageMetrics
+from agents.records.avro_writer import LogWriter
+from agents.records.formats import (
+    AvroInput,
+    BadRecord,
+    InputRecord,
+    ResultMeta,
+    dead_letter,
+    decode_record,
+    encode_result,
+)
+from agents.serving.columnar import Columnar, Sink
+from agents.serving.outbox import Outbox
+from agents.serving.runner import BatchOutcome, PipelineRunner, RecordResult
+from control.config import Settings
+from control.registry.state import Deployment, PipelineVersion
+from control.registry.tensors import TensorSpec
+
+Key = tuple[str, str]  # (workspace, pipeline)
+
+
+@dataclass
+class Serving:
+    """What a worker serves for one pipeline: its deployed version, ready to run."""
+
+    deployment: Deployment
+    version: PipelineVersion
+    runner: PipelineRunner
+    specs: tuple[TensorSpec, ...]  # the first step's inputs: what an input record must hold
+    avro: AvroInput  # the Avro record producers may write instead of JSON
+    logs: LogWriter  # this version's inference-log records
+    input_topic: str
+    output_topic: str
+    dead_topic: str
+    columnar: Columnar | None = None  # the fast path, when the version is the common case
+
+    @property
+    def key(self) -> Key:
+        return self.deployment.workspace, self.deployment.pipeline
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What became of one record sent over HTTP: its result (bytes and content type), or why
+    not (an HTTP status and the reason)."""
+
+    status: int
+    body: bytes | str
+    content_type: str = "application/json"
+
+
+class DataPlane:
+    """Serves records of deployed versions and counts them; one per worker."""
+
+    def __init__(self, settings: Settings, worker: str) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.metrics = StageMetrics()
+        self.pipeline_metrics = PipelineMetrics()
+        self.outbox = Outbox(settings)  # what HTTP requests' logs go through
+
+    def serve_batch(self, serving: Serving, messages: Sequence[Message], sink: Sink
+                    ) -> tuple[int, int]:
+        """Serve one micro-batch of input messages: send its results, dead letters and logs
+        to `sink`. Returns (results, dead letters). Runs in the intake's thread."""
+        metrics = self.metrics
+        began = started = time.perf_counter_ns()
+        if serving.columnar is not None:
+            served = serving.columnar.serve(messages, sink, metrics)
+            if served is not None:
+                self.pipeline_metrics.batch_seconds(*serving.key,
+                                                    (time.perf_counter_ns() - began) / 1e9)
+                return served, 0
+        records, sources, dead = self._decode(serving, messages)
+        started = metrics.add("decode", started)
+        results = 0
+        if records:
+            outcome = serving.runner.run(records)
+            started = metrics.add("infer", started)
+            send, output = sink.send, serving.output_topic
+            for result in outcome.results:
+                send(output, result.record.key,
+                     encode_result(result.record, result.outputs, self.meta(serving, result)))
+            results = len(outcome.results)
+            dead += [(sources[id(f.record)], f.reason) for f in outcome.failures]
+            self.publish_logs(serving, outcome, sink)
+        for message, reason in dead:
+            self._dead(serving, message, reason, sink)
+        metrics.add("encode", started)
+        self.pipeline_metrics.batch_seconds(*serving.key,
+                                            (time.perf_counter_ns() - began) / 1e9)
+        return results, len(dead)
+
+    def served_batch(self, serving: Serving, records: int, results: int, dead: int) -> None:
+        """Count a batch whose output and offsets are committed."""
+        self.metrics.served(records)
+        m, key = self.pipeline_metrics, serving.key
+        m.records_in(*key, records)
+        m.records_out(*key, results)
+        m.dead_lettered(*key, dead)
+
+    def lag(self, serving: Serving, waiting: int) -> None:
+        self.pipeline_metrics.set_lag(*serving.key, waiting)
+
+    def _decode(self, serving: Serving, messages: Sequence[Message]
+                ) -> tuple[list[InputRecord], dict[int, Message], list[tuple[Message, str]]]:
+        """The batch's records, their messages by id(record), and the undecodable ones."""
+        records: list[InputRecord] = []
+        sources: dict[int, Message] = {}
+        dead: list[tuple[Message, str]] = []
+        specs, avro = serving.specs, serving.avro
+        for m in messages:
+            try:
+                record = self.decode(m.value(), m.key(), specs,
+                                     f"{m.topic()}:{m.partition()}:{m.offset()}", avro)
+            except BadRecord as exc:
+                dead.append((m, str(exc)))
+                continue
+            records.append(record)
+            sources[id(record)] = m
+        return records, sources, dead
+
+    def meta(self, serving: Serving, result: RecordResult) -> ResultMeta:
+        d = serving.deployment
+        return ResultMeta(
+            pipeline=d.pipeline, pipeline_version=d.version, workspace=d.workspace,
+            models=[(m.step, m.model, m.version, m.role) for m in result.models],
+            elapsed_us=result.elapsed_us, worker=self.worker,
+        )
+
+    def publish_logs(self, serving: Serving, outcome: BatchOutcome, sink: Sink) -> None:
+        """Send the batch's inference logs (shadow ones too): see LogWriter.messages."""
+        topic, send = self.settings.topic("logs"), sink.send
+        for value in serving.logs.messages(time.time_ns() // 1000, outcome.logs):
+            send(topic, None, value)
+
+    def _dead(self, serving: Serving, message: Message, reason: str, sink: Sink) -> None:
+        d = serving.deployment
+        value = dead_letter(message.value(), message.key(), reason, d.pipeline, d.version,
+                            message.topic(), message.partition(), message.offset(),
+                            workspace=d.workspace)
+        sink.send(serving.dead_topic, message.key(), value)
+
+    def decode(self, payload: bytes, key: bytes | None, specs: tuple[TensorSpec, ...],
+               record_id: str, avro: AvroInput | None = None) -> InputRecord:
+        """One record from its bytes (JSON, V2 or Avro); BadRecord says why it is not one."""
+        return decode_record(payload, key, specs, record_id, avro,
+                             max_bytes=self.settings.max_record_bytes)
+
+    async def serve_request(self, serving: Serving, body: bytes, record_id: str) -> Answer:
+        """One record sent over HTTP: served like a stream record, its logs through the
+        outbox (delivered before the answer), its result in the record's own format."""
+        import asyncio
+
+        try:
+            record = self.decode(body, None, serving.specs, record_id, serving.avro)
+        except BadRecord as exc:
+            return Answer(400, str(exc))
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            None, serving.runner.run, [record])
+        shipment = self.outbox.shipment()
+        self.publish_logs(serving, outcome, shipment)
+        await shipment.delivered()
+        if outcome.failures:
+            return Answer(422, outcome.failures[0].reason)
+        result = outcome.results[0]
+        value = encode_result(record, result.outputs, self.meta(serving, result))
+        return Answer(200, value, "avro/binary" if record.format == "avro" else "application/json")
+
+    def close(self) -> None:
+        self.outbox.close()

@@ -1,0 +1,151 @@
+"""CLI commands for pipelines: create, version, deploy, undeploy, roll back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from control.cli.base import JsonFlag, client_of, rows_table, show, when
+from control.registry.events import ControlStatus
+from control.registry.state import Deployment
+from control.registry.steps import parse_model_ref, step_to_json
+from schemas.errors import InferstreamError
+
+pipelines = typer.Typer(help="Create, version, deploy, undeploy and roll back pipelines.",
+                        no_args_is_help=True)
+WaitWorkers = Annotated[float, typer.Option(
+    help="Seconds to wait for a worker to serve it (or refuse); 0: don't wait")]
+
+
+# -- pipelines ---------------------------------------------------------------------------------
+
+
+@pipelines.command("create")
+def pipelines_create(ctx: typer.Context, name: str,
+                     description: Annotated[str | None, typer.Option()] = None,
+                     json_out: JsonFlag = False) -> None:
+    """Create a pipeline (its steps come with its versions)."""
+    p = client_of(ctx).create_pipeline(name, description)
+    show(p, json_out, message=f"created pipeline [bold]{p.name}[/]")
+
+
+@pipelines.command("version")
+def pipelines_version(
+    ctx: typer.Context, name: str,
+    step: Annotated[list[str] | None, typer.Option(
+        help="A model step MODEL[:VERSION], repeatable, in chain order")] = None,
+    steps_file: Annotated[Path | None, typer.Option(
+        exists=True, help="JSON list of steps (splits, shadows): see README")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Create a new immutable version of a pipeline from its steps."""
+    if bool(step) == bool(steps_file):
+        raise typer.BadParameter("give either --step (one or more) or --steps-file")
+    client = client_of(ctx)
+    if steps_file:
+        try:
+            specs = json.loads(steps_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise InferstreamError(f"{steps_file} is not JSON: {exc}") from exc
+    else:
+        registry, ws = client.registry(), client._ws(None)
+
+        def latest(model: str) -> int:
+            found = registry.models.get((ws, model))
+            if found is None:
+                raise InferstreamError(f"unknown model {model!r} in workspace {ws!r}")
+            return found.latest.version
+
+        specs = [parse_model_ref(s, latest) for s in step or []]
+    v = client.create_pipeline_version(name, specs)
+    show(v, json_out, message=f"pipeline [bold]{name}[/] version [bold]{v.version}[/]: "
+         + " → ".join(json.dumps(step_to_json(s)) for s in v.steps))
+
+
+@pipelines.command("input-schema")
+def pipelines_input_schema(
+    ctx: typer.Context, name: str,
+    version: Annotated[int | None, typer.Option(help="Pipeline version (default: deployed)")
+                       ] = None,
+) -> None:
+    """Print the Avro schema of the pipeline's input records (for Avro producers)."""
+    print(json.dumps(client_of(ctx).input_schema(name, version), indent=2))
+
+
+@pipelines.command("list")
+def pipelines_list(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """List pipelines with their versions and what is deployed."""
+    client = client_of(ctx)
+    rows, deployed = client.pipelines(), {d.pipeline: d for d in client.deployments()}
+    show(rows, json_out, lambda: rows_table(
+        "pipelines", ["name", "versions", "deployed", "created"],
+        [(p.name, len(p.versions), _deployed(deployed.get(p.name)), when(p.created_at))
+         for p in rows]))
+
+
+def _deployed(d: Deployment | None) -> str:
+    return f"v{d.version}" if d and d.active else "-"
+
+
+@pipelines.command("get")
+def pipelines_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
+    """Show a pipeline's versions and steps."""
+    p = client_of(ctx).pipeline(name)
+    show(p, json_out, lambda: rows_table(f"pipeline {name}", ["version", "steps", "by", "created"],
+         [(v.version, " → ".join(json.dumps(step_to_json(s)) for s in v.steps), v.created_by,
+           when(v.created_at)) for v in p.versions]))
+
+
+@pipelines.command("deploy")
+def pipelines_deploy(
+    ctx: typer.Context, name: str,
+    version: Annotated[int | None, typer.Option(help="Version to deploy (default: latest)")] = None,
+    batch_size: Annotated[int, typer.Option(help="Most records per micro-batch")] = 64,
+    batch_wait_ms: Annotated[int, typer.Option(help="Longest wait to fill a batch (ms)")] = 20,
+    wait_workers: WaitWorkers = 15.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Deploy a pipeline version; running workers switch to it between batches."""
+    client = client_of(ctx)
+    status = client.send("Deploy", {"pipeline": name, "version": version,
+                                    "batch_size": batch_size, "batch_wait_ms": batch_wait_ms},
+                         worker_wait=wait_workers)
+    d = client.registry().deployments[(client._ws(None), name)]
+    show(d, json_out, message=f"deployed pipeline [bold]{name}[/] version [bold]{d.version}[/]"
+         + _served_by(status, wait_workers))
+
+
+def _served_by(status: ControlStatus, waited: float) -> str:
+    if not waited:
+        return ""
+    if status.result.get("worker"):
+        return f"; worker {status.result['worker']} serves it"
+    return (f"\n[yellow]warning:[/] no worker confirmed within {waited:g}s; "
+            "is one running (`inferstream worker`)?")
+
+
+@pipelines.command("undeploy")
+def pipelines_undeploy(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
+    """Stop serving a pipeline; records on its input topic wait for the next deploy."""
+    d = client_of(ctx).undeploy(name)
+    show(d, json_out, message=f"undeployed pipeline [bold]{name}[/]")
+
+
+@pipelines.command("rollback")
+def pipelines_rollback(
+    ctx: typer.Context, name: str,
+    version: Annotated[int | None, typer.Option(
+        help="Version to go back to (default: the one deployed before)")] = None,
+    wait_workers: WaitWorkers = 15.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Deploy an earlier version again."""
+    client = client_of(ctx)
+    status = client.send("Rollback", {"pipeline": name, "version": version},
+                         worker_wait=wait_workers)
+    d = client.registry().deployments[(client._ws(None), name)]
+    show(d, json_out, message=f"rolled pipeline [bold]{name}[/] back to version "
+         f"[bold]{d.version}[/]" + _served_by(status, wait_workers))

@@ -1,0 +1,1 @@
+"""The embedded platform: a local broker (or three), a worker process, the demo."""

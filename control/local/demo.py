@@ -1,0 +1,217 @@
+"""`inferstream up`: the embedded platform on one machine, and a demo on it.
+
+The platform is a local broker, the registrar, and one worker process (which also
+owns the embedded chDB storage). The demo trains two real models from data that
+ships with scikit-learn, chains them in a pipeline, deploys it, and streams records.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from control.client import Client
+from control.config import Settings
+from control.kafka import ensure_topics, platform_topics
+from control.local.brokers import LocalBroker, start_local_broker
+from control.local.worker_process import WorkerProcess
+from control.registrar import Registrar
+
+DEMO_USER, DEMO_WORKSPACE, DEMO_PIPELINE = "admin", "demo", "iris"
+DRIFT_ASSAY, BATCH_TASK = "virginica-drift", "score-iris-every-minute"
+WINDOW = timedelta(seconds=5)
+
+
+def run_embedded(settings: Settings, broker_kind: str, *, demo: bool, once: bool,
+                 console: Console) -> None:
+    """Start a broker (unless external), the registrar and a worker; run the demo; serve."""
+    broker: LocalBroker | None = None
+    if broker_kind != "external":
+        port = 9092 if _free(9092) else None
+        with console.status("starting the local broker…"):
+            broker = start_local_broker(settings.data_dir / "broker", broker_kind, port)
+        settings = settings.model_copy(update={"bootstrap_servers": broker.bootstrap})
+        console.print(f"[green]broker[/] {broker.kind} {broker.version} at {broker.bootstrap} "
+                      f"(log: {broker.log_path})")
+        for defect in broker.defects:
+            console.print(f"[yellow]warning:[/] Tansu broker: {defect}")
+        if broker.kind == "tansu":  # no transactions there: see INFERSTREAM_DELIVERY
+            settings = settings.model_copy(update={"delivery": "at-least-once"})
+            console.print("[yellow]warning:[/] Tansu broker: the worker serves at least once "
+                          "(a crash may serve a batch twice)")
+    registrar = Registrar(settings).start()
+    worker: WorkerProcess | None = None
+    try:
+        ensure_topics(settings, platform_topics(settings))
+        with console.status("starting a worker…"):
+            # Quick assay ticks, so the demo's drift shows within seconds.
+            worker = WorkerProcess(settings, "worker-1", settings.data_dir.resolve(),
+                                   data_dir=settings.data_dir.resolve(),
+                                   env={"INFERSTREAM_ASSAY_TICK_S": "1"})
+            worker.wait_ready()
+        console.print(f"[green]worker[/] {worker.name}: {worker.url} "
+                      f"(log: {worker.log_path})")
+        if not (worker.health() or {}).get("secured"):
+            console.print("[yellow]open platform[/]: its HTTP needs no credential, so it "
+                          "listens on loopback only (`inferstream bootstrap` secures a new "
+                          "platform)")
+        if demo:
+            run_demo(settings, console)
+            run_drift_demo(settings, console)
+            run_batch_demo(settings, console)
+        console.print(
+            "\nReach it from another shell:\n"
+            f"  export INFERSTREAM_BOOTSTRAP_SERVERS={settings.bootstrap_servers}\n"
+            f"  export INFERSTREAM_NAMESPACE={settings.namespace}\n"
+            f"  export INFERSTREAM_USER={DEMO_USER} INFERSTREAM_WORKSPACE={DEMO_WORKSPACE}\n"
+            + (f"  export INFERSTREAM_DELIVERY={settings.delivery}\n"
+               if settings.delivery != "exactly-once" else "") +
+            "  inferstream pipelines list\n"
+            f"  inferstream infer {DEMO_PIPELINE} --data "
+            "'{\"float_input\": [6.3, 3.3, 6.0, 2.5]}'\n"
+            f"  curl -s -XPOST {worker.url}/pipelines/{DEMO_PIPELINE}/infer "
+            "-d '{\"float_input\": [5.1, 3.5, 1.4, 0.2]}'\n"
+            "  inferstream assays list\n"
+            f"  inferstream assays results {DRIFT_ASSAY}-HHMMSS --plot drift.png\n"
+            f"  inferstream tasks runs {BATCH_TASK}"
+        )
+        if not once:
+            console.print("[bold]serving[/]; Ctrl-C stops the platform")
+            threading.Event().wait()
+    finally:
+        if worker is not None:
+            worker.stop()
+        registrar.stop()
+        if broker is not None:
+            broker.stop()
+
+
+def run_demo(settings: Settings, console: Console) -> None:
+    """Register two real models, chain them, deploy, and stream iris records through."""
+    from control.local.demo_models import build_onnx_classifier, build_trained_scorer, iris_rows
+
+    client = Client(settings, user=DEMO_USER, workspace=DEMO_WORKSPACE)
+    registry = client.registry()
+    if DEMO_USER not in registry.users:
+        client.create_user(DEMO_USER, admin=True)
+    if DEMO_WORKSPACE not in registry.workspaces:
+        client.create_workspace(DEMO_WORKSPACE)
+    if (DEMO_WORKSPACE, DEMO_PIPELINE) not in registry.pipelines:
+        with tempfile.TemporaryDirectory() as tmp, console.status("training the demo models…"):
+            clf = build_onnx_classifier(Path(tmp) / "iris.onnx")
+            scorer = build_trained_scorer(Path(tmp) / "scorer", clf)
+            for name, path in (("iris-classifier", clf), ("virginica-scorer", scorer)):
+                v = client.upload_model(name, path, description="demo model")
+                console.print(f"[green]model[/] {v.model} v{v.version} ({v.framework}): "
+                              f"{', '.join(s.name for s in v.inputs)} → "
+                              f"{', '.join(s.name for s in v.outputs)}")
+        client.create_pipeline(DEMO_PIPELINE, "iris classes, then a virginica score")
+        client.create_pipeline_version(
+            DEMO_PIPELINE, [{"model": "iris-classifier"}, {"model": "virginica-scorer"}])
+    deployment = client.deploy(DEMO_PIPELINE, worker_wait=60)
+    console.print(f"[green]deployed[/] pipeline {DEMO_PIPELINE} v{deployment.version}: "
+                  "iris-classifier (ONNX) → virginica-scorer (TensorFlow)")
+    rows = iris_rows()[::15]
+    replies = client.infer(DEMO_PIPELINE, [
+        {"id": f"iris-{i}", "float_input": row.tolist()} for i, row in enumerate(rows)])
+    table = Table(title=f"{len(replies)} records through {DEMO_PIPELINE}")
+    for column in ("id", "float_input", "virginica score", "served by", "ms"):
+        table.add_column(column)
+    for row, reply in zip(rows, replies, strict=True):
+        body = reply.body
+        table.add_row(body["id"], ", ".join(f"{v:.1f}" for v in row),
+                      f"{body['outputs']['score'][0][0]:.3f}",
+                      " → ".join(f"{m['model']} v{m['version']}" for m in body["models"]),
+                      f"{body['elapsed_ms']:.1f}")
+    console.print(table)
+
+
+def run_drift_demo(settings: Settings, console: Console) -> None:
+    """Normal traffic as the baseline, one window of it, then one of drifted traffic."""
+    from control.client.assay_plot import plot_results
+    from control.local.demo_models import iris_rows
+
+    client = Client(settings, user=DEMO_USER, workspace=DEMO_WORKSPACE)
+    rows = iris_rows()
+    baseline_start = datetime.now(UTC)
+    with console.status("streaming normal traffic for the baseline…"):
+        _stream(client, rows, baseline_start + 2 * WINDOW)
+    first = _next_second() + timedelta(seconds=1)
+    name = f"{DRIFT_ASSAY}-{first:%H%M%S}"  # one per run of the demo
+    client.create_assay(
+        name, pipeline=DEMO_PIPELINE, model="virginica-scorer", io="output", field="score",
+        index=0, baseline_start=baseline_start, baseline_end=first, width=WINDOW,
+        first_window_start=first, warning_threshold=0.1, alert_threshold=0.25)
+    with console.status(f"assay {name}: a window of normal traffic, then one of drift…"):
+        _stream(client, rows, first + WINDOW)
+        drifted = rows[100:] * np.float32(1.15)  # larger flowers: more "virginica"
+        _stream(client, drifted, first + 2 * WINDOW)
+        deadline = time.monotonic() + 60
+        while len(results := client.assay_results(name)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+    table = Table(title=f"assay {name}: PSI of the virginica score, {WINDOW.seconds}s windows")
+    for column in ("window", "count", "psi", "status"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(f"{r.window_start:%H:%M:%S}", str(r.window.count), f"{r.score:.3f}",
+                      r.status)
+    console.print(table)
+    if results:
+        plot = settings.data_dir.resolve() / "drift.png"
+        plot_results(results, plot, f"{DEMO_PIPELINE}: {name}", None)
+        console.print(f"[green]plot[/] {plot}")
+
+
+def run_batch_demo(settings: Settings, console: Console) -> None:
+    """A file of flowers scored into a ClickHouse table: now, and then every minute."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from control.local.demo_models import iris_rows
+
+    client = Client(settings, user=DEMO_USER, workspace=DEMO_WORKSPACE)
+    registry = client.registry()
+    if (DEMO_WORKSPACE, "score-iris") not in registry.orchestrations:
+        source = settings.data_dir.resolve() / "demo" / "iris.parquet"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        rows = iris_rows()
+        pq.write_table(pa.table({"id": [f"flower-{i}" for i in range(len(rows))],
+                                 "float_input": rows.tolist()}), source)
+        client.create_connection("iris-file", "file", {"path": str(source)})
+        client.create_connection("iris-scores", "clickhouse", {"table": "iris_scores"})
+        client.create_orchestration("score-iris", source="iris-file", pipelines=[DEMO_PIPELINE],
+                                    destination="iris-scores", carry=["id"], batch_size=50)
+    if (DEMO_WORKSPACE, BATCH_TASK) not in registry.tasks:
+        client.create_task(BATCH_TASK, "score-iris", schedule="* * * * *")
+        console.print(f"[green]task[/] {BATCH_TASK}: score-iris every minute, into the "
+                      "ClickHouse table iris_scores")
+    task = client.create_task(f"score-iris-now-{_next_second():%H%M%S}", "score-iris")
+    run = client.wait_for_run(task.event_id, 120)
+    console.print(f"[green]run[/] {task.name}: {run.status}, {run.records_in} in, "
+                  f"{run.records_out} out, {run.records_bad} bad "
+                  f"({', '.join(f'{p} v{v}' for p, v in run.pipeline_versions.items())})")
+
+
+def _stream(client: Client, rows: np.ndarray, until: datetime) -> None:
+    """Send rows drawn at random (so every window sees the same mix) until `until`."""
+    rng = np.random.default_rng(0)
+    while datetime.now(UTC) < until:
+        chunk = rows[rng.integers(0, len(rows), 10)]
+        client.infer(DEMO_PIPELINE, [{"float_input": r.tolist()} for r in chunk])
+
+
+def _next_second() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0

@@ -1,0 +1,115 @@
+"""A worker in a process of its own, as an operator would run it: `inferstream worker`.
+
+`inferstream up` starts one this way, and so do the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from control.config import Settings
+from control.local.brokers import free_port
+from schemas.errors import InferstreamError
+
+TRANSPORT = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
+             "ssl_ca_location", "ssl_certificate_location", "ssl_key_location",
+             "ssl_key_password", "ssl_check_hostname",
+             "worker_bind", "worker_host", "http_tls_cert", "http_tls_key",
+             "http_max_in_flight", "http_request_timeout_s", "http_auth_window_s",
+             "max_record_bytes")
+
+
+class WorkerProcess:
+    """Starts `inferstream worker` for a platform and waits until it is ready."""
+
+    def __init__(self, settings: Settings, name: str, log_dir: Path,
+                 data_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.port = free_port()
+        self.settings = settings.model_copy(update={"worker_web_port": self.port})
+        self.url = self.settings.worker_url
+        self._tls = self.settings.http_client_tls() if self.url.startswith("https:") else None
+        self.log_path = log_dir / f"{name}.log"
+        extra, env = env, {
+            **os.environ,
+            "INFERSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "INFERSTREAM_NAMESPACE": settings.namespace,
+            "INFERSTREAM_DATA_DIR": str(data_dir or log_dir / name),
+            "INFERSTREAM_WORKER_NAME": name,
+            "INFERSTREAM_PIPELINE_PARTITIONS": str(settings.pipeline_partitions),
+            "INFERSTREAM_DELIVERY": settings.delivery,
+        }
+        # Connection settings the child needs, whether or not they came from our environment.
+        if settings.clickhouse_url:
+            env["INFERSTREAM_CLICKHOUSE_URL"] = settings.clickhouse_url
+        for name in TRANSPORT:
+            value = getattr(settings, name, None)
+            if value is not None:
+                secret = getattr(value, "get_secret_value", None)
+                env[f"INFERSTREAM_{name.upper()}"] = str(secret() if secret else value)
+        env.update(extra or {})
+        self.log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "control.cli", "worker", "--web-port", str(self.port),
+             "--loglevel", "info"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def health(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2,
+                                        context=self._tls) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    def wait_ready(self, serving: str | None = None, timeout: float = 90.0) -> dict:
+        """Block until the worker is ready (and serves `serving`, e.g. 'ws/pipeline')."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise InferstreamError(f"worker {self.name} exited:\n{self.tail()}")
+            h = self.health()
+            if h and h["ready"] and (serving is None or serving in h["serving"]):
+                return h
+            if time.monotonic() > deadline:
+                raise InferstreamError(
+                    f"worker {self.name} not ready ({serving or 'any'}) in {timeout:g}s; "
+                    f"its log: {self.log_path}")
+            time.sleep(0.2)
+
+    def post(self, path: str, body: bytes,
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"{self.url}{path}", data=body, method="POST",
+                                         headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=30, context=self._tls) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def tail(self, lines: int = 40) -> str:
+        self.log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.process.send_signal(sig)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()

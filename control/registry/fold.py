@@ -1,0 +1,368 @@
+"""The registry as a pure fold over control events: apply(state, event) -> state.
+
+Who may send an event is checked first (security.py: signature, replay, role); the rules of
+what it does live here (models, pipelines, deployments), in users.py, assays.py, workloads.py
+and api_keys.py; the checks they share are in rules.py. A broken
+rule raises Rejected with a reason a person can act on, and the caller keeps the state it
+had. No I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from functools import lru_cache, partial
+from typing import Any
+
+from control.registry.api_keys import API_KEY_HANDLERS
+from control.registry.assays import ASSAY_HANDLERS
+from control.registry.events import EVENT_TYPES, ControlEvent
+from control.registry.rules import check_name, member, pipeline_of
+from control.registry.security import authenticate, authorize
+from control.registry.state import (
+    ArtifactRef,
+    Deployment,
+    KeySplit,
+    Model,
+    ModelStep,
+    ModelVersion,
+    Pipeline,
+    PipelineVersion,
+    RandomSplit,
+    Registry,
+    ShadowStep,
+    Step,
+    step_models,
+)
+from control.registry.tensors import TensorSpec
+from control.registry.users import USER_HANDLERS
+from control.registry.workloads import WORKLOAD_HANDLERS
+from schemas.errors import Rejected
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_BATCH_SIZE = 10_000  # the default of Settings.max_batch_size (INFERSTREAM_MAX_BATCH_SIZE)
+MAX_BATCH_WAIT_MS = 60_000
+
+Handler = Callable[[Registry, ControlEvent, Mapping[str, Any]], Registry]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The platform's bounds on what an event may ask for (from Settings).
+
+    A rule of the fold like any other: every process that folds the control topic (the
+    registrar, workers, clients) must use the same limits, or they judge events differently.
+    """
+
+    max_batch_size: int = MAX_BATCH_SIZE
+
+
+LIMITS = Limits()
+
+
+def apply(state: Registry, event: ControlEvent, limits: Limits = LIMITS) -> Registry:
+    """The registry after `event`; raises Rejected (and changes nothing) when a rule is broken.
+
+    First who sent it (signature, replay, role: security.py), then what it does.
+    """
+    handler = _handlers(limits).get(event.type)
+    if handler is None:
+        raise Rejected(f"unknown event type {event.type!r}; known: {', '.join(EVENT_TYPES)}")
+    authenticate(state, event)
+    authorize(state, event)
+    try:
+        after = handler(state, event, event.payload)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # Avro guarantees the fields; this catches payloads built by hand around the codec.
+        raise Rejected(f"malformed {event.type} payload: {exc!r}") from exc
+    return replace(after, applied=state.applied.add(event.event_id, event.offset))
+
+
+def fold(events: Iterable[ControlEvent], state: Registry | None = None,
+         limits: Limits = LIMITS) -> Registry:
+    """Apply events in order, skipping rejected ones, as every replay of the topic does."""
+    state = state or Registry()
+    for event in events:
+        with contextlib.suppress(Rejected):
+            state = apply(state, event, limits)
+    return state
+
+
+def result_of(before: Registry, after: Registry, event: ControlEvent) -> dict[str, str]:
+    """What an accepted event made, for its status record (e.g. the new version number)."""
+    key = (event.workspace or "", _payload_name(event))
+    match event.type:
+        case "CreateAssay":
+            name = event.payload["name"]
+            return {"assay": name, "assay_id": after.assays[(key[0], name)].assay_id}
+        case "UploadModel":
+            return {"model": key[1], "version": str(after.models[key].latest.version)}
+        case "CreatePipelineVersion":
+            return {"pipeline": key[1], "version": str(len(after.pipelines[key].versions))}
+        case "Deploy" | "Rollback":
+            return {"pipeline": key[1], "version": str(after.deployments[key].version)}
+        case "CreateOrchestration":
+            name = event.payload["name"]
+            found = after.orchestrations[(key[0], name)]
+            return {"orchestration": name, "version": str(found.latest.version)}
+        case "CreateTask":
+            return {"task": event.payload["name"], "run_id": event.event_id}
+    return {}
+
+
+def _payload_name(event: ControlEvent) -> str:
+    p = event.payload
+    return p.get("pipeline") or p.get("name") or p.get("user") or ""
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def _artifact(p: Mapping[str, Any], what: str) -> ArtifactRef:
+    ref = ArtifactRef.from_record(p)
+    if not SHA256.fullmatch(ref.sha256):
+        raise Rejected(f"{what}: sha256 {ref.sha256!r} is not 64 lowercase hex digits")
+    if ref.size <= 0 or ref.chunks <= 0:
+        raise Rejected(f"{what}: empty artifact (size {ref.size}, {ref.chunks} chunks)")
+    return ref
+
+
+def _specs(records: Iterable[Mapping[str, Any]], what: str) -> tuple[TensorSpec, ...]:
+    specs = tuple(TensorSpec(r["name"], r["dtype"], tuple(r["shape"])) for r in records)
+    if not specs:
+        raise Rejected(f"the model declares no {what}; is the artifact a model?")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise Rejected(f"the model declares duplicate {what}: {names}")
+    return specs
+
+
+def _upload_model(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    ws = member(state, event)
+    check_name("model", p["name"])
+    key = (ws.name, p["name"])
+    artifact = _artifact(p["artifact"], f"model {p['name']!r}")
+    files = tuple((f["name"], _artifact(f["artifact"], f"file {f['name']!r}")) for f in p["files"])
+    if len({name for name, _ in files}) != len(files):
+        raise Rejected(f"model {p['name']!r}: two extra files have the same name")
+    model = state.models.get(key) or Model(ws.name, p["name"], ())
+    for earlier in model.versions:
+        if earlier.artifact.sha256 == artifact.sha256 and set(earlier.files) == set(files):
+            raise Rejected(
+                f"model {p['name']!r} version {earlier.version} has this very artifact "
+                f"(sha256 {artifact.sha256[:12]}…); upload a changed file to make a new version"
+            )
+    version = ModelVersion(
+        workspace=ws.name, model=model.name, version=len(model.versions) + 1,
+        framework=p["framework"], artifact=artifact, files=files,
+        inputs=_specs(p["inputs"], "inputs"), outputs=_specs(p["outputs"], "outputs"),
+        description=p["description"], created_by=event.actor, created_at=event.time,
+    )
+    model = replace(model, versions=(*model.versions, version))
+    return replace(state, models={**state.models, key: model})
+
+
+# -- pipelines -------------------------------------------------------------------------------
+
+
+def _create_pipeline(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    ws = member(state, event)
+    check_name("pipeline", p["name"])
+    key = (ws.name, p["name"])
+    if key in state.pipelines:
+        raise Rejected(f"pipeline {p['name']!r} already exists in workspace {ws.name!r}")
+    pipeline = Pipeline(ws.name, p["name"], p["description"], event.actor, event.time)
+    return replace(state, pipelines={**state.pipelines, key: pipeline})
+
+
+def _existing_version(pipeline: Pipeline, number: int) -> int:
+    if pipeline.version(number) is None:
+        raise Rejected(
+            f"pipeline {pipeline.name!r} has no version {number} "
+            f"(it has 1..{len(pipeline.versions)})"
+        )
+    return number
+
+
+def _model_step(state: Registry, ws: str, r: Mapping[str, Any], where: str) -> ModelStep:
+    model = state.models.get((ws, r["model"]))
+    if model is None:
+        raise Rejected(f"{where}: unknown model {r['model']!r} in workspace {ws!r}")
+    if model.version(r["version"]) is None:
+        raise Rejected(
+            f"{where}: model {r['model']!r} has no version {r['version']} "
+            f"(it has 1..{len(model.versions)})"
+        )
+    return ModelStep(r["model"], r["version"], dict(r["input_map"]))
+
+
+def _step(state: Registry, ws: str, item: tuple[str, Mapping[str, Any]], where: str) -> Step:
+    kind, r = item
+    kind = kind.rsplit(".", 1)[-1]
+    if kind == "ModelStep":
+        return _model_step(state, ws, r, where)
+    if kind == "RandomSplit":
+        routes = tuple(
+            (w["weight"], _model_step(state, ws, w["step"], f"{where} route {i + 1}"))
+            for i, w in enumerate(r["routes"])
+        )
+        if not routes or any(not math.isfinite(w) or w <= 0 for w, _ in routes):
+            raise Rejected(
+                f"{where}: a random split needs routes with positive weights, "
+                f"got {[w for w, _ in routes]}"
+            )
+        return RandomSplit(routes, r["hash_key"])
+    if kind == "KeySplit":
+        routes = tuple(
+            (k["value"], _model_step(state, ws, k["step"], f"{where} key {k['value']!r}"))
+            for k in r["routes"]
+        )
+        values = [v for v, _ in routes]
+        if not routes:
+            raise Rejected(f"{where}: a key split needs routes (and a default)")
+        if len(set(values)) != len(values):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            raise Rejected(f"{where}: each key split route needs its own value, not {repeated}")
+        return KeySplit(r["field"], routes, _model_step(state, ws, r["default"], where))
+    challengers = tuple(
+        _model_step(state, ws, c, f"{where} challenger {i + 1}")
+        for i, c in enumerate(r["challengers"])
+    )
+    if not challengers:
+        raise Rejected(f"{where}: a shadow step needs at least one challenger")
+    return ShadowStep(_model_step(state, ws, r["champion"], where), challengers)
+
+
+def _check_chain(state: Registry, ws: str, steps: tuple[Step, ...]) -> None:
+    """Each step after the first must find its inputs among the previous step's outputs."""
+    def version(s: ModelStep) -> ModelVersion:
+        return state.models[(ws, s.model)].versions[s.version - 1]
+
+    for n in range(1, len(steps)):
+        returned = step_models(steps[n - 1])
+        if isinstance(steps[n - 1], ShadowStep):
+            returned = returned[:1]
+        available = set.intersection(*({o.name for o in version(m).outputs} for m in returned))
+        for m in step_models(steps[n]):
+            for spec in version(m).inputs:
+                source = m.input_map.get(spec.name, spec.name)
+                if source not in available:
+                    raise Rejected(
+                        f"step {n + 1} ({m.model} v{m.version}) needs input {spec.name!r} "
+                        f"from field {source!r}, but step {n} outputs only "
+                        f"{sorted(available)}; map it with input_map"
+                    )
+
+
+def _create_pipeline_version(
+    state: Registry, event: ControlEvent, p: Mapping[str, Any]
+) -> Registry:
+    ws = member(state, event)
+    pipeline = pipeline_of(state, ws, p["pipeline"])
+    if not p["steps"]:
+        raise Rejected(f"pipeline {pipeline.name!r}: a version needs at least one step")
+    steps = tuple(
+        _step(state, ws.name, item, f"step {i + 1}") for i, item in enumerate(p["steps"])
+    )
+    _check_chain(state, ws.name, steps)
+    version = PipelineVersion(
+        ws.name, pipeline.name, len(pipeline.versions) + 1, steps, event.actor, event.time
+    )
+    pipeline = replace(pipeline, versions=(*pipeline.versions, version))
+    return replace(state, pipelines={**state.pipelines, (ws.name, pipeline.name): pipeline})
+
+
+# -- deployments -----------------------------------------------------------------------------
+
+
+def _deploy(state: Registry, event: ControlEvent, p: Mapping[str, Any],
+            limits: Limits = LIMITS) -> Registry:
+    ws = member(state, event)
+    pipeline = pipeline_of(state, ws, p["pipeline"])
+    if not pipeline.versions:
+        raise Rejected(f"pipeline {pipeline.name!r} has no version to deploy; create one first")
+    number = _existing_version(
+        pipeline, len(pipeline.versions) if p["version"] is None else p["version"]
+    )
+    most = limits.max_batch_size
+    if not 1 <= p["batch_size"] <= most:
+        why = ("a batch holds at least one record" if p["batch_size"] < 1 else
+               f"the platform's limit INFERSTREAM_MAX_BATCH_SIZE is {most}")
+        raise Rejected(f"batch size {p['batch_size']} is outside 1..{most}: {why}")
+    if not 0 <= p["batch_wait_ms"] <= MAX_BATCH_WAIT_MS:
+        raise Rejected(f"batch wait {p['batch_wait_ms']} ms is outside 0..{MAX_BATCH_WAIT_MS}")
+    return _deployed(state, event, pipeline, number, p["batch_size"], p["batch_wait_ms"])
+
+
+def _deployed(
+    state: Registry, event: ControlEvent, pipeline: Pipeline, number: int,
+    batch_size: int, batch_wait_ms: int,
+) -> Registry:
+    key = (pipeline.workspace, pipeline.name)
+    before = state.deployments.get(key)
+    history = before.history if before else ()
+    deployment = Deployment(
+        pipeline.workspace, pipeline.name, number, True, batch_size, batch_wait_ms,
+        (*history, number), event.actor, event.time,
+    )
+    return replace(state, deployments={**state.deployments, key: deployment})
+
+
+def _undeploy(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    ws = member(state, event)
+    pipeline = pipeline_of(state, ws, p["pipeline"])
+    key = (ws.name, pipeline.name)
+    deployment = state.deployments.get(key)
+    if deployment is None or not deployment.active:
+        raise Rejected(f"pipeline {pipeline.name!r} is not deployed")
+    deployment = replace(deployment, active=False, deployed_by=event.actor, deployed_at=event.time)
+    return replace(state, deployments={**state.deployments, key: deployment})
+
+
+def _rollback(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
+    ws = member(state, event)
+    pipeline = pipeline_of(state, ws, p["pipeline"])
+    deployment = state.deployments.get((ws.name, pipeline.name))
+    if deployment is None:
+        raise Rejected(f"pipeline {pipeline.name!r} was never deployed; deploy it first")
+    # Back means an older version: by default the newest one deployed before the current.
+    number = p["version"]
+    if number is None:
+        earlier = [v for v in deployment.history if v < deployment.version]
+        if not earlier:
+            raise Rejected(
+                f"pipeline {pipeline.name!r} has no deployed version older than "
+                f"{deployment.version} to roll back to; name one with --version"
+            )
+        number = max(earlier)
+    _existing_version(pipeline, number)
+    if number >= deployment.version:
+        raise Rejected(
+            f"rolling back goes to a version older than the current {deployment.version}, "
+            f"not {number}; deploy version {number} instead"
+        )
+    return _deployed(
+        state, event, pipeline, number, deployment.batch_size, deployment.batch_wait_ms
+    )
+
+
+@lru_cache(maxsize=8)
+def _handlers(limits: Limits) -> dict[str, Handler]:
+    return {**_HANDLERS, "Deploy": partial(_deploy, limits=limits)}
+
+
+_HANDLERS: dict[str, Handler] = {
+    **USER_HANDLERS,
+    "UploadModel": _upload_model,
+    "CreatePipeline": _create_pipeline,
+    "CreatePipelineVersion": _create_pipeline_version,
+    "Deploy": _deploy,
+    "Undeploy": _undeploy,
+    "Rollback": _rollback,
+    **ASSAY_HANDLERS,
+    **WORKLOAD_HANDLERS,
+    **API_KEY_HANDLERS,
+}

@@ -1,0 +1,356 @@
+"""The registry's entities: immutable records that the fold in fold.py builds (users, workspaces,
+models, pipelines, deployments, assays, connections, orchestrations, tasks, API keys)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from control.registry.assay_config import AssayConfig
+from control.registry.tensors import TensorSpec
+
+OWNER, COLLABORATOR, VIEWER = "owner", "collaborator", "viewer"
+IN_PROCESS, TOPICS = "in-process", "topics"
+ROLES = (OWNER, COLLABORATOR, VIEWER)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    email: str | None
+    admin: bool
+    active: bool
+    created_at: datetime
+    public_key: bytes | None = None  # raw Ed25519; None on an open platform
+
+
+@dataclass(frozen=True)
+class Workspace:
+    name: str
+    created_by: str
+    created_at: datetime
+    members: Mapping[str, str]  # user -> role
+
+    def role_of(self, user: str) -> str | None:
+        return self.members.get(user)
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """Where a content-addressed blob lives in the artifact topic, and how to check it."""
+
+    sha256: str
+    size: int
+    format: str
+    topic: str
+    partition: int
+    offset: int
+    chunks: int
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> ArtifactRef:
+        return cls(**{k: r[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    workspace: str
+    model: str
+    version: int
+    framework: str
+    artifact: ArtifactRef
+    files: tuple[tuple[str, ArtifactRef], ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    description: str | None
+    created_by: str
+    created_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}:v{self.version}"
+
+
+@dataclass(frozen=True)
+class Model:
+    workspace: str
+    name: str
+    versions: tuple[ModelVersion, ...]
+
+    @property
+    def latest(self) -> ModelVersion:
+        return self.versions[-1]
+
+    def version(self, number: int) -> ModelVersion | None:
+        return self.versions[number - 1] if 0 < number <= len(self.versions) else None
+
+
+@dataclass(frozen=True)
+class ModelStep:
+    """Run one model version; input_map maps a model input name to the field that feeds it."""
+
+    model: str
+    version: int
+    input_map: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RandomSplit:
+    routes: tuple[tuple[float, ModelStep], ...]
+    hash_key: str | None = None
+
+
+@dataclass(frozen=True)
+class KeySplit:
+    field: str
+    routes: tuple[tuple[str, ModelStep], ...]
+    default: ModelStep
+
+
+@dataclass(frozen=True)
+class ShadowStep:
+    champion: ModelStep
+    challengers: tuple[ModelStep, ...]
+
+
+Step = ModelStep | RandomSplit | KeySplit | ShadowStep
+
+
+def step_models(step: Step) -> tuple[ModelStep, ...]:
+    """Every model a step may run, the one whose output is returned first."""
+    match step:
+        case ModelStep():
+            return (step,)
+        case RandomSplit():
+            return tuple(s for _, s in step.routes)
+        case KeySplit():
+            return (step.default, *(s for _, s in step.routes))
+        case ShadowStep():
+            return (step.champion, *step.challengers)
+    raise TypeError(step)
+
+
+@dataclass(frozen=True)
+class PipelineVersion:
+    workspace: str
+    pipeline: str
+    version: int
+    steps: tuple[Step, ...]
+    created_by: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    workspace: str
+    name: str
+    description: str | None
+    created_by: str
+    created_at: datetime
+    versions: tuple[PipelineVersion, ...] = ()
+
+    def version(self, number: int) -> PipelineVersion | None:
+        return self.versions[number - 1] if 0 < number <= len(self.versions) else None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A pipeline's deployment: the version served now, and every version deployed before."""
+
+    workspace: str
+    pipeline: str
+    version: int
+    active: bool
+    batch_size: int
+    batch_wait_ms: int
+    history: tuple[int, ...]
+    deployed_by: str
+    deployed_at: datetime
+
+
+@dataclass(frozen=True)
+class Assay:
+    """A named assay of a workspace: what it monitors (its config) and whether it runs.
+
+    `config.assay_id` is the assay's name and the start of the event that created it, so
+    an assay deleted and created again under the same name does not inherit old results.
+    """
+
+    workspace: str
+    name: str
+    config: AssayConfig
+    active: bool
+    created_by: str
+    created_at: datetime
+
+    @property
+    def assay_id(self) -> str:
+        return self.config.assay_id
+
+
+class AppliedEvents:
+    """The ids of the events a registry has applied, and their offsets: a persistent set.
+
+    Each fold step would copy a frozenset (O(n²) over a replay). Instead the registries of one
+    replay share one dict of id -> (position, offset), and each sees its first `size` entries;
+    growing the newest appends in O(1). Growing an older one (a branch: tests apply several
+    events to one state) copies its part first, so no registry ever sees another one change.
+    """
+
+    __slots__ = ("_log", "_size")
+
+    def __init__(self, log: dict[str, tuple[int, int]] | None = None, size: int = 0) -> None:
+        self._log = {} if log is None else log
+        self._size = size
+
+    def offset_of(self, event_id: str) -> int | None:
+        """Where the event was applied (its offset), or None if it was not."""
+        found = self._log.get(event_id)
+        return found[1] if found is not None and found[0] < self._size else None
+
+    def __contains__(self, event_id: object) -> bool:
+        return isinstance(event_id, str) and self.offset_of(event_id) is not None
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[str]:
+        return itertools.islice(iter(self._log), self._size)
+
+    def add(self, event_id: str, offset: int) -> AppliedEvents:
+        """These ids and one more."""
+        log = self._log
+        if len(log) != self._size:
+            log = dict(itertools.islice(log.items(), self._size))
+        log[event_id] = (self._size, offset)
+        return AppliedEvents(log, self._size + 1)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AppliedEvents):
+            return NotImplemented
+        if self._size != other._size:
+            return False
+        return self._log is other._log or set(self) == set(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"AppliedEvents({self._size} events)"
+
+    def __deepcopy__(self, memo: dict) -> AppliedEvents:
+        return AppliedEvents(dict(itertools.islice(self._log.items(), self._size)), self._size)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A workspace's key for HTTP callers; the registry keeps only its secret's sha256."""
+
+    workspace: str
+    name: str
+    key_id: str
+    secret_sha256: bytes
+    scopes: tuple[str, ...]  # infer, read
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    def usable_at(self, moment: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or moment < self.expires_at)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A named source or destination: a file location, a ClickHouse table/query, a topic."""
+
+    workspace: str
+    name: str
+    type: str  # file | clickhouse | kafka
+    details: Mapping[str, str]
+    created_by: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class OrchestrationVersion:
+    """Read `source`, run the records through `pipelines` in turn, write to `destination`."""
+
+    workspace: str
+    orchestration: str
+    version: int
+    source: str
+    pipelines: tuple[str, ...]
+    destination: str
+    errors: str | None  # where bad rows go, with the reason; None: they only count
+    batch_size: int
+    carry: tuple[str, ...]  # source fields copied to every result row
+    mode: str  # topics: through the pipelines' Kafka topics; in-process: on the worker
+    parameters: Mapping[str, str | None]  # name -> default (None: required)
+    created_by: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Orchestration:
+    workspace: str
+    name: str
+    versions: tuple[OrchestrationVersion, ...]
+
+    @property
+    def latest(self) -> OrchestrationVersion:
+        return self.versions[-1]
+
+
+@dataclass(frozen=True)
+class Task:
+    """Runs one orchestration version once, or on a cron schedule, with arguments."""
+
+    workspace: str
+    name: str
+    orchestration: str
+    version: int
+    schedule: str | None  # cron expression; None: run once
+    timezone: str
+    arguments: Mapping[str, str]
+    killed: bool
+    created_by: str
+    created_at: datetime
+    killed_at: datetime | None = None
+    event_id: str = ""  # the creating event: a run-once task's run id
+
+    @property
+    def once(self) -> bool:
+        return self.schedule is None
+
+
+Key = tuple[str, str]  # (workspace, name)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Everything the control topic says, as of one position in it."""
+
+    users: Mapping[str, User] = field(default_factory=dict)
+    workspaces: Mapping[str, Workspace] = field(default_factory=dict)
+    models: Mapping[Key, Model] = field(default_factory=dict)
+    pipelines: Mapping[Key, Pipeline] = field(default_factory=dict)
+    deployments: Mapping[Key, Deployment] = field(default_factory=dict)
+    assays: Mapping[Key, Assay] = field(default_factory=dict)
+    connections: Mapping[Key, Connection] = field(default_factory=dict)
+    orchestrations: Mapping[Key, Orchestration] = field(default_factory=dict)
+    tasks: Mapping[Key, Task] = field(default_factory=dict)
+    api_keys: Mapping[str, ApiKey] = field(default_factory=dict)  # by key id
+    # Bootstrapped with a key: every event must be signed by its actor, every user has a key.
+    secured: bool = False
+    applied: AppliedEvents = field(default_factory=AppliedEvents)
+    # Deleted workspaces keep their names: their topics and logs outlive them.
+    deleted_workspaces: Mapping[str, datetime] = field(default_factory=dict)
+
+    def active_deployments(self) -> list[Deployment]:
+        return [d for d in self.deployments.values() if d.active]
+
+    def active_assays(self) -> list[Assay]:
+        return [a for a in self.assays.values() if a.active]
