@@ -29,19 +29,14 @@ from schemas.codec import (
     writer_schemas,
 )
 from sinks.log_blocks import block_logs, decode_block
+from sinks.log_layout import COLUMNS as LOG_COLUMNS
+from sinks.log_layout import FIELDS, POSITION, READ_AS, TENSOR_PARTS, TENSORS
 from sinks.tables import LOG_ROWS, KafkaPosition
 
-TENSOR = ("Tuple(name String, dtype String, shape Array(Int64), values Array(Float64), "
-          "strings Array(String))")
-WHERE = "kafka_topic String, kafka_partition Int32, kafka_offset Int64"
-LOG = ("time DateTime64(6, 'UTC'), record_id String, workspace String, pipeline String, "
-       "pipeline_version Int32, step Int32, model String, model_version Int32, shadow Bool, "
-       f"inputs Array({TENSOR}), outputs Array({TENSOR}), elapsed_us Int64, worker String, "
-       "error Nullable(String)")
+WHERE = ", ".join(f"{name} {kind}" for name, kind in POSITION)
+LOG = ", ".join(f"{name} {kind}" for name, kind in READ_AS)
 STRUCTURE = f"{WHERE}, {LOG}"  # a row per InferenceLog message
 BATCH_STRUCTURE = f"{WHERE}, logs Array(Tuple({LOG}))"  # a row per InferenceLogBatch message
-_LOG_FIELDS = ("time", "record_id", "workspace", "pipeline", "pipeline_version", "step", "model",
-               "model_version", "shadow", "inputs", "outputs", "elapsed_us", "worker", "error")
 
 
 def _as_map(tensors: str, field: str, only_text: bool = False) -> str:
@@ -49,16 +44,17 @@ def _as_map(tensors: str, field: str, only_text: bool = False) -> str:
     return f"mapFromArrays(arrayMap(t -> t.name, {picked}), arrayMap(t -> t.{field}, {picked}))"
 
 
-COLUMNS = {
-    **{c: c for c in ("time", "record_id", "workspace", "pipeline", "pipeline_version", "step",
-                      "model", "model_version", "shadow")},
-    **{f"{io}{suffix}": _as_map(f"{io}s", field, field == "strings")
-       for io in ("input", "output")
-       for suffix, field in (("s", "values"), ("_shapes", "shape"), ("_dtypes", "dtype"),
-                             ("_strings", "strings"))},
-    **{c: c for c in ("elapsed_us", "worker", "error", "kafka_topic", "kafka_partition",
-                      "kafka_offset")},
-}
+def _source(column: str) -> str:
+    """What a column of the table is made of: a field as it is, or one part of a tensor field
+    (inputs, input_shapes, ... from the Avro field `inputs`) as a map by tensor name."""
+    for field in TENSORS:
+        for suffix, part in TENSOR_PARTS:
+            if column == field[:-1] + suffix:
+                return _as_map(field, part, part == "strings")
+    return column
+
+
+COLUMNS = {column: _source(column) for column in LOG_COLUMNS}
 # The engine need not merge duplicates within a batch as it writes it (half of the insert's
 # CPU): readers use FINAL, and a replayed batch is dropped by its deduplication token.
 # Storing logs is background work beside serving records, on the same machine with chDB: one
@@ -71,7 +67,7 @@ INSERT = (f"INSERT INTO {LOG_ROWS} ({', '.join(COLUMNS)}) "
 # The same from InferenceLogBatch messages: a row per log of each.
 INSERT_BATCHES = INSERT.replace("{source}", (
     "(SELECT kafka_topic, kafka_partition, kafka_offset, "
-    f"{', '.join(f'log.{f} AS {f}' for f in _LOG_FIELDS)} FROM {{source}} ARRAY JOIN logs AS log)"))
+    f"{', '.join(f'log.{f} AS {f}' for f in FIELDS)} FROM {{source}} ARRAY JOIN logs AS log)"))
 
 
 @cache

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from schemas.codec import MARKER, codec
 from schemas.errors import DecodeError
+from sinks.log_layout import SHARED
 from sinks.tables import KafkaPosition
 
 Block = dict[str, Any]  # a decoded InferenceLogBlock
@@ -29,8 +30,6 @@ Block = dict[str, Any]  # a decoded InferenceLogBlock
 DTYPES = {np.dtype(t).name: np.dtype(t).newbyteorder("<") for t in (
     "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
     "uint32", "uint64", "bool")}
-_SHARED = ("time", "workspace", "pipeline", "pipeline_version", "step", "model",
-           "model_version", "shadow", "elapsed_us", "worker")
 _IO = ("inputs", "outputs")
 _EPOCH, _MICROSECOND = datetime(1970, 1, 1, tzinfo=UTC), timedelta(microseconds=1)
 _NAMES = pa.list_(pa.string())
@@ -38,11 +37,14 @@ _FLOAT32, _FLOAT64 = np.dtype("<f4"), np.dtype("<f8")
 # Items float32 holds exactly whatever their values; other dtypes are checked block by block.
 _EXACT_IN_FLOAT32 = {"float16", "float32", "int8", "int16", "uint8", "uint16", "bool"}
 # The columns of sinks.tables.INFERENCE_LOG_BLOCKS, a row per block.
+_SHARED_TYPES = {
+    "time": pa.timestamp("us", "UTC"), "workspace": pa.string(), "pipeline": pa.string(),
+    "pipeline_version": pa.uint32(), "step": pa.uint16(), "model": pa.string(),
+    "model_version": pa.uint32(), "shadow": pa.bool_(), "elapsed_us": pa.int64(),
+    "worker": pa.string(),
+}
 SCHEMA = pa.schema([
-    ("time", pa.timestamp("us", "UTC")), ("workspace", pa.string()), ("pipeline", pa.string()),
-    ("pipeline_version", pa.uint32()), ("step", pa.uint16()), ("model", pa.string()),
-    ("model_version", pa.uint32()), ("shadow", pa.bool_()), ("elapsed_us", pa.int64()),
-    ("worker", pa.string()), ("record_ids", _NAMES),
+    *((name, _SHARED_TYPES[name]) for name in SHARED), ("record_ids", _NAMES),
     *((f"{io}_{part}", kind) for io in ("input", "output") for part, kind in (
         ("names", _NAMES), ("dtypes", _NAMES), ("shapes", pa.list_(pa.list_(pa.int64()))),
         ("values", pa.list_(pa.list_(pa.list_(pa.float32())))),
@@ -107,7 +109,7 @@ def values(column: dict[str, Any], records: int) -> np.ndarray:
 def block_logs(block: Block) -> list[dict[str, Any]]:
     """The InferenceLog records a block stands for, as InferenceLog decodes them."""
     ids = record_ids(block)
-    shared = {k: block[k] for k in _SHARED}
+    shared = {k: block[k] for k in SHARED}
     tensors = {io: [(c, values(c, len(ids)).tolist()) for c in block[io]] for io in _IO}
     return [{**shared, "record_id": record_id, "error": None,
              **{io: [{"name": c["name"], "dtype": c["dtype"], "shape": c["shape"],
@@ -118,7 +120,7 @@ def block_logs(block: Block) -> list[dict[str, Any]]:
 
 def block_table(blocks: Sequence[tuple[Block, KafkaPosition]]) -> pa.Table:
     """The `inference_log_blocks` rows of decoded blocks (see SCHEMA), a row per block."""
-    columns: dict[str, Any] = {f: [block[f] for block, _ in blocks] for f in _SHARED}
+    columns: dict[str, Any] = {f: [block[f] for block, _ in blocks] for f in SHARED}
     columns["time"] = [(t - _EPOCH) // _MICROSECOND for t in columns["time"]]
     counts = [len(block["record_id_ends"]) for block, _ in blocks]
     columns["record_ids"] = _ids(blocks, counts)

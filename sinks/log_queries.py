@@ -12,17 +12,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.errors import InferstreamError
+from sinks.log_layout import COLUMNS
 
 if TYPE_CHECKING:
     from sinks.storage import Storage
 
-# Every column of inference_logs a person may want, in reading order.
-LOG_COLUMNS = (
-    "time", "record_id", "workspace", "pipeline", "pipeline_version", "step", "model",
-    "model_version", "shadow", "inputs", "input_shapes", "input_dtypes", "input_strings",
-    "outputs", "output_shapes", "output_dtypes", "output_strings", "elapsed_us", "worker",
-    "error", "kafka_topic", "kafka_partition", "kafka_offset",
-)
+LOG_COLUMNS = COLUMNS  # every column of inference_logs, in reading order
 # A row's place in time order; unique, since FINAL collapses rows of the same sorting key.
 ORDER = ("time", "record_id", "step", "model", "shadow")
 _ORDER_TYPES = ("DateTime64(6, 'UTC')", "String", "UInt16", "String", "Bool")

@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from control import brokers
+from control.local import brokers
 from control.local.brokers import find_kafka_jars, kafka_version, start_local_broker
 from schemas.errors import BrokerError
 from tests.helpers import wait_until
