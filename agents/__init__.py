@@ -1,4 +1,6 @@
-"""The Faust app, pipeline runners, model runtimes and schedulers."""
+"""The worker: a Faust app (app.py) with its web pages, heartbeat and metrics, over the data
+plane (serving/), the wire formats (records/), model runtimes (runtimes/), connectors and
+schedules (scheduling/)."""
 
 import os
 

@@ -1,1 +1,2 @@
-"""ClickHouse: one storage over chDB or a server, the project's tables, and assays."""
+"""ClickHouse: one storage over chDB or a server, the tables, the log sink, the typed reads,
+assays and task runs."""

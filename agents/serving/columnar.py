@@ -37,7 +37,7 @@ _ITEMS = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 _LONG_ID = 0x80  # an id of 64 bytes or more has a varint length of two bytes: record path
 
 
-class Sink(Protocol):
+class Outgoing(Protocol):
     """Where a served batch's results, dead letters and logs go (a transaction's buffer, an
     HTTP request's shipment)."""
 
@@ -106,9 +106,9 @@ class Columnar:
         return cls(models, tuple(inputs), frame, MARKER + avro.fingerprint, results, logs,
                    output_topic, logs_topic, max_bytes)
 
-    def serve(self, messages: Sequence[Message], sink: Sink, metrics: StageMetrics
+    def serve(self, messages: Sequence[Message], out: Outgoing, metrics: StageMetrics
               ) -> int | None:
-        """Serve the batch into sink and return its number of results, or None (nothing sent)
+        """Serve the batch into out and return its number of results, or None (nothing sent)
         when it is not the common case."""
         started = time.perf_counter_ns()
         decoded = self._decode(messages)
@@ -128,7 +128,7 @@ class Columnar:
                 for m, (call, e) in zip(self.models, calls, strict=True)]
         if results is None or any(blocks is None for blocks in logs):
             return None
-        send, output = sink.send, self.output_topic
+        send, output = out.send, self.output_topic
         for key, value in zip(keys, results, strict=True):
             send(output, key, value)
         topic = self.logs_topic

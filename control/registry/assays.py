@@ -1,7 +1,7 @@
 """The registry's rules for assays: create, pause, resume and delete (pure, like the fold).
 
 An assay monitors one element of one input or output of a model that a pipeline runs. What
-it computes is `sinks.assay_config.AssayConfig`, whose validation is pure too; its
+it computes is `assay_config.AssayConfig`, whose validation is pure too; its
 AssayError becomes the Rejected reason. The payload converters here are the one place that
 maps a CreateAssay record to an AssayConfig and back, for the fold and for the client.
 """
