@@ -32,6 +32,7 @@ from control.kafka import (
     faust_broker_options,
     platform_topics,
     producer,
+    replication_factor,
 )
 from control.registrar import Registrar
 from control.registry.events import ControlStatus
@@ -45,6 +46,7 @@ DEPLOYMENT_EVENTS = {"Deploy", "Undeploy", "Rollback", "UploadModel"}
 
 
 SWITCH_INTERVAL_S = 0.001
+RETRY_TICK_S = 2.5  # how often refused versions are looked at (each has its own delay)
 
 
 def worker_name(settings: Settings) -> str:
@@ -60,8 +62,14 @@ def create_app(settings: Settings) -> faust.App:
     guard = Guard(settings)
     datadir = Path(settings.data_dir).resolve() / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
+    # Faust makes topics of its own (the leader's): as many replicas as the platform's.
+    replicas = replication_factor(settings)
+    if replicas is None:
+        log.warning("Faust's own topics get Faust's default of 1 replica: the cluster does not "
+                    "say its default.replication.factor; set INFERSTREAM_REPLICATION_FACTOR")
     app = faust.App(
         f"{settings.namespace}-workers",
+        **({"topic_replication_factor": replicas} if replicas else {}),
         **faust_broker_options(settings),  # the brokers, and SASL/TLS credentials
         datadir=str(datadir),
         key_serializer="raw",
@@ -135,18 +143,28 @@ def create_app(settings: Settings) -> faust.App:
         storage = await loop.run_in_executor(None, sink.open)
         await loop.run_in_executor(None, tasks[0].tick, storage, lambda: follower.registry)
 
+    @app.timer(RETRY_TICK_S)
+    async def retry_refused() -> None:
+        follower = getattr(app, "inferstream_follower", None)
+        if follower is not None and manager.refused:
+            await manager.retry_refused(follower.registry)
+
     @app.task
     async def own_storage() -> None:
         # Open (and, with chDB, own) the storage from the start, so that a CLI started later
-        # reads through this worker instead of taking the folder for itself.
-        delay = 0.5
+        # reads through this worker instead of taking the folder for itself. While another
+        # worker owns the folder, try again every few seconds: when it goes, one of the others
+        # takes the folder, and with it the log sink and the schedules.
+        delay, said = 0.5, False
         while sink.storage is None:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, sink.open)
             except StorageError as exc:
-                log.warning("storage not available yet, retrying in %.1fs: %s", delay, exc)
+                (log.debug if said else log.warning)(
+                    "storage not available yet; retrying every few seconds: %s", exc)
+                said = True
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 5.0)
 
     @app.task
     async def follow_registry() -> None:
@@ -167,7 +185,7 @@ def create_app(settings: Settings) -> faust.App:
         if not follower.registry.secured:
             log.warning("open platform: HTTP inference and reads at %s need no credential "
                         "(`inferstream bootstrap` secures a platform)", settings.worker_url)
-        manager.ready = True
+        manager.replayed = True
         app.inferstream_follower = follower  # type: ignore[attr-defined]
         app.inferstream_registrar = registrar  # type: ignore[attr-defined]
 

@@ -36,7 +36,7 @@ class Heartbeat:
     worker: str
     time: datetime
     interval_s: float  # how often the worker publishes: a record older than a few is stale
-    ready: bool  # the registry is replayed and its deployments were served (or refused)
+    ready: bool  # as /health/ready says: replayed, live, and no deployment refused
     alive: bool  # the worker still takes records from its input topics
     serving: dict[str, int] = field(default_factory=dict)  # "ws/pipeline" -> version
     refused: dict[str, str] = field(default_factory=dict)  # "ws/pipeline" -> reason
@@ -66,7 +66,7 @@ def beat_of(manager: DeploymentManager, interval_s: float) -> Heartbeat:
     """The heartbeat the manager's worker would publish now."""
     return Heartbeat(
         worker=manager.worker, time=datetime.now(UTC), interval_s=interval_s,
-        ready=manager.ready, alive=manager.alive(),
+        ready=manager.not_ready() is None, alive=manager.alive(),
         serving={f"{ws}/{p}": s.deployment.version for (ws, p), s in manager.served.items()},
         refused={f"{ws}/{p}": reason for (ws, p), reason in manager.refused.items()},
         metrics=manager.pipeline_metrics.snapshot(),

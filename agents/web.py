@@ -38,8 +38,6 @@ from sinks.access import to_wire
 from sinks.reads import READS, Read
 from sinks.storage import StorageError
 
-NOT_LIVE = "the worker does not take records from its input topics; restart it"
-
 if TYPE_CHECKING:
     from agents.serving.dataplane import Serving
     from agents.serving.deployments import DeploymentManager
@@ -154,7 +152,8 @@ def register(app: faust.App, manager: DeploymentManager, sink: LogSink, guard: G
         async def get(self, request: Request) -> Response:
             plane = manager.plane
             body = plane.pipeline_metrics.render() + worker_exposition(
-                plane.metrics, manager.alive(), manager.ready, len(manager.refused))
+                plane.metrics, manager.alive(), manager.not_ready() is None,
+                len(manager.refused))
             # Set as a header: aiohttp refuses a charset in its content_type argument.
             return self.bytes(body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -170,7 +169,9 @@ def register(app: faust.App, manager: DeploymentManager, sink: LogSink, guard: G
         async def get(self, request: Request) -> Response:
             served = {f"{ws}/{p}": s.deployment.version for (ws, p), s in manager.served.items()}
             registry = guard.registry()
-            return self.json({"live": manager.alive(), "ready": manager.ready,
+            reason = manager.not_ready()
+            return self.json({"live": manager.alive(), "ready": reason is None,
+                              "reason": reason, "replayed": manager.replayed,
                               "worker": manager.worker, "serving": served,
                               "refused": refused(),
                               "secured": registry.secured if registry else None})
@@ -180,31 +181,18 @@ def register(app: faust.App, manager: DeploymentManager, sink: LogSink, guard: G
         """Liveness: whether to restart the worker."""
 
         async def get(self, request: Request) -> Response:
-            if manager.alive():
+            reason = manager.not_live()
+            if reason is None:
                 return self.json({"live": True})
-            return self.json({"live": False, "reason": not_live()}, status=503)
+            return self.json({"live": False, "reason": reason}, status=503)
 
     @app.page("/health/ready")
     class Ready(View):
         """Readiness: the registry replayed and every deployment served by this worker."""
 
         async def get(self, request: Request) -> Response:
-            reason = not_ready()
+            reason = manager.not_ready()
             if reason is None:
                 return self.json({"ready": True})
             return self.json({"ready": False, "reason": reason, "refused": refused()},
                              status=503)
-
-    def not_live() -> str:
-        # The intake says why it stopped, when it knows.
-        error = getattr(getattr(manager, "intake", None), "error", None)
-        return f"{NOT_LIVE}: {error}" if error else NOT_LIVE
-
-    def not_ready() -> str | None:
-        if not manager.ready:
-            return "registry not replayed yet: the worker is still catching up on deployments"
-        if not manager.alive():
-            return not_live()
-        if manager.refused:
-            return "; ".join(f"{name}: {why}" for name, why in sorted(refused().items()))
-        return None

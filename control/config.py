@@ -67,6 +67,15 @@ class Settings(BaseSettings):
         None, description="password of the client private key; never printed")
     ssl_check_hostname: bool = Field(
         True, description="check that a broker's certificate names the host connected to")
+    replication_factor: int | None = Field(
+        None, ge=1, description="replicas of every topic the platform creates (pipelines' too); "
+        "unset: the cluster's default.replication.factor")
+    control_replication_factor: int | None = Field(
+        None, ge=1, description="replicas of the control and artifacts topics (the registry and "
+        "every model: losing them loses the platform); unset: as replication_factor")
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="min.insync.replicas of the platform's topics: how many replicas "
+        "must have a write before it counts (acks=all); unset: the cluster's default")
     pipeline_partitions: int = Field(
         4, description="partitions of a pipeline's input topic: the unit of worker parallelism"
     )

@@ -6,6 +6,7 @@ workers takes the same settings through `faust_broker_options`.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 from collections.abc import Iterator
@@ -21,11 +22,12 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from control.config import Settings, secret
 from schemas.errors import BrokerError, ConfigError
 
+log = logging.getLogger(__name__)
 FOREVER = "-1"
 # Errors of a partition whose leader is not settled yet (a new topic, a restarted broker).
 _LEADERSHIP = {
@@ -38,16 +40,17 @@ _LEADERSHIP = {
 class TopicSpec:
     partitions: int = 1
     config: dict[str, str] = field(default_factory=dict)
+    vital: bool = False  # the registry or the models: control_replication_factor applies
 
 
 def platform_topics(settings: Settings) -> dict[str, TopicSpec]:
     """The topics every platform has, whatever is deployed on it."""
     return {
         # One partition: control events have one total order, kept forever.
-        settings.topic("control"): TopicSpec(1, {"retention.ms": FOREVER}),
+        settings.topic("control"): TopicSpec(1, {"retention.ms": FOREVER}, vital=True),
         settings.topic("control.status"): TopicSpec(1, {"retention.ms": str(7 * 86_400_000)}),
         # Chunk keys are unique (sha256:index), so compaction keeps every artifact forever.
-        settings.topic("artifacts"): TopicSpec(1, {"cleanup.policy": "compact"}),
+        settings.topic("artifacts"): TopicSpec(1, {"cleanup.policy": "compact"}, vital=True),
         # chDB has one owner, so one consumer of the logs; a server takes several.
         settings.topic("logs"): TopicSpec(3 if settings.clickhouse_url else 1),
         settings.topic("alerts"): TopicSpec(1),
@@ -158,23 +161,38 @@ def list_topics(settings: Settings, timeout: float = 30.0) -> dict[str, Any]:
 
 
 def ensure_topics(settings: Settings, specs: dict[str, TopicSpec], timeout: float = 30.0) -> None:
-    """Create the topics that do not exist yet, and wait until the broker knows them."""
-    existing = set(list_topics(settings, timeout).topics)
+    """Create the topics that do not exist yet, with the platform's replication, and wait until
+    the broker knows them; warn of existing ones with fewer replicas than asked for."""
+    metadata = list_topics(settings, timeout)
+    existing = metadata.topics
     client = admin(settings)
     missing = [
-        NewTopic(name, spec.partitions, 1, config=spec.config)
+        NewTopic(name, spec.partitions, _replicas(settings, spec),
+                 config={**_insync(settings), **spec.config})
         for name, spec in specs.items() if name not in existing
     ]
+    for name, spec in specs.items():
+        _check_replicas(settings, name, spec, existing.get(name))
     for name, future in client.create_topics(missing).items() if missing else ():
         try:
             future.result(timeout)
         except KafkaException as exc:
-            code = exc.args[0].code()
+            error = exc.args[0]
+            code = error.code()
             if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
                 raise BrokerError(
                     f"topic {name} does not exist and {settings.sasl_username or 'this client'!r}"
                     " may not create it (Kafka ACLs); start a worker, which creates the "
                     "platform's topics, or have an administrator create it"
+                ) from None
+            if code in (KafkaError.INVALID_REPLICATION_FACTOR, KafkaError.INVALID_CONFIG,
+                        KafkaError.POLICY_VIOLATION):
+                raise BrokerError(
+                    f"cannot create topic {name} with {_replicas(settings, specs[name])} "
+                    f"replicas and min.insync.replicas {settings.min_insync_replicas or 'default'}"
+                    f" on a cluster of {len(metadata.brokers)} broker(s): {error.str()}; set "
+                    "INFERSTREAM_REPLICATION_FACTOR (and _CONTROL_REPLICATION_FACTOR, "
+                    "_MIN_INSYNC_REPLICAS) to what the cluster can hold"
                 ) from None
             if code != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerError(f"cannot create topic {name}: {exc}") from exc
@@ -183,6 +201,47 @@ def ensure_topics(settings: Settings, specs: dict[str, TopicSpec], timeout: floa
         if time.monotonic() > deadline:
             raise BrokerError(f"topics {sorted(specs)} got no partition leaders in {timeout}s")
         time.sleep(0.05)
+
+
+def _replicas(settings: Settings, spec: TopicSpec) -> int:
+    """The replication factor asked for; -1 leaves it to the cluster's default."""
+    asked = settings.control_replication_factor if spec.vital else None
+    return asked or settings.replication_factor or -1
+
+
+def _insync(settings: Settings) -> dict[str, str]:
+    if settings.min_insync_replicas is None:
+        return {}
+    return {"min.insync.replicas": str(settings.min_insync_replicas)}
+
+
+def _check_replicas(settings: Settings, name: str, spec: TopicSpec, found: Any) -> None:
+    """Warn when a topic made earlier (or by hand) has fewer replicas than now asked for."""
+    wanted = _replicas(settings, spec)
+    if found is None or wanted < 0 or not found.partitions:
+        return
+    fewest = min(len(p.replicas) for p in found.partitions.values())
+    if fewest < wanted:
+        log.warning("topic %s has %d replica(s), fewer than the %d asked for "
+                    "(INFERSTREAM_%sREPLICATION_FACTOR): add replicas with "
+                    "kafka-reassign-partitions", name, fewest, wanted,
+                    "CONTROL_" if spec.vital and settings.control_replication_factor else "")
+
+
+def replication_factor(settings: Settings, timeout: float = 10.0) -> int | None:
+    """The replication of the platform's topics: the setting, else the cluster's
+    default.replication.factor (None when the cluster will not say)."""
+    if settings.replication_factor:
+        return settings.replication_factor
+    client = admin(settings)
+    try:
+        brokers = client.list_topics(timeout=timeout).brokers
+        resource = ConfigResource(ConfigResource.Type.BROKER, str(min(brokers)))
+        found = client.describe_configs([resource])[resource].result(timeout)
+        return int(found["default.replication.factor"].value)
+    except (KafkaException, KeyError, ValueError) as exc:
+        log.info("cannot read the cluster's default.replication.factor: %s", exc)
+        return None
 
 
 def _led(topics: dict, specs: dict[str, TopicSpec]) -> bool:

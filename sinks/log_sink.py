@@ -172,6 +172,12 @@ class LogSinkThread:
 
     def _run(self) -> None:
         _background()
+        # Only the process that holds the storage reads the logs topic: with chDB one process
+        # at a time can write, and a reader of the topic that could not write would hold the
+        # logs' partition while the owner had nothing to store. Another worker waits here and
+        # takes over (storage and partition) when the owner goes.
+        if not self._own_storage():
+            return
         topic = self.settings.topic("logs")
         # Fetches of a megabyte or half a second: each small fetch cost the broker about as
         # much as a big one, and logs may wait that long.
@@ -193,6 +199,24 @@ class LogSinkThread:
                     self.on_stored(stored, time.perf_counter_ns() - started)
         finally:
             c.close()
+
+    def _own_storage(self) -> bool:
+        """Wait until this process holds the storage; False when stopped first."""
+        delay, waited = 0.5, False
+        while not self._stop.is_set():
+            try:
+                self.sink.open()
+                if waited:
+                    log.info("log sink owns the storage now and reads the logs topic")
+                return True
+            except StorageError as exc:
+                if not waited:
+                    log.info("log sink waits for the storage (another worker sinks the "
+                             "logs meanwhile): %s", exc)
+                waited = True
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+        return False
 
     def _commit(self, c: Consumer, logs: list[Log]) -> None:
         """Commit the stored logs' offsets, through a broker restart (the coordinator moves).

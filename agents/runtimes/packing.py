@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -59,21 +60,27 @@ def unpack(blob: bytes, dest: Path, suffix: str = "") -> Path:
     """Write blob under the new directory dest; the model path: dest for a tar, else a file.
 
     A file artifact is written as dest/"model{suffix}" (suffix e.g. ".onnx" or ".keras").
-    The directory appears whole or not at all, so a crash never leaves half a model.
+    The directory appears whole or not at all, so a crash never leaves half a model. Several
+    processes may unpack the same blob into the same dest at once (workers sharing a data
+    folder): the first to publish wins, and the others use its copy.
     """
     dest = Path(dest)
+    model = dest if _is_tar(blob) else dest / f"model{suffix}"
     if dest.exists():
-        raise ArtifactError(f"cannot unpack into {str(dest)!r}: it exists; remove it or use it")
+        return model  # published whole by an earlier unpack (see below)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     try:
         if _is_tar(blob):
             _extract(blob, staging)
-            model = dest
         else:
             (staging / f"model{suffix}").write_bytes(blob)
-            model = dest / f"model{suffix}"
-        os.replace(staging, dest)
+        try:
+            os.replace(staging, dest)  # atomic: dest appears whole, or not at all
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not dest.is_dir():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # another process published first
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -2,7 +2,7 @@
 
 It turns bytes into records (records/formats.py), runs a deployed version (the column-wise
 fast path when the batch fits it, else record by record), and turns the outcome into results,
-dead letters and inference logs, sent to a Sink: the intake's transaction buffer for the
+dead letters and inference logs, sent to an Outgoing: the intake's transaction buffer for the
 stream, the outbox for HTTP. Batch tasks decode and run through it too
 (scheduling/orchestration.py). It also counts what it serves (metrics).
 """
@@ -26,7 +26,7 @@ from agents.records.formats import (
     decode_record,
     encode_result,
 )
-from agents.serving.columnar import Columnar, Sink
+from agents.serving.columnar import Columnar, Outgoing
 from agents.serving.outbox import Outbox
 from agents.serving.runner import BatchOutcome, PipelineRunner, RecordResult
 from control.config import Settings
@@ -76,14 +76,14 @@ class DataPlane:
         self.pipeline_metrics = PipelineMetrics()
         self.outbox = Outbox(settings)  # what HTTP requests' logs go through
 
-    def serve_batch(self, serving: Serving, messages: Sequence[Message], sink: Sink
+    def serve_batch(self, serving: Serving, messages: Sequence[Message], out: Outgoing
                     ) -> tuple[int, int]:
         """Serve one micro-batch of input messages: send its results, dead letters and logs
-        to `sink`. Returns (results, dead letters). Runs in the intake's thread."""
+        to `out`. Returns (results, dead letters). Runs in the intake's thread."""
         metrics = self.metrics
         began = started = time.perf_counter_ns()
         if serving.columnar is not None:
-            served = serving.columnar.serve(messages, sink, metrics)
+            served = serving.columnar.serve(messages, out, metrics)
             if served is not None:
                 self.pipeline_metrics.batch_seconds(*serving.key,
                                                     (time.perf_counter_ns() - began) / 1e9)
@@ -94,15 +94,15 @@ class DataPlane:
         if records:
             outcome = serving.runner.run(records)
             started = metrics.add("infer", started)
-            send, output = sink.send, serving.output_topic
+            send, output = out.send, serving.output_topic
             for result in outcome.results:
                 send(output, result.record.key,
                      encode_result(result.record, result.outputs, self.meta(serving, result)))
             results = len(outcome.results)
             dead += [(sources[id(f.record)], f.reason) for f in outcome.failures]
-            self.publish_logs(serving, outcome, sink)
+            self.publish_logs(serving, outcome, out)
         for message, reason in dead:
-            self._dead(serving, message, reason, sink)
+            self._dead(serving, message, reason, out)
         metrics.add("encode", started)
         self.pipeline_metrics.batch_seconds(*serving.key,
                                             (time.perf_counter_ns() - began) / 1e9)
@@ -145,18 +145,18 @@ class DataPlane:
             elapsed_us=result.elapsed_us, worker=self.worker,
         )
 
-    def publish_logs(self, serving: Serving, outcome: BatchOutcome, sink: Sink) -> None:
+    def publish_logs(self, serving: Serving, outcome: BatchOutcome, out: Outgoing) -> None:
         """Send the batch's inference logs (shadow ones too): see LogWriter.messages."""
-        topic, send = self.settings.topic("logs"), sink.send
+        topic, send = self.settings.topic("logs"), out.send
         for value in serving.logs.messages(time.time_ns() // 1000, outcome.logs):
             send(topic, None, value)
 
-    def _dead(self, serving: Serving, message: Message, reason: str, sink: Sink) -> None:
+    def _dead(self, serving: Serving, message: Message, reason: str, out: Outgoing) -> None:
         d = serving.deployment
         value = dead_letter(message.value(), message.key(), reason, d.pipeline, d.version,
                             message.topic(), message.partition(), message.offset(),
                             workspace=d.workspace)
-        sink.send(serving.dead_topic, message.key(), value)
+        out.send(serving.dead_topic, message.key(), value)
 
     def decode(self, payload: bytes, key: bytes | None, specs: tuple[TensorSpec, ...],
                record_id: str, avro: AvroInput | None = None) -> InputRecord:

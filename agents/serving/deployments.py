@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -34,6 +35,8 @@ from control.registry.events import ControlStatus
 from control.registry.state import Deployment, PipelineVersion, Registry, step_models
 
 log = logging.getLogger(__name__)
+NOT_LIVE = "the worker does not take records from its input topics; restart it"
+RETRY_FIRST_S, RETRY_MAX_S = 5.0, 60.0  # how soon a refused version is tried again
 
 
 class DeploymentManager:
@@ -52,11 +55,43 @@ class DeploymentManager:
         self.pipeline_metrics = plane.pipeline_metrics
         # The intake asks for the served pipelines at each batch: it never imports this room.
         self.intake = Intake(settings, plane, lambda: self.by_topic)
-        self.ready = False  # set once the registry is replayed and its deployments served
+        self.replayed = False  # set once the registry is replayed and its deployments served
+        self._retry_at: dict[Key, tuple[float, float]] = {}  # refused: next try, its delay
 
     def alive(self) -> bool:
         """Whether the worker still takes records from its input topics."""
         return self.intake.alive()
+
+    def not_live(self) -> str | None:
+        """Why the worker should be restarted, or None while it takes records."""
+        if self.alive():
+            return None
+        error = self.intake.error  # the intake says why it stopped, when it knows
+        return f"{NOT_LIVE}: {error}" if error else NOT_LIVE
+
+    def not_ready(self) -> str | None:
+        """Why the worker is not ready, or None: the one answer of /health, /health/ready,
+        the heartbeat and the ready gauge."""
+        if not self.replayed:
+            return "registry not replayed yet: the worker is still catching up on deployments"
+        dead = self.not_live()
+        if dead:
+            return dead
+        if self.refused:
+            return "; ".join(f"{ws}/{p}: {why}" for (ws, p), why in sorted(self.refused.items()))
+        return None
+
+    async def retry_refused(self, registry: Registry) -> None:
+        """Try again to load the versions this worker refused (an artifact that was not there
+        yet, a full disk, a race with another worker), each with a growing delay (5 s to a
+        minute), instead of waiting for the next deploy."""
+        now = time.monotonic()
+        due = [k for k in self.refused if self._retry_at.get(k, (now, 0.0))[0] <= now]
+        if due:
+            for key in due:
+                delay = min(self._retry_at.get(key, (now, RETRY_FIRST_S))[1] * 2, RETRY_MAX_S)
+                self._retry_at[key] = (now + delay, delay)
+            await self.reconcile(registry)
 
     async def reconcile(self, registry: Registry, status: ControlStatus | None = None) -> None:
         """Make what this worker serves match the registry's deployments."""
@@ -70,6 +105,7 @@ class DeploymentManager:
             # records sent meanwhile must wait in their topic.
             self.by_topic = {s.input_topic: s for s in self.served.values()}
             self.refused = {k: v for k, v in self.refused.items() if k in wanted}
+            self._retry_at = {k: v for k, v in self._retry_at.items() if k in self.refused}
             for key, deployment in wanted.items():
                 about = status if status and (
                     status.workspace, status.result.get("pipeline")) == key else None
@@ -84,6 +120,7 @@ class DeploymentManager:
                     continue
                 self.served[key] = serving
                 self.refused.pop(key, None)
+                self._retry_at.pop(key, None)
                 self.pipeline_metrics.set_version(*key, deployment.version)
                 log.info("serving %s/%s v%s", *key, deployment.version)
                 self._report(about, accepted=True, serving=deployment.version)
@@ -124,8 +161,10 @@ class DeploymentManager:
                   f"{deployment.version}: {exc}; {keeps}")
         log.error(reason)
         key = (deployment.workspace, deployment.pipeline)
+        if key not in self.refused or f"version {deployment.version}:" not in self.refused[key]:
+            self.pipeline_metrics.model_load_failure(*key)  # once a version, not once a try
         self.refused[key] = reason
-        self.pipeline_metrics.model_load_failure(*key)
+        self._retry_at.setdefault(key, (time.monotonic() + RETRY_FIRST_S, RETRY_FIRST_S))
         self._report(status, accepted=False, reason=reason)
 
     def _report(self, status: ControlStatus | None, accepted: bool, reason: str | None = None,

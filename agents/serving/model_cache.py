@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -38,14 +39,18 @@ class ModelCache:
         suffix = SUFFIX_OF_FORMAT.get(ref.format, "")
         dest = self.root / ref.sha256
         if not dest.exists():
-            # The blob is checked against its sha256 before anything is written.
+            # The blob is checked against its sha256 before anything is written; a folder
+            # named by the sha256 is only ever published whole (unpack), so one that exists,
+            # made by this worker or another on the same data folder, is the right one.
             unpack(self.store.get(ref), dest, suffix)
         model = dest if ref.format == "savedmodel" else dest / f"model{suffix}"
         for name, file_ref in version.files:
             target = dest.parent / f"{ref.sha256}.files" / name
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(self.store.get(file_ref))
+                staging = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+                staging.write_bytes(self.store.get(file_ref))
+                os.replace(staging, target)  # whole or not at all, whoever writes it too
         return model
 
     def for_pipeline(self, registry: Registry, pipeline: PipelineVersion

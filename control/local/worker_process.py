@@ -72,13 +72,15 @@ class WorkerProcess:
             return None
 
     def wait_ready(self, serving: str | None = None, timeout: float = 90.0) -> dict:
-        """Block until the worker is ready (and serves `serving`, e.g. 'ws/pipeline')."""
+        """Block until the worker has replayed the registry and takes records (and serves
+        `serving`, e.g. 'ws/pipeline')."""
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
                 raise InferstreamError(f"worker {self.name} exited:\n{self.tail()}")
             h = self.health()
-            if h and h["ready"] and (serving is None or serving in h["serving"]):
+            # Replayed and live: a worker that refuses one version still serves the others.
+            if h and h["replayed"] and h["live"] and (serving is None or serving in h["serving"]):
                 return h
             if time.monotonic() > deadline:
                 raise InferstreamError(
