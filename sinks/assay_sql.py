@@ -6,7 +6,7 @@ put into these statements is numbers and column names that `AssayConfig` has val
 
 from __future__ import annotations
 
-# ASSAYS.md bins, over edges `e` (e[1] = e_0 ... e[k+1] = e_k, ClickHouse arrays are 1-based):
+# docs/assays.md bins, over edges `e` (e[1] = e_0 ... e[k+1] = e_k, ClickHouse arrays are 1-based):
 # bin 0 is NaN or x < e_0; bin k+1 is x > e_k; else the first i >= 1 with x <= e_i, so a
 # value on an edge falls in the lower bin and e_0 itself in bin 1.
 # Every branch is UInt64: mixed integer types make ClickHouse 26 infer a Variant, and

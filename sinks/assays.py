@@ -5,7 +5,7 @@ windows of one element of one input or output of one model. Python here only val
 picks window starts and names the results; edges, bins, counts, densities, scores and
 statistics come from the statements in `sinks.assay_sql`.
 
-Beyond ASSAYS.md: a window without values gets status `no_data` and no score, and the
+Beyond docs/assays.md: a window without values gets status `no_data` and no score, and the
 statistics (min, max, mean, median, std) skip NaN, which still counts in `count` and bin 0.
 """
 
@@ -63,7 +63,7 @@ class Baseline:
 
 @dataclass(frozen=True)
 class AssayResult:
-    """One window of one assay: what ASSAYS.md says each result records."""
+    """One window of one assay: what docs/assays.md says each result records."""
 
     assay_id: str
     workspace: str

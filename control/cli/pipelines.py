@@ -38,7 +38,7 @@ def pipelines_version(
     step: Annotated[list[str] | None, typer.Option(
         help="A model step MODEL[:VERSION], repeatable, in chain order")] = None,
     steps_file: Annotated[Path | None, typer.Option(
-        exists=True, help="JSON list of steps (splits, shadows): see README")] = None,
+        exists=True, help="JSON list of steps (splits, shadows): see docs/cli.md")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Create a new immutable version of a pipeline from its steps."""

@@ -132,7 +132,7 @@ def acls(
     consumer_group: Annotated[str, typer.Option(help="The consumer's group id")] = "consumer",
     bootstrap: Annotated[str, typer.Option(help="Broker address to print")] = "BROKER:9092",
 ) -> None:
-    """Print the kafka-acls commands that lock this namespace's topics down (README, Security).
+    """Print the kafka-acls commands that lock this namespace's topics down (docs/security.md).
 
     Only workers write results, statuses, logs and alerts; only operators write control events.
     """

@@ -37,7 +37,7 @@ def chosen_window(results: Sequence[AssayResult], start: datetime | None) -> Ass
 
 
 def bin_labels(edges: Sequence[float]) -> list[str]:
-    """Labels of the k + 2 bins of ASSAYS.md: < e0, [e0, e1], (e1, e2], ..., > ek."""
+    """Labels of the k + 2 bins of docs/assays.md: < e0, [e0, e1], (e1, e2], ..., > ek."""
     e = [f"{x:.4g}" for x in edges]
     inner = [f"({e[i - 1]}, {e[i]}]" for i in range(1, len(e))]
     if inner:

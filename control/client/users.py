@@ -3,7 +3,7 @@
 A mixin of control.client.Client. Reads are filtered here: a user sees the workspaces they are
 a member of (any role, viewers included) and an administrator sees all. That is least
 privilege for tools and people, not a wall: whoever may read the control topic reads it all,
-so Kafka ACLs decide who may read it (README, Security).
+so Kafka ACLs decide who may read it (docs/security.md).
 """
 
 from __future__ import annotations

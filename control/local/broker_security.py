@@ -99,7 +99,7 @@ def run_kafka_tool(jars: Path, main_class: str, args: Sequence[str], *,
                    timeout: float = 120.0) -> str:
     """Run one of Kafka's command line tools (e.g. org.apache.kafka.tools.AclCommand, which
     `kafka-acls.sh` runs) from the jars; its output, or BrokerError with it."""
-    log4j = Path(__file__).resolve().parent.parent / ".ci" / "kafka" / "log4j2.properties"
+    log4j = Path(__file__).resolve().parents[2] / ".ci" / "kafka" / "log4j2.properties"
     command = ["java", "-Xmx256m", f"-Dlog4j2.configurationFile={log4j}",
                "-cp", f"{jars}{os.sep}*", main_class, *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)

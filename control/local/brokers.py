@@ -33,7 +33,7 @@ from confluent_kafka.admin import AdminClient
 from control.local.broker_security import BrokerSecurity
 from schemas.errors import BrokerError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_JARS = REPO / ".ci" / "kafka" / "target" / "dependency"
 LOG4J_CONFIG = REPO / ".ci" / "kafka" / "log4j2.properties"
 KINDS = ("auto", "kafka", "tansu")
