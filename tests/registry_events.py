@@ -359,3 +359,22 @@ def every_action() -> list[Action]:
         create_api_key("scorer", scopes=("infer", "read"), expires_at=T0),
         revoke_api_key("scorer"),
     ]
+
+
+# -- a platform to start from ----------------------------------------------------------------
+
+SCALER = upload_model("scaler", b"scaler v1", inputs=["x"], outputs=["y"])
+CLASSIFIER = upload_model("classifier", b"classifier v1", inputs=["y"], outputs=["label"])
+OTHER = upload_model("other", b"other v1", inputs=["x"], outputs=["z"])
+
+
+def ws_members() -> list[ControlEvent]:
+    """ann (first user, so admin), bob and carol; workspace ws: ann owner, bob collaborator,
+    carol no member."""
+    return [
+        event(create_user("ann")),
+        event(create_user("bob")),
+        event(create_user("carol")),
+        event(create_workspace("ws")),
+        event(add_member("bob")),
+    ]

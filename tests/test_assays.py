@@ -8,10 +8,9 @@ the window from the logs of the next.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,8 +33,8 @@ from sinks.assays import (
     save_result,
     status_of,
 )
-from sinks.storage import ChdbStorage, Storage
-from sinks.tables import LOG_ROWS, log_rows, migrate
+from sinks.storage import Storage
+from sinks.tables import LOG_ROWS, log_rows
 
 HOUR = timedelta(hours=1)
 T0 = datetime(2024, 3, 1, tzinfo=UTC)  # baseline hour
@@ -80,13 +79,6 @@ VECTORS = [
 ]
 # fmt: on
 SIX = 5e-7  # "to 6 decimals": the table's numbers are rounded to 6 places
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[Storage]:
-    with ChdbStorage(tmp_path / "chdb") as opened:
-        migrate(opened)
-        yield opened
 
 
 def log_values(

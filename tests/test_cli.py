@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from control.cli import app, main
-from control.config import Settings
+from control.cli import app
 from control.local.demo_models import build_keras_model, build_onnx_classifier
-from control.registrar import Registrar
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def cli(settings: Settings, capsys: pytest.CaptureFixture[str]) -> Iterator:
-    registrar = Registrar(settings).start()
-
-    def run(*args: str, user: str = "ann", ok: bool = True) -> str:
-        argv = ["--bootstrap-servers", settings.bootstrap_servers, "--namespace",
-                settings.namespace, "--data-dir", str(settings.data_dir), "--user", user,
-                "--workspace", "fraud", *args]
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-            raise SystemExit(0)
-        captured = capsys.readouterr()
-        assert (exit_info.value.code == 0) == ok, captured.err + captured.out
-        return captured.out if ok else captured.err
-
-    yield run
-    registrar.stop()
 
 
 def test_operator_session(cli, tmp_path: Path) -> None:

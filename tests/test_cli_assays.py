@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,16 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 from registry_events import tensor_spec, upload_model
 
-from control.cli import main
 from control.client import Client
 from control.config import Settings
-from control.registrar import Registrar
 from sinks.access import LocalReader, open_reader
 from sinks.assays import run_window, save_result
 from sinks.log_queries import LogFilter
 from sinks.reads import CountLogs
 from sinks.storage import ChdbStorage, Storage
-from sinks.tables import LOG_ROWS, log_rows, migrate
+from sinks.tables import LOG_ROWS, log_rows
 
 pytestmark = pytest.mark.kafka
 
@@ -40,32 +38,17 @@ SIX = 5e-7  # ASSAYS.md's numbers are rounded to 6 places
 
 
 @pytest.fixture
-def storage(settings: Settings) -> Iterator[Storage]:
-    """The chDB folder under the CLI's data dir, migrated, open in this process."""
-    with ChdbStorage(settings.data_dir / "chdb") as opened:
-        migrate(opened)
-        yield opened
+def storage_folder(settings: Settings) -> Path:
+    """`storage` is the chDB folder under the CLI's data dir, open in this process."""
+    return settings.data_dir / "chdb"
 
 
 @pytest.fixture
-def cli(settings: Settings, storage: Storage, capsys: pytest.CaptureFixture[str]) -> Iterator:
-    registrar = Registrar(settings).start()
-
-    def run(*args: str, ok: bool = True) -> str:
-        argv = ["--bootstrap-servers", settings.bootstrap_servers, "--namespace",
-                settings.namespace, "--data-dir", str(settings.data_dir), "--user", "ann",
-                "--workspace", "fraud", *args]
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-            raise SystemExit(0)
-        captured = capsys.readouterr()
-        assert (exit_info.value.code == 0) == ok, captured.err + captured.out
-        return captured.out if ok else captured.err
-
-    run("users", "create", "ann")
-    run("workspaces", "create", "fraud")
-    yield run
-    registrar.stop()
+def cli(storage: Storage, cli: Callable[..., str]) -> Callable[..., str]:
+    """The CLI, once `storage` is open, as ann in her workspace fraud."""
+    cli("users", "create", "ann")
+    cli("workspaces", "create", "fraud")
+    return cli
 
 
 def log_record(record_id: str, time: datetime, *, pipeline: str = "scoring",

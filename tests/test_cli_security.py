@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from control.cli import main
 from control.client import Client
 from control.client.keys import read_private_key, write_public_key
 from control.config import Settings
@@ -24,24 +22,9 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture
-def cli(settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator:
+def cli_at_home() -> bool:
     """Run the CLI as someone on their own machine: `home` holds their credentials file."""
-    registrar = Registrar(settings).start()
-
-    def run(*args: str, home: str = "ann", ok: bool = True) -> str:
-        argv = ["--bootstrap-servers", settings.bootstrap_servers, "--namespace",
-                settings.namespace, "--data-dir", str(settings.data_dir),
-                "--credentials", str(tmp_path / home / "credentials.json"),
-                "--workspace", "fraud", *args]
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-            raise SystemExit(0)
-        captured = capsys.readouterr()
-        assert (exit_info.value.code == 0) == ok, captured.err + captured.out
-        return captured.out if ok else captured.err
-
-    yield run
-    registrar.stop()
+    return True
 
 
 def mode(path: Path) -> int:

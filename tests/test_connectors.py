@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from agents.connectors import count_hint, open_writer, read_batches
 from control.config import Settings
 from control.kafka import TopicSpec, ensure_topics, read_until_end
 from control.registry.connections import ConnectionSpec, ConnectorError, masked, validate
-from sinks.storage import ChdbStorage, Storage, StorageError
+from sinks.storage import Storage, StorageError
 
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 
@@ -30,13 +29,6 @@ def iris(n: int, start: int = 0) -> list[dict[str, Any]]:
 
 def read_all(connection: ConnectionSpec, settings: Settings, **kwargs: Any) -> list[dict[str, Any]]:
     return [r for batch in read_batches(connection, settings, **kwargs) for r in batch]
-
-
-@pytest.fixture(scope="module")
-def chdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storage]:
-    """One chDB folder for the whole module: chDB opens one folder per process."""
-    with ChdbStorage(tmp_path_factory.mktemp("chdb")) as storage:
-        yield storage
 
 
 @pytest.fixture

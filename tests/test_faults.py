@@ -36,7 +36,7 @@ from schemas.codec import decode
 from schemas.errors import Rejected
 from sinks.log_batches import decode_logs
 from tests.helpers import wait_until
-from tests.worker_platform import Platform
+from tests.worker_platform import Platform, serving
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.faults,
               pytest.mark.transactions]
@@ -149,13 +149,9 @@ class FaultPlatform(Platform):
 
 @pytest.fixture(scope="module")
 def platform(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultPlatform]:
-    tmp = tmp_path_factory.mktemp("faults")
-    settings = Settings(bootstrap_servers=broker.bootstrap, namespace=f"f{uuid4().hex[:8]}",
-                        data_dir=tmp / "cli", pipeline_partitions=4)
-    p = FaultPlatform(settings, tmp, keras=False)
-    p.worker("w1").wait_ready()
-    yield p
-    p.close()
+    with serving(broker.bootstrap, tmp_path_factory.mktemp("faults"), "f", FaultPlatform,
+                 keras=False, pipeline_partitions=4) as p:
+        yield p
 
 
 def test_worker_killed_repeatedly_loses_and_duplicates_nothing(platform: FaultPlatform) -> None:

@@ -10,7 +10,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from uuid import uuid4
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,12 +18,11 @@ from agents.heartbeat import Heartbeat
 from agents.metrics import PipelineMetrics, StageMetrics, worker_exposition
 from control.cli import main
 from control.cli.status import print_health, summarise
-from control.config import Settings
 from control.local.worker_process import WorkerProcess
 from control.registry.state import Deployment
 from schemas.errors import Rejected
 from tests.helpers import wait_until
-from tests.worker_platform import Platform, json_records
+from tests.worker_platform import Platform, json_records, serving
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -40,20 +38,29 @@ def of(pipeline: str, workspace: str = "lab", **more: str) -> tuple[tuple[str, s
     return tuple(sorted({"workspace": workspace, "pipeline": pipeline, **more}.items()))
 
 
+def counted(records_in: tuple[int, ...], out: int, dead: int, batches_s: tuple[float, ...],
+            lag: int, version: int, load_failure: tuple[str, str]) -> PipelineMetrics:
+    """PipelineMetrics after pipeline lab/a counted these (records in by batch, batch times),
+    set its lag and version, and one model load failure of (workspace, pipeline)."""
+    m = PipelineMetrics()
+    for n in records_in:
+        m.records_in("lab", "a", n)
+    m.records_out("lab", "a", out)
+    m.dead_lettered("lab", "a", dead)
+    for seconds in batches_s:
+        m.batch_seconds("lab", "a", seconds)
+    m.model_load_failure(*load_failure)
+    m.set_lag("lab", "a", lag)
+    m.set_version("lab", "a", version)
+    return m
+
+
 # -- PipelineMetrics, the worker's series, the heartbeat record (no broker) -----------------------
 
 
 def test_pipeline_metrics_render_counts_per_pipeline() -> None:
-    m = PipelineMetrics()
-    m.records_in("lab", "a", 7)
-    m.records_out("lab", "a", 5)
-    m.dead_lettered("lab", "a", 2)
-    m.records_in("lab", "a", 3)
-    m.batch_seconds("lab", "a", 0.004)
-    m.batch_seconds("lab", "a", 0.2)
-    m.model_load_failure("ops", "b")
-    m.set_lag("lab", "a", 42)
-    m.set_version("lab", "a", 3)
+    m = counted(records_in=(7, 3), out=5, dead=2, batches_s=(0.004, 0.2), lag=42, version=3,
+                load_failure=("ops", "b"))
     got = samples(m.render())
     assert got[("inferstream_records_in_total", of("a"))] == 10
     assert got[("inferstream_records_out_total", of("a"))] == 5
@@ -73,15 +80,8 @@ def test_pipeline_metrics_render_counts_per_pipeline() -> None:
 
 
 def test_snapshot_totals_and_forget_drops_only_the_gauges() -> None:
-    m = PipelineMetrics()
-    m.records_in("lab", "a", 4)
-    m.records_out("lab", "a", 3)
-    m.dead_lettered("lab", "a", 1)
-    m.batch_seconds("lab", "a", 0.010)
-    m.batch_seconds("lab", "a", 0.030)
-    m.set_lag("lab", "a", 9)
-    m.set_version("lab", "a", 2)
-    m.model_load_failure("lab", "b")
+    m = counted(records_in=(4,), out=3, dead=1, batches_s=(0.010, 0.030), lag=9, version=2,
+                load_failure=("lab", "b"))
     snap = m.snapshot()
     assert snap["lab/a"] == {"in": 4, "out": 3, "dead": 1, "load_failures": 0, "lag": 9,
                              "version": 2, "batches": 2, "mean_batch_ms": pytest.approx(20.0)}
@@ -192,15 +192,11 @@ HEARTBEAT_S = 0.5  # the workers' heartbeat interval here: stale after 1.5 s
 
 @pytest.fixture(scope="module")
 def platform(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    tmp = tmp_path_factory.mktemp("health")
-    settings = Settings(bootstrap_servers=broker.bootstrap, namespace=f"h{uuid4().hex[:8]}",
-                        data_dir=tmp / "cli")
     with pytest.MonkeyPatch.context() as env:  # worker processes inherit the environment
         env.setenv("INFERSTREAM_HEARTBEAT_S", str(HEARTBEAT_S))
-        p = Platform(settings, tmp, keras=False)
-        p.worker("w1").wait_ready()
-        yield p
-        p.close()
+        with serving(broker.bootstrap, tmp_path_factory.mktemp("health"), "h",
+                     keras=False) as p:
+            yield p
 
 
 def get(w: WorkerProcess, path: str) -> tuple[int, str, bytes]:

@@ -3,9 +3,7 @@ makes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from uuid import uuid4
 
 import numpy as np
 import pytest
@@ -26,29 +24,11 @@ from sinks.log_batches import (
 )
 from sinks.log_blocks import block_table, decode_block
 from sinks.log_sink import LogSink
-from sinks.storage import ChdbStorage, ServerStorage, Storage
-from sinks.tables import LOG_BLOCKS, LOG_ROWS, KafkaPosition, batch_token, log_rows, migrate
-from tests.test_storage import clickhouse_server  # noqa: F401 - the server fixture
+from sinks.storage import Storage
+from sinks.tables import LOG_BLOCKS, LOG_ROWS, KafkaPosition, batch_token, log_rows
 
+pytestmark = pytest.mark.chdb_and_server  # `storage`: a fresh, migrated database
 RNG = np.random.default_rng(3)
-
-
-@pytest.fixture(params=["chdb", "server"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    """A fresh, migrated database on each transport."""
-    if request.param == "chdb":
-        opened: Storage = ChdbStorage(tmp_path / "chdb")
-    else:
-        admin_url = request.getfixturevalue("clickhouse_server")
-        database = f"t{uuid4().hex[:12]}"
-        with ServerStorage(admin_url) as admin:
-            admin.command(f"CREATE DATABASE {database}")
-        opened = ServerStorage(f"{admin_url}/{database}")
-    try:
-        migrate(opened)
-        yield opened
-    finally:
-        opened.close()
 
 
 def logs(n: int) -> list[tuple[bytes, KafkaPosition]]:

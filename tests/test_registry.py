@@ -6,6 +6,9 @@ import math
 
 import pytest
 from registry_events import (
+    CLASSIFIER,
+    OTHER,
+    SCALER,
     T0,
     Action,
     add_member,
@@ -29,6 +32,7 @@ from registry_events import (
     tensor_spec,
     undeploy,
     upload_model,
+    ws_members,
 )
 
 from control.registry.events import ControlEvent
@@ -43,22 +47,11 @@ from control.registry.state import (
 )
 from control.registry.tensors import TensorSpec
 
-SCALER = upload_model("scaler", b"scaler v1", inputs=["x"], outputs=["y"])
-CLASSIFIER = upload_model("classifier", b"classifier v1", inputs=["y"], outputs=["label"])
-OTHER = upload_model("other", b"other v1", inputs=["x"], outputs=["z"])
-
 
 @pytest.fixture
 def platform() -> Registry:
     """ann (first user, so admin), bob and carol; workspace ws: ann owner, bob collaborator."""
-    return given(
-        Registry(),
-        event(create_user("ann")),
-        event(create_user("bob")),
-        event(create_user("carol")),
-        event(create_workspace("ws")),
-        event(add_member("bob")),
-    )
+    return given(Registry(), *ws_members())
 
 
 @pytest.fixture

@@ -9,14 +9,15 @@ from typing import Any
 
 import pytest
 from registry_events import (
+    CLASSIFIER,
+    OTHER,
+    SCALER,
     T0,
-    add_member,
     baseline_range,
     baseline_values,
     create_assay,
     create_pipeline,
     create_pipeline_version,
-    create_user,
     create_workspace,
     delete_assay,
     event,
@@ -28,6 +29,7 @@ from registry_events import (
     shadow,
     tensor_spec,
     upload_model,
+    ws_members,
 )
 
 from control.registry.assay_config import AssayConfig
@@ -36,7 +38,6 @@ from control.registry.fold import apply, fold, result_of
 from control.registry.state import Registry
 
 HOUR = timedelta(hours=1)
-SCALER = upload_model("scaler", b"scaler v1", inputs=["x"], outputs=["y"])
 SCALER_V2 = upload_model(  # adds output z, and is only in the pipeline's second version
     "scaler", b"scaler v2", inputs=["x"],
     outputs=["y", tensor_spec("z", "float32", [-1, -1])],
@@ -44,9 +45,7 @@ SCALER_V2 = upload_model(  # adds output z, and is only in the pipeline's second
 SCALER_V3 = upload_model(  # adds output w, and is in no version of the pipeline
     "scaler", b"scaler v3", inputs=["x"], outputs=["y", "w"],
 )
-CLASSIFIER = upload_model("classifier", b"classifier v1", inputs=["y"], outputs=["label"])
 CHALLENGER = upload_model("challenger", b"challenger v1", inputs=["y"], outputs=["label"])
-OTHER = upload_model("other", b"other v1", inputs=["x"], outputs=["z"])
 
 
 @pytest.fixture
@@ -58,11 +57,7 @@ def platform() -> Registry:
     """
     return given(
         Registry(),
-        event(create_user("ann")),
-        event(create_user("bob")),
-        event(create_user("carol")),
-        event(create_workspace("ws")),
-        event(add_member("bob")),
+        *ws_members(),
         event(SCALER),
         event(CLASSIFIER),
         event(CHALLENGER),

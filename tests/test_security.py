@@ -14,6 +14,7 @@ from dataclasses import replace
 import fastavro
 import pytest
 from registry_events import (
+    SCALER,
     T0,
     add_member,
     create_user,
@@ -35,8 +36,6 @@ from control.registry.fold import fold
 from control.registry.signing import fingerprint, new_key, public_key_of, verify
 from control.registry.state import AppliedEvents, Registry
 from schemas.codec import MARKER, schema_fingerprint
-
-SCALER = upload_model("scaler", b"scaler v1", inputs=["x"], outputs=["y"])
 
 
 @pytest.fixture

@@ -9,11 +9,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import pytest
 
@@ -38,46 +36,16 @@ from sinks.tables import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.8"  # the one compose.yaml runs
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 
 
-def _docker_answers() -> bool:
-    try:
-        import docker
-
-        return bool(docker.from_env(timeout=3).ping())
-    except Exception:  # no client library, no socket, no daemon: all mean "no Docker"
-        return False
+pytestmark = pytest.mark.chdb_and_server  # `storage`: a fresh database on each transport
 
 
-@pytest.fixture(scope="session")
-def clickhouse_server() -> Iterator[str]:
-    """Admin URL of a ClickHouse server in Docker (skips without a Docker engine)."""
-    if not _docker_answers():
-        pytest.skip("no Docker engine answers docker.from_env().ping(): no ClickHouse server")
-    from testcontainers.community.clickhouse import ClickHouseContainer
-
-    with ClickHouseContainer(CLICKHOUSE_IMAGE) as server:
-        host, port = server.get_container_host_ip(), server.get_exposed_port(8123)
-        yield f"http://{server.username}:{server.password}@{host}:{port}"
-
-
-@pytest.fixture(params=["chdb", "server"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    """A fresh, unmigrated database on each transport."""
-    if request.param == "chdb":
-        opened: Storage = ChdbStorage(tmp_path / "chdb")
-    else:
-        admin_url = request.getfixturevalue("clickhouse_server")
-        database = f"t{uuid4().hex[:12]}"
-        with ServerStorage(admin_url) as admin:
-            admin.command(f"CREATE DATABASE {database}")
-        opened = ServerStorage(f"{admin_url}/{database}")
-    try:
-        yield opened
-    finally:
-        opened.close()
+@pytest.fixture
+def storage_migrated() -> bool:
+    """Each test starts from a fresh, unmigrated database."""
+    return False
 
 
 def log_record(record_id: str, time: datetime, score: float = 0.5, **extra: Any) -> dict[str, Any]:

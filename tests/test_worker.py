@@ -13,29 +13,21 @@ import pytest
 
 from agents.records.formats import avro_input
 from agents.runtimes import load_model
-from control.config import Settings
 from control.kafka import producer, read_until_end
 from schemas.errors import Rejected
 from sinks.log_batches import decode_logs
 from tests.helpers import wait_until
-from tests.worker_platform import Platform, json_records, rows
+from tests.worker_platform import Platform, json_records, rows, serving
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def platform(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    from uuid import uuid4
-
-    tmp = tmp_path_factory.mktemp("platform")
-    settings = Settings(bootstrap_servers=broker.bootstrap, namespace=f"w{uuid4().hex[:8]}",
-                        data_dir=tmp / "cli", pipeline_partitions=4,
-                        delivery="exactly-once" if broker.supports_transactions
-                        else "at-least-once")
-    p = Platform(settings, tmp)
-    p.worker("w1").wait_ready()
-    yield p
-    p.close()
+    delivery = "exactly-once" if broker.supports_transactions else "at-least-once"
+    with serving(broker.bootstrap, tmp_path_factory.mktemp("platform"), "w",
+                 pipeline_partitions=4, delivery=delivery) as p:
+        yield p
 
 
 def test_two_step_chain_equals_the_runtimes_called_directly(platform: Platform) -> None:

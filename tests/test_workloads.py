@@ -6,7 +6,6 @@ import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from uuid import uuid4
 
 import numpy as np
 import pyarrow as pa
@@ -15,26 +14,21 @@ import pytest
 
 from agents.runtimes import load_model
 from agents.scheduling.task_scheduler import RunClaims
-from control.client import Client
 from control.config import Settings
 from control.local.demo_models import build_keras_model, build_onnx_classifier, iris_rows
 from control.local.worker_process import WorkerProcess
-from control.registrar import Registrar
 from schemas.errors import Rejected
 from sinks.access import read_owner
 from tests.helpers import wait_until
+from tests.worker_platform import Namespace, own_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 STALE_S = 6
 
 
-class Lab:
+class Lab(Namespace):
     def __init__(self, settings: Settings, tmp: Path) -> None:
-        self.settings, self.tmp = settings, tmp
-        self.registrar = Registrar(settings).start()
-        self.client = Client(settings, user="ann", workspace="lab")
-        self.client.create_user("ann")
-        self.client.create_workspace("lab")
+        super().__init__(settings, tmp)
         self.clf = build_onnx_classifier(tmp / "clf.onnx")
         self.scorer = build_keras_model(tmp / "scorer", "savedmodel")
         self.client.upload_model("clf", self.clf)
@@ -58,18 +52,11 @@ class Lab:
         the storage (`connections preview`)."""
         return sorted(self.client.table_rows(connection, 100_000), key=lambda r: r["id"])
 
-    def close(self) -> None:
-        for w in self.workers:
-            w.stop()
-        self.registrar.stop()
-
 
 @pytest.fixture(scope="module")
 def lab(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("lab")
-    settings = Settings(bootstrap_servers=broker.bootstrap, namespace=f"o{uuid4().hex[:8]}",
-                        data_dir=tmp / "data", pipeline_partitions=2)
-    lab = Lab(settings, tmp)
+    lab = Lab(own_settings(broker.bootstrap, "o", tmp / "data", pipeline_partitions=2), tmp)
     yield lab
     lab.close()
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
+from uuid import uuid4
 
 import numpy as np
 
@@ -17,15 +21,36 @@ from schemas.codec import codec
 from tests.helpers import wait_until
 
 
-class Platform:
-    """One namespace for the module: registrar, models, a worker; tests add pipelines."""
+def own_settings(bootstrap: str, prefix: str, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings of a namespace of its own: `prefix` and eight random hex digits."""
+    return Settings(bootstrap_servers=bootstrap, namespace=f"{prefix}{uuid4().hex[:8]}",
+                    data_dir=data_dir, **overrides)
 
-    def __init__(self, settings: Settings, tmp: Path, keras: bool = True) -> None:
+
+class Namespace:
+    """One namespace: its registrar, and ann's client in her workspace lab; the workers in
+    `workers` stop when it closes."""
+
+    def __init__(self, settings: Settings, tmp: Path) -> None:
         self.settings, self.tmp = settings, tmp
         self.registrar = Registrar(settings).start()
         self.client = Client(settings, user="ann", workspace="lab")
         self.client.create_user("ann")
         self.client.create_workspace("lab")
+        self.workers: list[WorkerProcess] = []
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.client.close()
+        self.registrar.stop()
+
+
+class Platform(Namespace):
+    """One namespace for the module: registrar, models, a worker; tests add pipelines."""
+
+    def __init__(self, settings: Settings, tmp: Path, keras: bool = True) -> None:
+        super().__init__(settings, tmp)
         self.paths = {
             "clf": build_onnx_classifier(tmp / "clf.onnx", seed=0),
             "clf2": build_onnx_classifier(tmp / "clf2.onnx", seed=1, C=0.05),
@@ -35,7 +60,6 @@ class Platform:
             self.paths["scorer2"] = build_keras_model(tmp / "scorer2", "savedmodel", seed=7)
         for name, path in self.paths.items():
             self.client.upload_model(name.rstrip("2"), path)
-        self.workers: list[WorkerProcess] = []
 
     def worker(self, name: str) -> WorkerProcess:
         w = WorkerProcess(self.settings, name, self.tmp)
@@ -72,11 +96,21 @@ class Platform:
             wait_until(lambda w=w: w.health()["serving"][f"lab/{name}"] == d.version, 30,
                        f"{w.name} serves {name} v{d.version}")
 
-    def close(self) -> None:
-        for w in self.workers:
-            w.stop()
-        self.client.close()
-        self.registrar.stop()
+
+P = TypeVar("P", bound=Platform)
+
+
+@contextmanager
+def serving(bootstrap: str, tmp: Path, prefix: str, kind: type[P] = Platform,
+            keras: bool = True, **overrides: Any) -> Iterator[P]:
+    """A platform of `kind` in a namespace of its own (`own_settings`, with the CLI's data dir
+    tmp/cli) whose worker w1 is ready; closed on leaving."""
+    platform = kind(own_settings(bootstrap, prefix, tmp / "cli", **overrides), tmp, keras=keras)
+    try:
+        platform.worker("w1").wait_ready()
+        yield platform
+    finally:
+        platform.close()
 
 
 def rows(n: int, start: int = 0) -> np.ndarray:
