@@ -10,143 +10,32 @@ these: `pytest -m faults`.
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
-import signal
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from uuid import uuid4
 
 import pytest
 
-from agents.records.avro_input import avro_input, input_schema_name
 from control.client import Client
 from control.config import Settings
-from control.kafka import end_offsets, producer, read_until_end
 from control.local.brokers import find_kafka_jars, start_local_broker
-from control.local.demo_models import iris_rows
-from control.local.worker_process import WorkerProcess
-from control.registry.tensors import TensorSpec
-from schemas.codec import decode
 from schemas.errors import Rejected
-from sinks.log_batches import decode_logs
+from tests.fault_tools import (
+    FaultPlatform,
+    Flow,
+    Watch,
+    exactly_once,
+    note_pause,
+    outcome,
+    progress,
+)
 from tests.helpers import wait_until
-from tests.worker_platform import Platform, serving
+from tests.worker_platform import serving
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.faults,
               pytest.mark.transactions]
-ROWS = iris_rows()
-IRIS = (TensorSpec("float_input", "float32", (-1, 4)),)  # the inputs of the models under test
-
-
-@dataclass
-class Flow:
-    """Records sent at a steady rate by a thread, keyed by their id; every 25th is malformed."""
-
-    settings: Settings
-    pipeline: str
-    count: int
-    rate: float
-    good: set[str] = field(default_factory=set)
-    bad: set[str] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self.tag = uuid4().hex[:6]
-        self._thread = threading.Thread(target=self._send, daemon=True)
-
-    def start(self) -> Flow:
-        self._thread.start()
-        return self
-
-    def join(self, timeout: float = 120.0) -> None:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "the records were not all sent"
-
-    def _send(self) -> None:
-        p = producer(self.settings)
-        topic = self.settings.pipeline_topic("lab", self.pipeline, "input")
-        avro = avro_input(IRIS, input_schema_name("lab", self.pipeline))
-        started = time.monotonic()
-        for i in range(self.count):
-            wait = started + i / self.rate - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)  # a fixed-rate producer, not a test waiting on a condition
-            rid = f"{self.tag}-{i}"
-            if i % 25 == 7:
-                value = json.dumps({"id": rid, "float_input": [1.0, 2.0]}).encode()
-                self.bad.add(rid)
-            else:
-                value = avro.encode({"id": rid, "float_input": ROWS[i % len(ROWS)][None]})
-                self.good.add(rid)
-            p.produce(topic, key=rid.encode(), value=value)
-            p.poll(0)
-        assert p.flush(60) == 0
-
-
-def progress(settings: Settings, pipeline: str) -> int:
-    """About how many results are out (end offsets: commit markers count too)."""
-    return sum(end_offsets(settings, settings.pipeline_topic("lab", pipeline, "output"))
-               .values())
-
-
-@dataclass
-class Outcome:
-    results: Counter[str]
-    dead: Counter[str]
-    logs: Counter[str]
-    bodies: dict[str, dict]
-
-
-def outcome(settings: Settings, pipeline: str, tag: str) -> Outcome:
-    """What a read_committed consumer sees of one flow: results, dead letters and logs."""
-    topic = lambda kind: settings.pipeline_topic("lab", pipeline, kind)  # noqa: E731
-    results: Counter[str] = Counter()
-    bodies = {}
-    for m in read_until_end(settings, topic("output"), timeout=60):
-        if m.key().decode().startswith(tag):
-            results[m.key().decode()] += 1
-            bodies[m.key().decode()] = decode("InferenceResult", m.value())
-    dead = Counter(m.key().decode() for m in read_until_end(settings, topic("dead"), timeout=60)
-                   if m.key().decode().startswith(tag))
-    logs = Counter(log["record_id"]
-                   for m in read_until_end(settings, settings.topic("logs"), timeout=60)
-                   for log in decode_logs(m.value()) if log["record_id"].startswith(tag))
-    return Outcome(results, dead, logs, bodies)
-
-
-def exactly_once(settings: Settings, flow: Flow, timeout: float = 180.0) -> Outcome:
-    """Wait until every record of the flow is answered; then none may be answered twice."""
-    wanted = flow.good | flow.bad
-
-    def answered() -> Outcome | None:
-        seen = outcome(settings, flow.pipeline, flow.tag)
-        return seen if wanted <= set(seen.results) | set(seen.dead) else None
-
-    seen = wait_until(answered, timeout, f"all {len(wanted)} records of {flow.pipeline} served")
-    assert set(seen.results) == flow.good and set(seen.dead) == flow.bad
-    assert [k for k, n in (seen.results + seen.dead).items() if n > 1] == []
-    assert set(seen.logs) == flow.good
-    assert [k for k, n in seen.logs.items() if n > 1] == []
-    return seen
-
-
-class FaultPlatform(Platform):
-    def restart(self, name: str) -> WorkerProcess:
-        """A worker of the same name (same data folder, same transactional id) started anew."""
-        self.workers = [w for w in self.workers if w.name != name]
-        w = self.worker(name)
-        w.wait_ready()
-        return w
-
-    def kill(self, name: str) -> None:
-        next(w for w in self.workers if w.name == name).kill(signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def platform(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultPlatform]:
     with serving(broker.bootstrap, tmp_path_factory.mktemp("faults"), "f", FaultPlatform,
@@ -252,7 +141,9 @@ def test_broker_restart_while_workers_run(own_broker, tmp_path: Path) -> None:
         platform.worker("w1").wait_ready()
         platform.pipeline("steady", [{"model": "clf", "version": 1}])
         platform.deploy("steady", batch_size=32, batch_wait_ms=10)
-        flow = Flow(settings, "steady", 3000, 200).start()
+        flow = Flow(settings, "steady", 3000, 200)
+        watch = Watch(settings, "steady", flow.tag).start()
+        flow.start()
         wait_until(lambda: progress(settings, "steady") >= 500, 60, "flowing")
         own_broker.restart()  # same port and data folder: topics and records survive
         flow.join(180)
@@ -260,6 +151,7 @@ def test_broker_restart_while_workers_run(own_broker, tmp_path: Path) -> None:
             exactly_once(settings, flow, timeout=240)
         except AssertionError as exc:  # what the worker was doing says more than the count
             raise AssertionError(f"{exc}\nworker log:\n{platform.workers[0].tail(80)}") from exc
+        note_pause("one broker restarted", watch.stop())
         assert platform.workers[0].process.poll() is None, "the worker carried on"
     finally:
         platform.close()

@@ -44,10 +44,15 @@ Routes = Callable[[], Mapping[str, "Serving"]]  # input topic -> what serves it,
 log = logging.getLogger(__name__)
 IDLE_S = 0.2  # how often an intake with nothing to serve looks for deployments
 LAG_EVERY_S = 1.0
-COMMIT_ATTEMPTS = 3  # of 30 s each; then the batch is aborted and served again
-# A transaction not committed by then is given up: after a broker restart librdkafka 2.16's
-# send_offsets_to_transaction was seen to block for minutes past its own 30 s timeout.
-COMMIT_DEADLINE_S = 45.0
+TRANSACTION_TIMEOUT_MS = 10_000
+COMMIT_ATTEMPTS = 3  # of CALL_TIMEOUT_S each; then the batch is aborted and served again
+CALL_TIMEOUT_S = 10.0
+# A transaction not committed by then is given up, the producer replaced (its successor fences
+# it) and the batch served again: after a broker restart librdkafka 2.16's
+# send_offsets_to_transaction was seen to block for minutes past its own timeout. Past the
+# transaction timeout the coordinator aborts the transaction anyway, so waiting longer only
+# lengthens the pause: a broker restart used to pause results for the old 45 s.
+COMMIT_DEADLINE_S = TRANSACTION_TIMEOUT_MS / 1000 + 5.0
 BATCHES_PER_TRANSACTION = 8  # micro-batches (of a deployment's batch size) a commit may carry
 
 
@@ -153,7 +158,7 @@ class Intake:
                                 f"{self.plane.worker}",
             # An open transaction holds back read_committed consumers until it ends; a worker
             # that died mid-batch is cut short after this long (or at once by its restart).
-            "transaction.timeout.ms": 10_000,
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
             # A transaction begun right after a commit may find the last one's markers still
             # being written (CONCURRENT_TRANSACTIONS) and is retried after this backoff: with
             # librdkafka's default 100 ms, p99 latency at 3k records/s was 250 ms, with 5 ms
@@ -278,10 +283,10 @@ class Intake:
             return
         started = time.perf_counter_ns()
         try:
-            p.send_offsets_to_transaction(offsets, metadata, 30)
+            p.send_offsets_to_transaction(offsets, metadata, CALL_TIMEOUT_S)
             for attempt in range(COMMIT_ATTEMPTS):
                 try:
-                    p.commit_transaction(30)
+                    p.commit_transaction(CALL_TIMEOUT_S)
                     pending.done = True
                     self.plane.metrics.committed(time.perf_counter_ns() - started)
                     return
@@ -300,7 +305,7 @@ class Intake:
             return True
         if self.exactly_once:
             try:
-                p.abort_transaction(30)
+                p.abort_transaction(CALL_TIMEOUT_S)
             except KafkaException as exc:
                 log.warning("aborting the batch's transaction failed: %s", exc)
                 return True
@@ -310,8 +315,11 @@ class Intake:
         """The producer to go on with: a fenced or failed one is replaced."""
         if not self._fatal:
             return p
+        # Its init fences the old one, which is left to the GC. If the broker is away the init
+        # raises and the old producer stays marked failed: replaced at the next batch.
+        fresh = self._producer()
         self._fatal = False
-        return self._producer()  # its init fences the old one; the old is left to the GC
+        return fresh
 
     def _report_lag(self, c: Consumer, by_topic: Mapping[str, Serving]) -> None:
         now = time.monotonic()
