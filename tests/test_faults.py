@@ -15,6 +15,7 @@ import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 
@@ -22,6 +23,7 @@ from control.client import Client
 from control.config import Settings
 from control.local.brokers import find_kafka_jars, start_local_broker
 from schemas.errors import Rejected
+from sinks.access import read_owner
 from tests.fault_tools import (
     FaultPlatform,
     Flow,
@@ -153,5 +155,44 @@ def test_broker_restart_while_workers_run(own_broker, tmp_path: Path) -> None:
             raise AssertionError(f"{exc}\nworker log:\n{platform.workers[0].tail(80)}") from exc
         note_pause("one broker restarted", watch.stop())
         assert platform.workers[0].process.poll() is None, "the worker carried on"
+    finally:
+        platform.close()
+
+
+def test_logs_reach_clickhouse_whichever_worker_on_a_shared_folder_dies(
+        broker, tmp_path: Path) -> None:
+    """Two workers on one data folder (one owns chDB and sinks the logs): kill -9 the owner
+    twice while records flow; the other takes the folder and the logs topic, the killed one
+    comes back as an ordinary worker, and every served record's log is stored once."""
+    shared = tmp_path / "shared"
+    settings = Settings(bootstrap_servers=broker.bootstrap, namespace=f"s{uuid4().hex[:8]}",
+                        data_dir=shared, pipeline_partitions=2)
+    platform = FaultPlatform(settings, tmp_path, keras=False)
+    try:
+        for name in ("s1", "s2"):
+            platform.worker(name, data_dir=shared).wait_ready()
+        platform.pipeline("shared", [{"model": "clf", "version": 1}])
+        platform.deploy("shared", batch_size=32, batch_wait_ms=10)
+        flow = Flow(settings, "shared", 3000, 200).start()
+        reader = Client(settings, user="ann", workspace="lab")
+        for _ in range(2):
+            target = progress(settings, "shared") + 300
+            wait_until(lambda t=target: progress(settings, "shared") >= t, 90, "flowing")
+            owner = wait_until(lambda: read_owner(settings), 60, "a worker owns chDB")
+            victim = next(w for w in platform.workers if w.process.pid == owner["pid"])
+            platform.kill(victim.name)
+            victim = platform.worker(victim.name, data_dir=shared)  # back, same name
+            platform.workers = [w for w in platform.workers
+                                if w is victim or w.process.poll() is None]
+            victim.wait_ready()
+            # Both alive again: the logs of what was served so far reach ClickHouse, whichever
+            # of the two holds the logs partition now.
+            served = len(outcome(settings, "shared", flow.tag).results)
+            wait_until(lambda n=served: reader.count_logs("shared") >= n, 60,
+                       f"the logs of {served} served records stored after the restart")
+        flow.join()
+        exactly_once(settings, flow)
+        wait_until(lambda: sorted(r["record_id"] for r in reader.logs("shared", limit=None))
+                   == sorted(flow.good), 90, "every served record's log stored once")
     finally:
         platform.close()

@@ -16,8 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.heartbeat import Heartbeat
 from agents.metrics import PipelineMetrics, StageMetrics, worker_exposition
+from agents.runtimes.packing import artifact_bytes
+from control.artifacts import ArtifactStore, sha256_of
 from control.cli import main
 from control.cli.status import print_health, summarise
+from control.local.demo_models import build_onnx_classifier
 from control.local.worker_process import WorkerProcess
 from control.registry.state import Deployment
 from schemas.errors import Rejected
@@ -301,8 +304,13 @@ def test_a_refused_deploy_makes_the_worker_unready_and_status_fail(
     assert "lab/guarded: worker w1 cannot load guarded version 2" in answer["reason"]
     assert "keeps serving version 1" in answer["refused"]["lab/guarded"]
     assert get(w1, "/health/live")[0] == 200  # not ready, yet nothing to restart
-    assert samples(get(w1, "/metrics")[2])[
-        ("inferstream_model_load_failures_total", of("guarded"))] == 1
+    # One truth: /health, the ready gauge and the heartbeat say what /health/ready says.
+    health = json.loads(get(w1, "/health")[2])
+    assert (health["ready"], health["reason"], health["replayed"]) == (
+        False, answer["reason"], True)
+    metrics = samples(get(w1, "/metrics")[2])
+    assert metrics[("inferstream_worker_ready", ())] == 0
+    assert metrics[("inferstream_model_load_failures_total", of("guarded"))] == 1
 
     def refused() -> tuple[int, dict] | None:
         code, report = status(platform, capsys)
@@ -318,6 +326,25 @@ def test_a_refused_deploy_makes_the_worker_unready_and_status_fail(
     platform.deploy("guarded", 1)
     wait_until(lambda: get(w1, "/health/ready")[0] == 200, 30, "w1 ready again")
     wait_until(lambda: status(platform, capsys)[0] == 0, 30, "status healthy again")
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_refused_version_is_tried_again_until_it_loads(platform: Platform) -> None:
+    """A version whose artifact is not there yet is refused, then served once it arrives,
+    without another deploy: the worker tries again after 5 s, 10 s, 20 s ..."""
+    blob = artifact_bytes(build_onnx_classifier(platform.tmp / "late.onnx", seed=5))
+    platform.register_model("late", sha256_of(blob), len(blob))
+    platform.pipeline("late", [{"model": "late", "version": 1}])
+    with pytest.raises(Rejected, match="cannot load late version 1"):
+        platform.client.deploy("late", worker_wait=30)
+    w1 = platform.workers[0]
+    assert "lab/late" in w1.health()["refused"]
+    ArtifactStore(platform.settings).put(blob, "onnx")  # the artifact arrives after all
+    health = wait_until(lambda: (h := w1.health()) and "lab/late" in h["serving"] and h, 60,
+                        "the refused version served after all")
+    assert "lab/late" not in health["refused"]
+    assert w1.post("/pipelines/late/infer", json.dumps(json_records(1)[0]).encode())[0] == 200
 
 
 @pytest.mark.kafka

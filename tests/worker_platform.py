@@ -69,7 +69,6 @@ class Platform(Namespace):
     def corrupt_model(self, name: str) -> None:
         """Register model `name` (like clf v1) whose stored bytes do not hash to its sha256:
         an artifact corrupted in Kafka, which every worker must refuse to load."""
-        good = self.client.model("clf").version(1)
         claimed = hashlib.sha256(f"bytes of {name}".encode()).hexdigest()
         p = producer(self.settings)
         p.produce(self.settings.topic("artifacts"), key=f"{claimed}:0".encode(),
@@ -77,8 +76,14 @@ class Platform(Namespace):
                                                        "count": 1, "size": 9,
                                                        "data": b"corrupted"}))
         p.flush(10)
+        self.register_model(name, claimed, 9)
+
+    def register_model(self, name: str, sha256: str, size: int) -> None:
+        """Register model `name` (inputs and outputs like clf v1) whose artifact is the one
+        chunk of `sha256`, wherever the artifact topic holds it, if it does."""
+        good = self.client.model("clf").version(1)
         artifact = {**{f: getattr(good.artifact, f) for f in ("format", "topic", "partition")},
-                    "sha256": claimed, "size": 9, "offset": 10**12, "chunks": 1}
+                    "sha256": sha256, "size": size, "offset": 10**12, "chunks": 1}
         spec = lambda s: {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}  # noqa: E731
         self.client.send("UploadModel", {
             "name": name, "framework": "onnx", "artifact": artifact, "files": [],
