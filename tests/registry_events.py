@@ -140,9 +140,10 @@ def upload_model(
     name: str, content: bytes = b"model bytes", *, inputs: Sequence[str | dict] = ("x",),
     outputs: Sequence[str | dict] = ("y",), framework: str = "onnx",
     files: Mapping[str, bytes] | None = None, artifact_record: dict | None = None,
-    description: str | None = None,
+    description: str | None = None, allow_interface_change: bool | None = None,
 ) -> Action:
-    """Upload `content` as a model; inputs and outputs are names (float32, shape [-1, 4])."""
+    """Upload `content` as a model; inputs and outputs are names (float32, shape [-1, 4]).
+    allow_interface_change None: as written before the interface check (never compared)."""
     def specs(items: Sequence[str | dict]) -> list[dict]:
         return [tensor_spec(i) if isinstance(i, str) else i for i in items]
 
@@ -154,6 +155,7 @@ def upload_model(
         "inputs": specs(inputs),
         "outputs": specs(outputs),
         "description": description,
+        "allow_interface_change": allow_interface_change,
     }
 
 
@@ -189,21 +191,25 @@ def create_pipeline(name: str, description: str | None = None) -> Action:
     return "CreatePipeline", {"name": name, "description": description}
 
 
-def create_pipeline_version(pipeline: str, *steps: dict | UnionItem) -> Action:
-    """A pipeline version; a plain dict step is a ModelStep."""
+def create_pipeline_version(pipeline: str, *steps: dict | UnionItem,
+                            result_steps: Sequence[int] = (), rules: int = 1) -> Action:
+    """A pipeline version; a plain dict step is a ModelStep. rules 1: as written before typed
+    chain checks (control/registry/chains.py)."""
     items = [(NAMESPACE + "ModelStep", s) if isinstance(s, dict) else s for s in steps]
-    return "CreatePipelineVersion", {"pipeline": pipeline, "steps": items}
+    return "CreatePipelineVersion", {"pipeline": pipeline, "steps": items,
+                                     "result_steps": list(result_steps), "rules": rules}
 
 
 # -- deployments -----------------------------------------------------------------------------
 
 
 def deploy(
-    pipeline: str, version: int | None = None, batch_size: int = 64, batch_wait_ms: int = 20
+    pipeline: str, version: int | None = None, batch_size: int = 64, batch_wait_ms: int = 20,
+    rules: int = 1,
 ) -> Action:
     return "Deploy", {
         "pipeline": pipeline, "version": version,
-        "batch_size": batch_size, "batch_wait_ms": batch_wait_ms,
+        "batch_size": batch_size, "batch_wait_ms": batch_wait_ms, "rules": rules,
     }
 
 
@@ -211,8 +217,8 @@ def undeploy(pipeline: str) -> Action:
     return "Undeploy", {"pipeline": pipeline}
 
 
-def rollback(pipeline: str, version: int | None = None) -> Action:
-    return "Rollback", {"pipeline": pipeline, "version": version}
+def rollback(pipeline: str, version: int | None = None, rules: int = 1) -> Action:
+    return "Rollback", {"pipeline": pipeline, "version": version, "rules": rules}
 
 
 # -- assays ----------------------------------------------------------------------------------

@@ -318,7 +318,7 @@ def test_old_deploy_gets_the_default_batch_settings(
     )
 
     assert ControlEvent.from_bytes(data).payload == {
-        "pipeline": "fraud", "version": 2, "batch_size": 64, "batch_wait_ms": 20,
+        "pipeline": "fraud", "version": 2, "batch_size": 64, "batch_wait_ms": 20, "rules": 1,
     }
 
 

@@ -102,8 +102,9 @@ CHAIN = (ModelStep("a", 1), ModelStep("b", 1, {"float_input": "features"}),
          ModelStep("c", 1, {"float_input": "features"}))
 
 
-def _serving(manager: DeploymentManager, runtimes: dict, steps: tuple[Step, ...]) -> Serving:
-    version = PipelineVersion("ws", "p", 1, steps, "ann", NOW)
+def _serving(manager: DeploymentManager, runtimes: dict, steps: tuple[Step, ...],
+             result_steps: tuple[int, ...] = ()) -> Serving:
+    version = PipelineVersion("ws", "p", 1, steps, "ann", NOW, result_steps)
     deployment = Deployment("ws", "p", 1, True, 512, 10, (1,), "ann", NOW)
     return manager.serving(deployment, version, runtimes)
 
@@ -144,6 +145,18 @@ def test_a_batch_of_the_common_case_gives_the_record_paths_bytes(
     assert [(log["step"], log["record_id"]) for log in logs] == [
         (step, decode("InferenceResult", r[2])["record_id"])
         for step in range(1, len(steps) + 1) for r in results]
+
+
+def test_results_of_several_steps_are_the_record_paths_too(
+        manager: DeploymentManager, runtimes: dict, frozen: None) -> None:
+    serving = _serving(manager, runtimes, CHAIN, result_steps=(1, 3))
+    assert serving.columnar is not None
+    messages = [Message(_record(serving, i), None, i) for i in range(30)]
+    fast, slow, counts = _both(manager, serving, messages)
+    assert counts == (30, 0) and fast == slow
+    result = decode("InferenceResult", fast[0][2])
+    assert [t["name"] for t in result["outputs"]] == [
+        "label", "probabilities", "step1.label", "step1.probabilities", "step1.features"]
 
 
 def _odd_ones(serving: Serving) -> dict[str, bytes]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
@@ -310,6 +311,7 @@ def test_sticky_hash_key_routes_a_value_the_same_way_across_batches_and_runners(
 
 ROUTES_IN_A_FRESH_PROCESS = """
 import json, sys
+from dataclasses import replace
 from datetime import UTC, datetime
 import numpy as np
 from agents.records.formats import InputRecord
@@ -436,3 +438,26 @@ def test_a_model_version_without_a_runtime_is_refused_when_the_runner_is_built(
 def test_an_empty_batch_gives_an_empty_outcome(models: dict[Key, ModelRuntime]) -> None:
     outcome = PipelineRunner(pipeline(ModelStep(*IRIS1)), models, "w1").run([])
     assert (outcome.results, outcome.failures, outcome.logs) == ([], [], [])
+
+
+def test_results_carry_the_outputs_of_the_chosen_steps_named_by_step(
+    models: dict[Key, ModelRuntime]
+) -> None:
+    batch = records([1, 3, 2])
+    version = replace(pipeline(ModelStep(*IRIS1), ModelStep(*SCORER)), result_steps=(1, 2))
+    outcome = PipelineRunner(version, models, "w1").run(batch)
+
+    first = direct(models[IRIS1], float_input=rows_of(batch))
+    start = 0
+    for result in outcome.results:
+        # The last step's outputs first, by their own names, as when only it is carried.
+        assert list(result.outputs) == ["score", "step1.label", "step1.probabilities"]
+        n = len(result.record.tensors["float_input"])
+        rows = slice(start, start + n)
+        np.testing.assert_array_equal(result.outputs["step1.label"], first["label"][rows])
+        np.testing.assert_allclose(result.outputs["step1.probabilities"],
+                                   first["probabilities"][rows], atol=1e-6)
+        start += n
+    only_first = replace(version, result_steps=(1,))
+    result = PipelineRunner(only_first, models, "w1").run(batch).results[0]
+    assert list(result.outputs) == ["step1.label", "step1.probabilities"]

@@ -49,6 +49,37 @@ def test_two_step_chain_equals_the_runtimes_called_directly(platform: Platform) 
     assert Counter(e["model"] for e in ours) == {"clf": 40, "scorer": 40}
 
 
+def test_results_carry_the_classifiers_label_and_probabilities_when_asked(
+        platform: Platform) -> None:
+    platform.client.create_pipeline("explained")
+    platform.client.create_pipeline_version(
+        "explained", [{"model": "clf", "version": 1}, {"model": "scorer", "version": 1}],
+        result_steps=[1, 2])
+    platform.deploy("explained")
+    x = rows(2)
+    specs = platform.client.model("clf").version(1).inputs
+    avro = avro_input(specs, "inferstream.input.lab.explained").encode(
+        {"id": "avro-1", "float_input": x.tolist()})
+    v2 = {"id": "v2-1", "inputs": [{"name": "float_input", "shape": [2, 4], "datatype": "FP32",
+                                    "data": x.ravel().tolist()}]}
+    json_reply, v2_reply, avro_reply = platform.client.infer(
+        "explained", [{"id": "json-1", "float_input": x.tolist()}, json.dumps(v2).encode(), avro])
+    clf = load_model("onnx", platform.paths["clf"]).predict({"float_input": x})
+    score = load_model("tensorflow", platform.paths["scorer"]).predict(clf)["score"]
+    outputs = json_reply.body["outputs"]
+    assert list(outputs) == ["score", "step1.label", "step1.probabilities"]
+    assert outputs["step1.label"] == clf["label"].tolist()
+    np.testing.assert_allclose(outputs["step1.probabilities"], clf["probabilities"], rtol=1e-6)
+    np.testing.assert_allclose(outputs["score"], score, rtol=1e-5)
+    v2_out = {o["name"]: o for o in v2_reply.body["outputs"]}
+    assert v2_out["step1.label"]["data"] == clf["label"].tolist()
+    assert v2_out["step1.label"]["datatype"] == "INT64"
+    avro_out = {t["name"]: t for t in avro_reply.body["outputs"]}
+    np.testing.assert_allclose(np.reshape(avro_out["step1.probabilities"]["values"], (2, 3)),
+                               clf["probabilities"], rtol=1e-6)
+    assert avro_out["step1.label"]["values"] == clf["label"].tolist()
+
+
 def test_all_three_input_formats(platform: Platform) -> None:
     platform.pipeline("formats", [{"model": "clf", "version": 1}])
     platform.deploy("formats")

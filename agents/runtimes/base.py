@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from control.registry.tensors import STRING, TensorSpec
+from control.registry.tensors import STRING, Cast, TensorSpec, dtype_cast
 from schemas.errors import ArtifactError, InferstreamError
 
 
@@ -77,21 +77,15 @@ def conform(spec: TensorSpec, batch: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    # The registry's rules (control/registry/tensors.py), so a chain it accepts runs here:
+    # precision loss within floats (JSON numbers into float32) and ints and bools into floats
+    # are cast; ints into another int type only when every value fits.
     got = array.dtype
-    if spec.dtype == STRING:
-        if got.kind in "OUS":
-            return array
-    else:
-        want = np.dtype(spec.dtype)
-        if got == want:
-            return array
-        # Precision loss within a kind (float64 -> float32) is what every client sending JSON
-        # numbers to a float32 model needs; changing kind is allowed only where no value
-        # loses its meaning (ints and bools to floats, ints that fit a narrower int).
-        if np.can_cast(got, want, "safe") or (got.kind in "biuf" and want.kind == "f"):
-            return array.astype(want)
-        if got.kind in "biu" and want.kind in "iu" and _fits(array, want):
-            return array.astype(want)
+    how = dtype_cast(STRING if got.kind in "OUS" else got.name, spec.dtype)
+    if how is Cast.SAME:
+        return array
+    if how is Cast.ALWAYS or (how is Cast.IF_FITS and _fits(array, np.dtype(spec.dtype))):
+        return array.astype(np.dtype(spec.dtype))
     raise InputMismatch(
         f"input {spec.name!r} expects dtype {spec.dtype} but got {got.name}, which cannot be "
         f"cast without changing values; send {spec.dtype} values"

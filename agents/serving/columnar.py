@@ -25,13 +25,13 @@ from confluent_kafka import Message
 
 from agents.records.avro_input import AvroInput
 from agents.records.avro_writer import LogWriter, ResultWriter, long
-from agents.serving.runner import MODEL, Call, PipelineRunner
+from agents.serving.runner import MODEL, BoundModel, Call, PipelineRunner
+from control.registry.chains import result_name
 from control.registry.tensors import STRING, TensorSpec
 from schemas.codec import MARKER
 
 if TYPE_CHECKING:
     from agents.metrics import StageMetrics
-    from agents.serving.runner import _Model
 
 _ITEMS = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 _LONG_ID = 0x80  # an id of 64 bytes or more has a varint length of two bytes: record path
@@ -58,10 +58,12 @@ class _Input:
 class Columnar:
     """The column-wise serving of one deployed pipeline version; see Columnar.of."""
 
-    def __init__(self, models: tuple[_Model, ...], inputs: tuple[_Input, ...], frame: bytes,
+    def __init__(self, models: tuple[BoundModel, ...], inputs: tuple[_Input, ...], frame: bytes,
                  prefix: bytes, results: ResultWriter, logs: LogWriter,
-                 output_topic: str, logs_topic: str, max_bytes: int) -> None:
+                 output_topic: str, logs_topic: str, max_bytes: int,
+                 carried: tuple[int, ...] = ()) -> None:
         self.models = models
+        self.carried = carried or (len(models),)  # the result steps, as the record path's
         self.inputs = inputs
         self.prefix = prefix  # the single-object header of the input schema
         self.size = len(frame)  # of a record after its id
@@ -104,7 +106,7 @@ class Columnar:
                                  size))
             frame += head + bytes(size) + tail
         return cls(models, tuple(inputs), frame, MARKER + avro.fingerprint, results, logs,
-                   output_topic, logs_topic, max_bytes)
+                   output_topic, logs_topic, max_bytes, runner.version.returned_steps)
 
     def serve(self, messages: Sequence[Message], out: Outgoing, metrics: StageMetrics
               ) -> int | None:
@@ -122,7 +124,7 @@ class Columnar:
         elapsed_us = sum(e for _, e in calls)
         started = metrics.add("infer", started)
         now_us = time.time_ns() // 1000
-        results = self.results.encode_rows(ids, keys, self._used, calls[-1][0].outputs,
+        results = self.results.encode_rows(ids, keys, self._used, self._outputs(calls),
                                            elapsed_us, now_us)
         logs = [self.logs.blocks(now_us, m.step, m.model, m.version, False, e, call, ids)
                 for m, (call, e) in zip(self.models, calls, strict=True)]
@@ -137,6 +139,16 @@ class Columnar:
                 send(topic, None, value)
         metrics.add("encode", started)
         return len(ids)
+
+    def _outputs(self, calls: list[tuple[Call, int]]) -> dict[str, np.ndarray]:
+        """The result steps' outputs, named as PipelineRunner names them."""
+        last = len(calls)
+        if self.carried == (last,):
+            return calls[-1][0].outputs
+        outputs: dict[str, np.ndarray] = {}
+        for n in sorted(self.carried, key=lambda n: n != last):
+            outputs.update({result_name(n, last, k): a for k, a in calls[n - 1][0].outputs.items()})
+        return outputs
 
     def _decode(self, messages: Sequence[Message]
                 ) -> tuple[list[str], list[bytes | None], dict[str, np.ndarray]] | None:

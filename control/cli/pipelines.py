@@ -9,9 +9,10 @@ from typing import Annotated
 import typer
 
 from control.cli.base import JsonFlag, client_of, rows_table, show, when
+from control.registry.chains import RULES
 from control.registry.events import ControlStatus
 from control.registry.state import Deployment
-from control.registry.steps import parse_model_ref, step_to_json
+from control.registry.steps import parse_model_ref, step_to_json, version_from_json
 from schemas.errors import InferstreamError
 
 pipelines = typer.Typer(help="Create, version, deploy, undeploy and roll back pipelines.",
@@ -39,17 +40,22 @@ def pipelines_version(
         help="A model step MODEL[:VERSION], repeatable, in chain order")] = None,
     steps_file: Annotated[Path | None, typer.Option(
         exists=True, help="JSON list of steps (splits, shadows): see docs/cli.md")] = None,
+    result_steps: Annotated[str | None, typer.Option(
+        help="Steps whose outputs results carry, e.g. 1,3 (default: the last); an earlier "
+             "step's output is named step<N>.<output>")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Create a new immutable version of a pipeline from its steps."""
     if bool(step) == bool(steps_file):
         raise typer.BadParameter("give either --step (one or more) or --steps-file")
     client = client_of(ctx)
+    carried = _step_numbers(result_steps) if result_steps else []
     if steps_file:
         try:
-            specs = json.loads(steps_file.read_text())
+            specs, in_file = version_from_json(json.loads(steps_file.read_text()))
         except json.JSONDecodeError as exc:
             raise InferstreamError(f"{steps_file} is not JSON: {exc}") from exc
+        carried = carried or in_file
     else:
         registry, ws = client.registry(), client._ws(None)
 
@@ -60,9 +66,19 @@ def pipelines_version(
             return found.latest.version
 
         specs = [parse_model_ref(s, latest) for s in step or []]
-    v = client.create_pipeline_version(name, specs)
+    v = client.create_pipeline_version(name, specs, result_steps=carried)
+    carries = ("" if v.returned_steps == (len(v.steps),)
+               else f"; results carry steps {list(v.returned_steps)}")
     show(v, json_out, message=f"pipeline [bold]{name}[/] version [bold]{v.version}[/]: "
-         + " → ".join(json.dumps(step_to_json(s)) for s in v.steps))
+         + " → ".join(json.dumps(step_to_json(s)) for s in v.steps) + carries)
+
+
+def _step_numbers(text: str) -> list[int]:
+    try:
+        return [int(n) for n in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--result-steps {text!r}: give step numbers like 1,3"
+                                 ) from None
 
 
 @pipelines.command("input-schema")
@@ -94,9 +110,11 @@ def _deployed(d: Deployment | None) -> str:
 def pipelines_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
     """Show a pipeline's versions and steps."""
     p = client_of(ctx).pipeline(name)
-    show(p, json_out, lambda: rows_table(f"pipeline {name}", ["version", "steps", "by", "created"],
-         [(v.version, " → ".join(json.dumps(step_to_json(s)) for s in v.steps), v.created_by,
-           when(v.created_at)) for v in p.versions]))
+    show(p, json_out, lambda: rows_table(
+        f"pipeline {name}", ["version", "steps", "results from steps", "by", "created"],
+        [(v.version, " → ".join(json.dumps(step_to_json(s)) for s in v.steps),
+          ", ".join(map(str, v.returned_steps)), v.created_by, when(v.created_at))
+         for v in p.versions]))
 
 
 @pipelines.command("deploy")
@@ -111,7 +129,8 @@ def pipelines_deploy(
     """Deploy a pipeline version; running workers switch to it between batches."""
     client = client_of(ctx)
     status = client.send("Deploy", {"pipeline": name, "version": version,
-                                    "batch_size": batch_size, "batch_wait_ms": batch_wait_ms},
+                                    "batch_size": batch_size, "batch_wait_ms": batch_wait_ms,
+                                    "rules": RULES},
                          worker_wait=wait_workers)
     d = client.registry().deployments[(client._ws(None), name)]
     show(d, json_out, message=f"deployed pipeline [bold]{name}[/] version [bold]{d.version}[/]"
@@ -144,7 +163,7 @@ def pipelines_rollback(
 ) -> None:
     """Deploy an earlier version again."""
     client = client_of(ctx)
-    status = client.send("Rollback", {"pipeline": name, "version": version},
+    status = client.send("Rollback", {"pipeline": name, "version": version, "rules": RULES},
                          worker_wait=wait_workers)
     d = client.registry().deployments[(client._ws(None), name)]
     show(d, json_out, message=f"rolled pipeline [bold]{name}[/] back to version "

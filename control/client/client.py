@@ -42,6 +42,7 @@ from control.kafka import (
     read_until_end,
 )
 from control.registrar import limits_of
+from control.registry.chains import RULES
 from control.registry.events import ControlEvent, ControlStatus
 from control.registry.fold import fold
 from control.registry.rules import may_read
@@ -233,8 +234,10 @@ class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, HttpClient):
         return self.pipeline(name, ws)
 
     def create_pipeline_version(self, pipeline: str, steps: Sequence[StepLike],
-                                workspace: str | None = None) -> PipelineVersion:
-        """A new version of a pipeline from steps (dataclasses or their JSON form)."""
+                                workspace: str | None = None,
+                                result_steps: Sequence[int] = ()) -> PipelineVersion:
+        """A new version of a pipeline from steps (dataclasses or their JSON form); its results
+        carry the outputs of result_steps (numbers from 1; default: the last step)."""
         ws, registry = self._readable(workspace)
 
         def latest(model: str) -> int:
@@ -246,6 +249,7 @@ class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, HttpClient):
         parsed = [s if not isinstance(s, Mapping) else step_from_json(s, latest) for s in steps]
         status = self.send("CreatePipelineVersion", {
             "pipeline": pipeline, "steps": [step_to_avro(s) for s in parsed],
+            "result_steps": list(result_steps), "rules": RULES,
         }, workspace=ws)
         return self.pipeline(pipeline, ws).versions[int(status.result["version"]) - 1]
 
@@ -255,7 +259,7 @@ class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, HttpClient):
         """Deploy a version; with worker_wait, also wait for a worker to serve it (or refuse)."""
         ws = self._ws(workspace)
         self.send("Deploy", {"pipeline": pipeline, "version": version, "batch_size": batch_size,
-                             "batch_wait_ms": batch_wait_ms}, workspace=ws,
+                             "batch_wait_ms": batch_wait_ms, "rules": RULES}, workspace=ws,
                   worker_wait=worker_wait)
         return self.registry().deployments[(ws, pipeline)]
 
@@ -267,7 +271,8 @@ class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, HttpClient):
     def rollback(self, pipeline: str, version: int | None = None,
                  workspace: str | None = None, worker_wait: float = 0.0) -> Deployment:
         ws = self._ws(workspace)
-        self.send("Rollback", {"pipeline": pipeline, "version": version}, workspace=ws,
+        self.send("Rollback", {"pipeline": pipeline, "version": version, "rules": RULES},
+                  workspace=ws,
                   worker_wait=worker_wait)
         return self.registry().deployments[(ws, pipeline)]
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from control.registry.api_keys import API_KEY_HANDLERS
 from control.registry.assays import ASSAY_HANDLERS
+from control.registry.chains import NAMES_ONLY, check_chain, result_steps
 from control.registry.events import EVENT_TYPES, ControlEvent
 from control.registry.rules import check_name, member, pipeline_of
 from control.registry.security import authenticate, authorize
@@ -35,9 +36,8 @@ from control.registry.state import (
     Registry,
     ShadowStep,
     Step,
-    step_models,
 )
-from control.registry.tensors import TensorSpec
+from control.registry.tensors import TensorSpec, interface_changes
 from control.registry.users import USER_HANDLERS
 from control.registry.workloads import WORKLOAD_HANDLERS
 from schemas.errors import Rejected
@@ -161,8 +161,25 @@ def _upload_model(state: Registry, event: ControlEvent, p: Mapping[str, Any]) ->
         inputs=_specs(p["inputs"], "inputs"), outputs=_specs(p["outputs"], "outputs"),
         description=p["description"], created_by=event.actor, created_at=event.time,
     )
+    # None: written before the field existed. Such uploads were accepted whatever their
+    # interface, and a replay must fold them the same; every client of now writes a boolean.
+    if model.versions and p.get("allow_interface_change") is False:
+        _check_interface(model.latest, version)
     model = replace(model, versions=(*model.versions, version))
     return replace(state, models={**state.models, key: model})
+
+
+def _check_interface(latest: ModelVersion, new: ModelVersion) -> None:
+    """Steps and consumers read a model's inputs and outputs by name: a new version keeps them."""
+    changes = [*interface_changes(latest.inputs, new.inputs, "input"),
+               *interface_changes(latest.outputs, new.outputs, "output")]
+    if changes:
+        raise Rejected(
+            f"model {new.model!r} version {new.version} would change the interface of version "
+            f"{latest.version}: {'; '.join(changes)}. Pipeline steps and the consumers of "
+            "results read these names, dtypes and shapes; export the model with the same "
+            "ones, upload it as another model, or allow the change (--allow-interface-change)"
+        )
 
 
 # -- pipelines -------------------------------------------------------------------------------
@@ -236,25 +253,12 @@ def _step(state: Registry, ws: str, item: tuple[str, Mapping[str, Any]], where: 
     return ShadowStep(_model_step(state, ws, r["champion"], where), challengers)
 
 
-def _check_chain(state: Registry, ws: str, steps: tuple[Step, ...]) -> None:
-    """Each step after the first must find its inputs among the previous step's outputs."""
+def _check_chain(state: Registry, ws: str, steps: tuple[Step, ...], carried: tuple[int, ...],
+                 rules: int) -> None:
     def version(s: ModelStep) -> ModelVersion:
         return state.models[(ws, s.model)].versions[s.version - 1]
 
-    for n in range(1, len(steps)):
-        returned = step_models(steps[n - 1])
-        if isinstance(steps[n - 1], ShadowStep):
-            returned = returned[:1]
-        available = set.intersection(*({o.name for o in version(m).outputs} for m in returned))
-        for m in step_models(steps[n]):
-            for spec in version(m).inputs:
-                source = m.input_map.get(spec.name, spec.name)
-                if source not in available:
-                    raise Rejected(
-                        f"step {n + 1} ({m.model} v{m.version}) needs input {spec.name!r} "
-                        f"from field {source!r}, but step {n} outputs only "
-                        f"{sorted(available)}; map it with input_map"
-                    )
+    check_chain(version, steps, carried, rules)
 
 
 def _create_pipeline_version(
@@ -267,9 +271,11 @@ def _create_pipeline_version(
     steps = tuple(
         _step(state, ws.name, item, f"step {i + 1}") for i, item in enumerate(p["steps"])
     )
-    _check_chain(state, ws.name, steps)
+    carried = result_steps(p.get("result_steps") or (), len(steps))
+    _check_chain(state, ws.name, steps, carried, p.get("rules", NAMES_ONLY))
     version = PipelineVersion(
-        ws.name, pipeline.name, len(pipeline.versions) + 1, steps, event.actor, event.time
+        ws.name, pipeline.name, len(pipeline.versions) + 1, steps, event.actor, event.time,
+        carried,
     )
     pipeline = replace(pipeline, versions=(*pipeline.versions, version))
     return replace(state, pipelines={**state.pipelines, (ws.name, pipeline.name): pipeline})
@@ -294,7 +300,20 @@ def _deploy(state: Registry, event: ControlEvent, p: Mapping[str, Any],
         raise Rejected(f"batch size {p['batch_size']} is outside 1..{most}: {why}")
     if not 0 <= p["batch_wait_ms"] <= MAX_BATCH_WAIT_MS:
         raise Rejected(f"batch wait {p['batch_wait_ms']} ms is outside 0..{MAX_BATCH_WAIT_MS}")
+    _check_deployable(state, pipeline, number, p.get("rules", NAMES_ONLY))
     return _deployed(state, event, pipeline, number, p["batch_size"], p["batch_wait_ms"])
+
+
+def _check_deployable(state: Registry, pipeline: Pipeline, number: int, rules: int) -> None:
+    """A version made before the chain rules grew may break them: deploying it is refused."""
+    version = pipeline.versions[number - 1]
+    try:
+        _check_chain(state, pipeline.workspace, version.steps, version.returned_steps, rules)
+    except Rejected as exc:
+        raise Rejected(
+            f"pipeline {pipeline.name!r} version {number} cannot be served: {exc}. Create a "
+            "version whose steps fit each other and deploy that"
+        ) from None
 
 
 def _deployed(
@@ -344,6 +363,7 @@ def _rollback(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Reg
             f"rolling back goes to a version older than the current {deployment.version}, "
             f"not {number}; deploy version {number} instead"
         )
+    _check_deployable(state, pipeline, number, p.get("rules", NAMES_ONLY))
     return _deployed(
         state, event, pipeline, number, deployment.batch_size, deployment.batch_wait_ms
     )

@@ -141,6 +141,12 @@ class PipelineVersion:
     steps: tuple[Step, ...]
     created_by: str
     created_at: datetime
+    result_steps: tuple[int, ...] = ()  # whose outputs its results carry; () = the last
+
+    @property
+    def returned_steps(self) -> tuple[int, ...]:
+        """The steps whose outputs results carry, in order: the last one unless others chosen."""
+        return self.result_steps or (len(self.steps),)
 
 
 @dataclass(frozen=True)

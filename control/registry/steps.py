@@ -6,6 +6,9 @@ JSON shapes, as in a `--steps-file` or the Python client:
   {"key_split": {"field": "country", "routes": [{"value": "de", "model": "a"}],
                  "default": {"model": "b"}}}
   {"shadow": {"champion": {"model": "a"}, "challengers": [{"model": "b"}]}}
+
+A whole version is a list of steps, or {"steps": [...], "result_steps": [1, 2]} to carry the
+outputs of other steps than the last in its results.
 """
 
 from __future__ import annotations
@@ -63,6 +66,26 @@ def step_from_json(spec: Mapping[str, Any], latest: LatestVersion) -> Step:
         return model(spec)
     except (KeyError, TypeError, ValueError) as exc:
         raise StepError(f"cannot read step {dict(spec)}: missing or bad {exc}") from exc
+
+
+def version_from_json(doc: Any) -> tuple[list[Any], list[int]]:
+    """A version's JSON (a list of steps, or an object of steps and result_steps) as its steps
+    (still JSON) and result steps (empty: the last)."""
+    if isinstance(doc, list):
+        return doc, []
+    if isinstance(doc, Mapping) and isinstance(doc.get("steps"), list):
+        unknown = sorted(set(doc) - {"steps", "result_steps"})
+        numbers = doc.get("result_steps") or []
+        if unknown or not isinstance(numbers, list) or not all(
+                type(n) is int for n in numbers):
+            raise StepError(
+                "a version is a list of steps, or an object with 'steps' (a list) and "
+                f"'result_steps' (a list of step numbers); got keys {sorted(doc)}"
+                + (f", unknown {unknown}" if unknown else f", result_steps {numbers!r}")
+            )
+        return doc["steps"], numbers
+    raise StepError(f"a version is a list of steps or an object with 'steps', not "
+                    f"{type(doc).__name__}")
 
 
 def step_to_avro(step: Step) -> tuple[str, dict[str, Any]]:
