@@ -124,6 +124,17 @@ class Settings(BaseSettings):
     task_stale_s: float = Field(
         60.0, description="a running task run not updated for this long lost its worker"
     )
+    python_steps: bool = Field(
+        True, description="whether this worker runs Python steps (framework python); off: "
+        "their pipelines are refused here, with the reason")
+    python_workers: int = Field(
+        1, ge=1, description="child processes per deployed Python step version")
+    python_timeout_s: float = Field(
+        10.0, gt=0, description="longest a Python step may take on one batch; its process is "
+        "killed and its records dead-lettered past it")
+    python_memory_mb: int = Field(
+        1024, ge=0, description="address-space limit of each Python step process in MiB "
+        "(RLIMIT_AS); 0: none")
     log_sink: bool = Field(
         True, description="whether a worker sinks the logs topic into ClickHouse; off, logs are "
         "still published and another worker (or none) sinks them")

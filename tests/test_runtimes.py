@@ -170,7 +170,7 @@ def test_integers_that_do_not_fit_are_refused() -> None:
 def test_unknown_framework_lists_the_known_ones() -> None:
     with pytest.raises(UnknownFramework, match=r"'pytorch'.*onnx, tensorflow"):
         runtime_for("pytorch")
-    assert FRAMEWORKS == ("onnx", "tensorflow")
+    assert FRAMEWORKS[:2] == ("onnx", "tensorflow") and "python" in FRAMEWORKS
     assert issubclass(UnknownFramework, ArtifactError)
 
 

@@ -23,6 +23,8 @@ from schemas.errors import InferstreamError
 
 _AVRO_TYPES = {"float16": "float", "float32": "float", "float64": "double", "bool": "boolean",
                "int64": "long", "uint32": "long", "uint64": "long", STRING: "string",
+               # a timestamp input: microseconds since 1970 (UTC); writers may give datetimes
+               "datetime64[us]": {"type": "long", "logicalType": "timestamp-micros"},
                **dict.fromkeys(("int8", "int16", "int32", "uint8", "uint16"), "int")}
 
 
@@ -35,7 +37,8 @@ def input_schema(specs: tuple[TensorSpec, ...], name: str) -> dict:
     """The Avro record producers write; name it with input_schema_name(workspace, pipeline).
 
     An optional string `id`, then one field per model input holding its rows: one array level
-    per dimension of the spec (rows first), of float/double/int/long/boolean/string.
+    per dimension of the spec (rows first), of float/double/int/long/boolean/string, or
+    long timestamp-micros for a timestamp (datetime64[us]) input.
     """
     parts = [_avro_name(p) for p in name.split(".") if p]
     fields: list[dict] = [{"name": "id", "type": ["null", "string"], "default": None}]

@@ -4,12 +4,16 @@ dtype and shape (rows first), or a BadRecord that names the field, what it held 
 A value is cast only when none changes meaning: ints and bools to floats, integral floats to
 ints in range, text only to string inputs. Floats may be NaN or ±inf (null reads as NaN, as
 pandas writes it); a float beyond a narrower float's range, or an int beyond an int's, is bad.
+A timestamp input (dtype datetime64[us], UTC) takes ISO-8601 text (UTC unless it names an
+offset), numbers of seconds since 1970 (UTC), or datetimes (Avro timestamp-micros).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import reprlib
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -24,6 +28,10 @@ _MAX_DIMS = 32
 _SHORT = reprlib.Repr()  # keyword arguments only from Python 3.12
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 3, 8, 4
 _SHORT.maxstring = _SHORT.maxlong = _SHORT.maxother = 40
+TIMESTAMP = "datetime64[us]"  # the dtype of timestamp inputs (a Python step's "timestamp")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MICROSECOND = timedelta(microseconds=1)
+_MAX_SECONDS = 9.2e12  # about ±290,000 years: what int64 microseconds hold
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|[-+]?(nan|inf(inity)?)", re.I)
 
 
@@ -37,8 +45,8 @@ class BadRecord(InferstreamError):
 
 def as_array(spec: TensorSpec, values: Any, fmt: str) -> np.ndarray:
     """A field's (nested) lists as an array; ragged or too deep ones are a BadRecord."""
-    try:  # objects for text: numpy would quietly turn a number in a text list into text
-        array = np.asarray(values, dtype=object if spec.dtype == STRING else None)
+    try:  # objects for text and times: numpy would quietly turn a number beside text into text
+        array = np.asarray(values, dtype=object if spec.dtype in (STRING, TIMESTAMP) else None)
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise bad_field(spec, fmt, "ragged or too deeply nested lists") from None
     # numpy nests up to 64 levels, but iterating (array.flat) stops at 32; no input has as many
@@ -73,6 +81,8 @@ def cast(spec: TensorSpec, array: np.ndarray, fmt: str) -> np.ndarray:
             return array.astype(str, copy=False)
         raise bad_field(spec, fmt, _got(array, bad[0]))
     want = np.dtype(spec.dtype)
+    if want.kind == "M":
+        return _timestamps(spec, array, fmt)
     if kind == "O":
         array = _objects(spec, array, want, fmt)
         kind = array.dtype.kind
@@ -95,6 +105,37 @@ def cast(spec: TensorSpec, array: np.ndarray, fmt: str) -> np.ndarray:
             raise bad_field(spec, fmt, f"numbers beyond the range of {want.name}")
         return array.astype(want)
     raise bad_field(spec, fmt, _got(array))
+
+
+def _timestamps(spec: TensorSpec, array: np.ndarray, fmt: str) -> np.ndarray:
+    """Times as datetime64[us]: text, seconds since 1970 or datetimes, all taken as UTC."""
+    if array.dtype.kind == "M":
+        return array.astype(TIMESTAMP)
+    micros = np.empty(array.shape, np.int64)
+    flat = micros.reshape(-1)
+    for i, value in enumerate(array.ravel().tolist()):
+        instant = _micros(value)
+        if instant is None:
+            raise bad_field(spec, fmt, f"{_TYPES.get(type(value), type(value).__name__)} (e.g. "
+                            f"{example(value)}), not a time; send ISO-8601 text or seconds "
+                            "since 1970")
+        flat[i] = instant
+    return micros.view(TIMESTAMP)
+
+
+def _micros(value: Any) -> int | None:
+    """Microseconds since 1970 (UTC) of one value, or None if it is not a time."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return (moment - _EPOCH) // _ONE_MICROSECOND
+    if isinstance(value, str):
+        try:
+            return _micros(datetime.fromisoformat(value.strip()))
+        except ValueError:
+            return None
+    if type(value) in (int, float) and math.isfinite(value) and abs(value) < _MAX_SECONDS:
+        return value * 1_000_000 if type(value) is int else round(value * 1e6)
+    return None
 
 
 def _beyond(array: np.ndarray, info: np.iinfo) -> bool:

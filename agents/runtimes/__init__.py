@@ -13,13 +13,14 @@ from control.registry.tensors import TensorSpec
 _RUNTIMES: dict[str, tuple[str, str]] = {
     "onnx": ("agents.runtimes.onnx", "OnnxRuntime"),
     "tensorflow": ("agents.runtimes.tensorflow", "TensorflowRuntime"),
+    "python": ("agents.runtimes.python", "PythonRuntime"),
 }
 
 FRAMEWORKS: tuple[str, ...] = tuple(_RUNTIMES)
 
 
 def runtime_for(framework: str) -> type[ModelRuntime]:
-    """The runtime class of a framework name, e.g. "onnx" or "tensorflow"."""
+    """The runtime class of a framework name, e.g. "onnx", "tensorflow" or "python"."""
     try:
         module, name = _RUNTIMES[framework]
     except KeyError:
@@ -41,6 +42,9 @@ def describe_artifact(
 ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """Inputs and outputs of an artifact, read by loading it as a worker would."""
     model = load_model(framework, path)
+    close = getattr(model, "close", None)
+    if close is not None:  # a Python step's child process is not needed after this
+        close()
     return model.inputs, model.outputs
 
 

@@ -13,25 +13,35 @@ from pathlib import Path, PurePosixPath
 from schemas.errors import ArtifactError
 
 SAVEDMODEL_MARKER = "saved_model.pb"
-FRAMEWORK_OF_FORMAT = {"onnx": "onnx", "savedmodel": "tensorflow", "keras": "tensorflow"}
-SUFFIX_OF_FORMAT = {"onnx": ".onnx", "keras": ".keras", "savedmodel": ""}
+PYTHON_STEP_ENTRY = "step.py"  # the module of a Python step folder (python_child.ENTRY)
+FRAMEWORK_OF_FORMAT = {"onnx": "onnx", "savedmodel": "tensorflow", "keras": "tensorflow",
+                       "python": "python", "pythondir": "python"}
+SUFFIX_OF_FORMAT = {"onnx": ".onnx", "keras": ".keras", "savedmodel": "", "python": ".py",
+                    "pythondir": ""}
+DIRECTORY_FORMATS = ("savedmodel", "pythondir")  # unpacked as a folder, loaded as one
 
 
 def artifact_format(path: Path) -> str:
-    """ "onnx" for a .onnx file, "keras" for a .keras file, "savedmodel" for a SavedModel dir."""
+    """ "onnx" for a .onnx file, "keras" for a .keras file, "savedmodel" for a SavedModel dir,
+    "python" for a .py file, "pythondir" for a folder holding step.py."""
     path = Path(path)
     if path.is_dir() and (path / SAVEDMODEL_MARKER).is_file():
         return "savedmodel"
+    if path.is_dir() and (path / PYTHON_STEP_ENTRY).is_file():
+        return "pythondir"
     if path.is_file() and path.suffix in (".onnx", ".keras"):
         return path.suffix[1:]
+    if path.is_file() and path.suffix == ".py":
+        return "python"
     raise ArtifactError(
-        f"{str(path)!r} is not a model artifact; give a .onnx file, a .keras file or a "
-        f"SavedModel directory (one holding {SAVEDMODEL_MARKER})"
+        f"{str(path)!r} is not a model artifact; give a .onnx file, a .keras file, a "
+        f"SavedModel directory (one holding {SAVEDMODEL_MARKER}), a Python step (.py file) "
+        f"or a folder holding {PYTHON_STEP_ENTRY}"
     )
 
 
 def framework_of(path: Path) -> str:
-    """The framework that runs the artifact at path: "onnx" or "tensorflow"."""
+    """The framework that runs the artifact at path: "onnx", "tensorflow" or "python"."""
     return FRAMEWORK_OF_FORMAT[artifact_format(path)]
 
 

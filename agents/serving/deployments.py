@@ -126,6 +126,10 @@ class DeploymentManager:
                 self._report(about, accepted=True, serving=deployment.version)
             # The intake's next batch uses the new set.
             self.by_topic = {s.input_topic: s for s in self.served.values()}
+            # Versions no served pipeline runs any more stop their processes (Python steps).
+            self.cache.release({(s.deployment.workspace, m.model, m.version)
+                                for s in self.served.values()
+                                for step in s.version.steps for m in step_models(step)})
             # Loaded models live as long as the worker: keep the collector from rescanning them.
             gc.freeze()
 
@@ -186,3 +190,4 @@ class DeploymentManager:
     def close(self) -> None:
         self.intake.stop()
         self.plane.close()
+        self.cache.close()

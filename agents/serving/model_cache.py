@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agents.runtimes import load_model
 from agents.runtimes.base import ModelRuntime
-from agents.runtimes.packing import SUFFIX_OF_FORMAT, unpack
+from agents.runtimes.packing import DIRECTORY_FORMATS, SUFFIX_OF_FORMAT, unpack
 from control.artifacts import ArtifactStore
 from control.config import Settings
 from control.registry.state import ModelVersion, PipelineVersion, Registry, step_models
@@ -34,6 +34,20 @@ class ModelCache:
                 self._loaded[key] = load_model(version.framework, self._unpacked(version))
             return self._loaded[key]
 
+    def release(self, keep: set[tuple[str, str, int]]) -> None:
+        """Close and forget the loaded versions not in keep (workspace, model, version) that
+        hold processes (Python steps); other runtimes stay loaded, as before. A batch (or task
+        run) still using a closed one carries on: its next call starts a process again."""
+        with self._lock:
+            dropped = [self._loaded.pop(k) for k, r in list(self._loaded.items())
+                       if k not in keep and hasattr(r, "close")]
+        for runtime in dropped:
+            runtime.close()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Close every loaded version that holds processes (the worker is stopping)."""
+        self.release(set())
+
     def _unpacked(self, version: ModelVersion) -> Path:
         ref = version.artifact
         suffix = SUFFIX_OF_FORMAT.get(ref.format, "")
@@ -43,7 +57,7 @@ class ModelCache:
             # named by the sha256 is only ever published whole (unpack), so one that exists,
             # made by this worker or another on the same data folder, is the right one.
             unpack(self.store.get(ref), dest, suffix)
-        model = dest if ref.format == "savedmodel" else dest / f"model{suffix}"
+        model = dest if ref.format in DIRECTORY_FORMATS else dest / f"model{suffix}"
         for name, file_ref in version.files:
             target = dest.parent / f"{ref.sha256}.files" / name
             if not target.exists():

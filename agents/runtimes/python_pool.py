@@ -1,0 +1,276 @@
+"""The child processes of a Python step: each started by fork + exec of python_child.py,
+spoken to over its pipes with deadlines, killed and replaced when it hangs, dies or breaks
+the framing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agents.runtimes.python_child import read_message, write_message
+from control.config import Settings
+from schemas.errors import ArtifactError, InferstreamError
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_S = 60.0  # a child's import and load(), which may read large data files
+_CHILD = Path(__file__).with_name("python_child.py")
+
+
+class PythonStepError(InferstreamError):
+    """A Python step failed on a batch: it raised, timed out, or its process ended."""
+
+
+@dataclass(frozen=True)
+class PythonLimits:
+    """How a version's children run: how many, how long a batch may take, how much memory."""
+
+    workers: int = 1
+    timeout_s: float = 10.0
+    memory_mb: int = 1024
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PythonLimits:
+        if not settings.python_steps:
+            raise ArtifactError(
+                "Python steps are turned off on this worker (INFERSTREAM_PYTHON_STEPS=off); "
+                "serve this pipeline on a worker that allows them, or use an ONNX model")
+        return cls(settings.python_workers, settings.python_timeout_s, settings.python_memory_mb)
+
+
+class _Timeout(PythonStepError):
+    pass
+
+
+class _Ended(PythonStepError):
+    pass
+
+
+class ChildPool:
+    """The children of one loaded version: at most `workers`, one batch each at a time."""
+
+    def __init__(self, artifact: Path, limits: PythonLimits, label: str) -> None:
+        self.artifact, self.limits, self.label = artifact, limits, label
+        self._idle: list[_Child] = []
+        self._count = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def run(self, arrays: dict[str, np.ndarray], limit_s: float, wait_s: float,
+            rows: int, why: str) -> dict[str, np.ndarray]:
+        """One batch through a free child: wait_s bounds finding a ready child, limit_s the
+        batch itself; a child that times out, dies or breaks the framing is replaced."""
+        waited = time.monotonic() + wait_s
+        child = self._acquire(waited)
+        try:
+            child.ready(waited)
+        except _Timeout:
+            self._release(child, healthy=True)  # still loading: the next call may use it
+            raise PythonStepError(f"no process of the python step was ready within "
+                                  f"{wait_s:.3g} s ({why})") from None
+        except PythonStepError:
+            self._release(child, healthy=False)
+            raise
+        try:
+            outputs = child.call(arrays, time.monotonic() + limit_s)
+        except _Timeout:
+            self._release(child, healthy=False)
+            raise PythonStepError(
+                f"the python step took longer than {limit_s:.3g} s on {rows} "
+                f"row{'' if rows == 1 else 's'} ({why}); "
+                "its process was stopped") from None
+        except PythonStepError as exc:
+            self._release(child, healthy=child.process.poll() is None and not isinstance(
+                exc, _Ended))
+            raise
+        except BaseException:
+            self._release(child, healthy=False)
+            raise
+        self._release(child, healthy=True)
+        return outputs
+
+    def first(self) -> dict:
+        """Start one child and return its hello (the declared INPUTS and OUTPUTS)."""
+        child = self._acquire(time.monotonic())
+        try:
+            hello = child.ready(time.monotonic() + START_TIMEOUT_S)
+        except BaseException:
+            self._release(child, healthy=False, replace=False)
+            raise
+        self._release(child, healthy=True)
+        return hello
+
+    def close(self) -> None:
+        """Stop the idle children now, the busy ones when their batch is done."""
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+            self._cond.notify_all()
+        for child in idle:
+            child.kill()
+
+    def _acquire(self, deadline: float) -> _Child:
+        with self._cond:
+            self._closed = False  # still called after close(): a batch or run still uses it
+            while not self._idle and self._count >= self.limits.workers:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left):
+                    raise _Timeout("every process of the python step stayed busy")
+            if self._idle:
+                return self._idle.pop()
+            self._count += 1
+        return self._start()
+
+    def _start(self) -> _Child:
+        try:
+            return _Child(self.artifact, self.limits, self.label)
+        except OSError as exc:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise PythonStepError(f"cannot start the python step's process: {exc}") from exc
+
+    def _release(self, child: _Child, healthy: bool, replace: bool = True) -> None:
+        with self._cond:
+            if healthy and not self._closed:
+                self._idle.append(child)
+                self._cond.notify()
+                return
+            if self._closed or not replace or (not healthy and child.hello is None):
+                self._count -= 1  # a child that never loaded is not started again at once
+                self._cond.notify()
+                replace = False
+        child.kill()
+        if replace:  # started now, it loads while the runner gets to its next call
+            try:
+                fresh = _Child(self.artifact, self.limits, self.label)
+            except OSError:
+                with self._cond:
+                    self._count -= 1
+                    self._cond.notify()
+                return
+            with self._cond:
+                self._idle.append(fresh)
+                self._cond.notify()
+
+
+class _Child:
+    """One child process; its hello (the declared specs) is read on first use."""
+
+    def __init__(self, artifact: Path, limits: PythonLimits, label: str) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        # fork + exec, not multiprocessing's fork: the worker's librdkafka threads must not
+        # be copied; -I: the user's code sees neither PYTHONPATH nor the worker's folder.
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", str(_CHILD), str(artifact), str(limits.memory_mb)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            start_new_session=True, bufsize=0)
+        self.label = f"python step {label} [{self.process.pid}]"
+        self.limit_bytes = max(limits.memory_mb, 64) * 1024 * 1024
+        self.hello: dict | None = None
+        threading.Thread(target=self._relay_stderr, daemon=True, name=self.label).start()
+
+    def ready(self, deadline: float) -> dict:
+        """The child's hello, waiting for its load() until deadline."""
+        if self.hello is None:
+            header, _ = self._read(deadline)
+            if not header.get("ok"):
+                raise PythonStepError(f"the python step did not load: {header.get('error')}")
+            self.hello = header
+        return self.hello
+
+    def call(self, arrays: dict[str, np.ndarray], deadline: float) -> dict[str, np.ndarray]:
+        assert self.process.stdin is not None
+        try:
+            _write(self.process.stdin.fileno(), arrays, deadline)
+        except BrokenPipeError:
+            raise self._ended() from None
+        header, outputs = self._read(deadline)
+        if not header.get("ok"):
+            raise PythonStepError(str(header.get("error"))[:2000])
+        return outputs
+
+    def _read(self, deadline: float) -> tuple[dict, dict[str, np.ndarray]]:
+        assert self.process.stdout is not None
+        try:
+            message = read_message(_DeadlineReader(self.process.stdout.fileno(), deadline),
+                                   self.limit_bytes)
+        except EOFError:
+            message = None
+        except (ValueError, TypeError, KeyError) as exc:  # not our framing: the step wrote it
+            self.kill()
+            raise PythonStepError(f"the python step broke the protocol ({exc}); do not write "
+                                  "to file descriptors other than stdout and stderr") from None
+        if message is None:
+            raise self._ended()
+        return message
+
+    def _ended(self) -> _Ended:
+        try:
+            code = self.process.wait(2.0)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.process.wait()
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+            return _Ended(f"the python step's process was killed by {name}{hint}")
+        return _Ended(f"the python step's process exited with code {code}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                pipe.close()
+        self.process.wait()
+
+    def _relay_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            log.info("%s: %s", self.label, line.decode("utf-8", "replace").rstrip())
+
+
+class _DeadlineReader:
+    """readinto() over a pipe that gives up at a deadline."""
+
+    def __init__(self, fd: int, deadline: float) -> None:
+        self.fd, self.deadline = fd, deadline
+
+    def readinto(self, view: memoryview) -> int:
+        _wait(self.fd, self.deadline, readable=True)
+        return os.readv(self.fd, [view])
+
+
+def _write(fd: int, arrays: dict[str, np.ndarray], deadline: float) -> None:
+    os.set_blocking(fd, False)  # a child that stops reading must not block the worker
+
+    def send(data: memoryview) -> None:
+        while data:
+            _wait(fd, deadline, readable=False)
+            try:
+                data = data[os.write(fd, data):]
+            except BlockingIOError:
+                continue
+
+    write_message(send, {"op": "predict"}, arrays)
+
+
+def _wait(fd: int, deadline: float, readable: bool) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _Timeout("timed out")
+    r, w, _ = select.select([fd] if readable else [], [] if readable else [fd], [], left)
+    if not (r or w):
+        raise _Timeout("timed out")
