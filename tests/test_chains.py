@@ -101,6 +101,8 @@ def models() -> Registry:
     ("float32", "int64", Cast.NEVER), ("string", "float32", Cast.NEVER),
     ("float32", "string", Cast.NEVER), ("int64", "bool", Cast.NEVER),
     ("complex64", "complex128", Cast.NEVER),
+    ("datetime64[s]", "datetime64[us]", Cast.ALWAYS),
+    ("datetime64[ns]", "datetime64[us]", Cast.NEVER),
 ])
 def test_dtype_cast_rules(got: str, want: str, how: Cast) -> None:
     assert dtype_cast(got, want) is how

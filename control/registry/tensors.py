@@ -20,6 +20,8 @@ _NUMBERS = {
     **{f"uint{n}": ("u", n) for n in (8, 16, 32, 64)},
     **{f"float{n}": ("f", n) for n in (16, 32, 64, 128)},
 }
+# Units of datetime64 from coarse to fine: a time feeds a finer unit unchanged ([s] into [us]).
+_TIME_UNITS = ("Y", "M", "W", "D", "h", "m", "s", "ms", "us", "ns", "ps", "fs", "as")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ def dtype_cast(got: str, want: str) -> Cast:
     """How `got` values (a dtype name, or 'string') feed a `want` input."""
     if got == want:
         return Cast.SAME
+    if got.startswith("datetime64[") and want.startswith("datetime64["):
+        units = [t.removeprefix("datetime64[").rstrip("]") for t in (got, want)]
+        known = all(u in _TIME_UNITS for u in units)
+        finer = known and _TIME_UNITS.index(units[1]) >= _TIME_UNITS.index(units[0])
+        return Cast.ALWAYS if finer else Cast.NEVER
     g, w = _NUMBERS.get(got), _NUMBERS.get(want)
     if g is None or w is None:  # text, or a dtype no runtime casts (complex, ...)
         return Cast.NEVER
