@@ -4,7 +4,8 @@ A mixin of control.client.Client. Nothing is stored or registered until the arti
 every check: the actor may upload in the workspace, the artifact is no larger than
 INFERSTREAM_MAX_ARTIFACT_BYTES, a directory packs into an archive with relative paths and
 regular files only, and the model loads with its runtime (which is also how its input and
-output schema is read).
+output schema is read). Scikit-learn, XGBoost and LightGBM models are converted to ONNX first
+(control.client.conversion): workers never load a pickle.
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from agents.runtimes import describe_artifact
 from agents.runtimes.packing import artifact_bytes, artifact_format, framework_of
 from control.artifacts import ArtifactStore, Progress, sha256_of
+from control.client.conversion import (
+    DEFAULT_TOLERANCE,
+    KINDS,
+    Conversion,
+    convert_model,
+    kind_of,
+)
 from control.registry.events import ControlEvent
 from control.registry.security import authorize
 from control.registry.state import ArtifactRef, Model, ModelVersion, Registry
@@ -46,24 +56,46 @@ class ModelClient:
         self, name: str, path: Path, *, framework: str | None = None,
         files: Iterable[Path] = (), description: str | None = None,
         progress: Callable[[int, int], None] | None = None, workspace: str | None = None,
+        sample: Path | np.ndarray | None = None, tolerance: float = DEFAULT_TOLERANCE,
+        allow_interface_change: bool = False,
+        converted: Callable[[Conversion], None] | None = None,
     ) -> ModelVersion:
-        """Upload a model file or SavedModel directory: a new model, or a new version of one.
+        """Upload a model file or directory: a new model, or a new version of one.
 
-        The input and output schema is read from the artifact; `progress(done, total)`
-        is called as bytes are stored. ArtifactError says why an artifact was refused.
+        A scikit-learn pickle, XGBoost or LightGBM model (framework "sklearn", "xgboost",
+        "lightgbm", or guessed) is converted to ONNX here, checked against the original on
+        `sample` rows within `tolerance`, and uploaded as ONNX with the original attached;
+        `converted(conversion)` hears how closely they agreed. The input and output schema is
+        read from the artifact; `progress(done, total)` is called as bytes are stored.
+        ArtifactError (ConversionError) says why an artifact was refused.
         """
         ws, path, files = self._ws(workspace), Path(path), [Path(f) for f in files]
         registry = self.registry()
         # Refused before a byte is stored: the fold would refuse the version anyway.
         authorize(registry, ControlEvent("UploadModel", {}, self._actor(), ws))
-        fmt = artifact_format(path)
-        framework = framework or framework_of(path)
         for item in (path, *files):
             self._check_size(item)
-        blob = artifact_bytes(path)
-        check_archive(blob, path)
-        inputs, outputs = _describe(framework, path)
-        blobs = [(blob, fmt), *((f.read_bytes(), "file") for f in files)]
+        kind = framework if framework in KINDS else None
+        if framework is None:
+            kind = kind_of(path)
+        if kind is not None:
+            conversion = convert_model(path, kind, sample=sample, tolerance=tolerance)
+            if converted:
+                converted(conversion)
+            self._check_bytes(len(conversion.onnx), f"the ONNX conversion of {str(path)!r}")
+            # Workers load only the ONNX; the original is kept beside it, never loaded.
+            framework, blob, fmt = "onnx", conversion.onnx, "onnx"
+            inputs, outputs = conversion.inputs, conversion.outputs
+            extras = [(conversion.original_name, path.read_bytes())]
+        else:
+            fmt = _format(path)
+            framework = framework or framework_of(path)
+            blob = artifact_bytes(path)
+            check_archive(blob, path)
+            inputs, outputs = _describe(framework, path)
+            extras = []
+        extras += [(f.name, f.read_bytes()) for f in files]
+        blobs = [(blob, fmt), *((b, "file") for _, b in extras)]
         total, done = sum(len(b) for b, _ in blobs), 0
 
         def advance(n: int) -> None:
@@ -76,21 +108,23 @@ class ModelClient:
         refs = [self._store(b, f, known, advance) for b, f in blobs]
         status = self.send("UploadModel", {
             "name": name, "framework": framework, "artifact": _ref_record(refs[0]),
-            "files": [{"name": f.name, "artifact": _ref_record(r)}
-                      for f, r in zip(files, refs[1:], strict=True)],
+            "files": [{"name": n, "artifact": _ref_record(r)}
+                      for (n, _), r in zip(extras, refs[1:], strict=True)],
             "inputs": [_spec(s) for s in inputs], "outputs": [_spec(s) for s in outputs],
-            "description": description,
+            "description": description, "allow_interface_change": allow_interface_change,
         }, workspace=ws)
         return self.model(name, ws).versions[int(status.result["version"]) - 1]
 
     def _check_size(self, path: Path) -> None:
-        limit = self.settings.max_artifact_bytes
         if not path.exists():
             raise ArtifactError(f"{str(path)!r} does not exist; give a file or a directory")
-        size = _size(path)
+        self._check_bytes(_size(path), repr(str(path)))
+
+    def _check_bytes(self, size: int, what: str) -> None:
+        limit = self.settings.max_artifact_bytes
         if size > limit:
             raise ArtifactError(
-                f"{str(path)!r} is {size} bytes, over the upload limit of {limit} bytes; raise "
+                f"{what} is {size} bytes, over the upload limit of {limit} bytes; raise "
                 "INFERSTREAM_MAX_ARTIFACT_BYTES if this model is meant to be that large"
             )
 
@@ -134,6 +168,18 @@ def check_archive(blob: bytes, source: Path | str = "artifact") -> None:
                 f"{source}: archive member {member.name!r} is a link or special file; a model "
                 "directory holds only regular files and directories"
             )
+
+
+def _format(path: Path) -> str:
+    """The artifact format of path, or an error that also names the files converted to ONNX."""
+    try:
+        return artifact_format(path)
+    except ArtifactError as exc:
+        raise ArtifactError(
+            f"{str(exc).rstrip('.')}; or a model converted to ONNX on upload: a scikit-learn "
+            "pickle or joblib file (.pkl, .joblib), an XGBoost model (.json, .ubj) or a LightGBM "
+            "text model (.txt), with --framework sklearn|xgboost|lightgbm if the name does not say"
+        ) from None
 
 
 def _describe(framework: str, path: Path) -> tuple[tuple[TensorSpec, ...], ...]:
