@@ -168,7 +168,9 @@ class _Child:
     """One child process; its hello (the declared specs) is read on first use."""
 
     def __init__(self, artifact: Path, limits: PythonLimits, label: str) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+        # Without the worker's own settings: its Kafka and ClickHouse passwords among them.
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("INFERSTREAM_")},
+               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         # fork + exec, not multiprocessing's fork: the worker's librdkafka threads must not
         # be copied; -I: the user's code sees neither PYTHONPATH nor the worker's folder.
@@ -177,7 +179,7 @@ class _Child:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
             start_new_session=True, bufsize=0)
         self.label = f"python step {label} [{self.process.pid}]"
-        self.limit_bytes = max(limits.memory_mb, 64) * 1024 * 1024
+        self.limit_bytes = (limits.memory_mb or 4096) * 1024 * 1024  # a reply never exceeds it
         self.hello: dict | None = None
         threading.Thread(target=self._relay_stderr, daemon=True, name=self.label).start()
 
