@@ -152,6 +152,19 @@ def test_the_same_original_converts_to_the_same_artifact(lab: Client, tmp_path: 
         lab.upload_model("same", path)
 
 
+@pytest.mark.kafka
+def test_a_converted_version_with_another_interface_needs_allow_interface_change(
+        lab: Client, tmp_path: Path) -> None:
+    classifier, _, _ = sklearn_classifier(tmp_path)
+    regressor, _, _ = sklearn_regressor(tmp_path)
+    lab.upload_model("iface", classifier)
+
+    with pytest.raises(Rejected, match="would change the interface of version 1"):
+        lab.upload_model("iface", regressor)
+    version = lab.upload_model("iface", regressor, allow_interface_change=True)
+    assert (version.version, [s.name for s in version.outputs]) == (2, ["variable"])
+
+
 # -- refused -----------------------------------------------------------------------------------
 
 
