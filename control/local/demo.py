@@ -26,6 +26,7 @@ from control.local.worker_process import WorkerProcess
 from control.registrar import Registrar
 
 DEMO_USER, DEMO_WORKSPACE, DEMO_PIPELINE = "admin", "demo", "iris"
+DECISIONS = "iris-decisions"  # raw records -> Python -> converted trees -> Python -> decision
 DRIFT_ASSAY, BATCH_TASK = "virginica-drift", "score-iris-every-minute"
 WINDOW = timedelta(seconds=5)
 
@@ -47,6 +48,7 @@ def run_embedded(settings: Settings, broker_kind: str, *, demo: bool, once: bool
             settings = settings.model_copy(update={"delivery": "at-least-once"})
             console.print("[yellow]warning:[/] Tansu broker: the worker serves at least once "
                           "(a crash may serve a batch twice)")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # an external broker made none
     registrar = Registrar(settings).start()
     worker: WorkerProcess | None = None
     try:
@@ -65,6 +67,7 @@ def run_embedded(settings: Settings, broker_kind: str, *, demo: bool, once: bool
                           "platform)")
         if demo:
             run_demo(settings, console)
+            run_decisions_demo(settings, console)
             run_drift_demo(settings, console)
             run_batch_demo(settings, console)
         console.print(
@@ -79,6 +82,8 @@ def run_embedded(settings: Settings, broker_kind: str, *, demo: bool, once: bool
             "'{\"float_input\": [6.3, 3.3, 6.0, 2.5]}'\n"
             f"  curl -s -XPOST {worker.url}/pipelines/{DEMO_PIPELINE}/infer "
             "-d '{\"float_input\": [5.1, 3.5, 1.4, 0.2]}'\n"
+            f"  inferstream infer {DECISIONS} --data '{{\"sepal_length\": 63, "
+            "\"sepal_width\": 33, \"petal_length\": 60, \"petal_width\": 25, \"unit\": \"mm\"}'\n"
             "  inferstream assays list\n"
             f"  inferstream assays results {DRIFT_ASSAY}-HHMMSS --plot drift.png\n"
             f"  inferstream tasks runs {BATCH_TASK}"
@@ -132,6 +137,52 @@ def run_demo(settings: Settings, console: Console) -> None:
                       " → ".join(f"{m['model']} v{m['version']}" for m in body["models"]),
                       f"{body['elapsed_ms']:.1f}")
     console.print(table)
+
+
+def run_decisions_demo(settings: Settings, console: Console) -> None:
+    """A realistic chain: raw measurements -> a Python pre-processing step -> gradient-boosted
+    trees trained in scikit-learn, converted to ONNX on upload -> a Python step that turns the
+    probabilities into a decision. Results carry the trees' label and probabilities too."""
+    from control.local.demo_models import build_sklearn_trees, demo_step, iris_rows
+
+    client = Client(settings, user=DEMO_USER, workspace=DEMO_WORKSPACE)
+    if (DEMO_WORKSPACE, DECISIONS) not in client.registry().pipelines:
+        with tempfile.TemporaryDirectory() as tmp, console.status("training the trees…"):
+            trees = build_sklearn_trees(Path(tmp) / "iris-trees.joblib")
+            uploads = (("iris-features", demo_step("iris_features")), ("iris-trees", trees),
+                       ("iris-decision", demo_step("iris_decision")))
+            for name, path in uploads:
+                v = client.upload_model(name, path, description="demo model", converted=lambda
+                                        c: console.print(f"[green]model[/] {c.summary()}"))
+                console.print(f"[green]model[/] {v.model} v{v.version} ({v.framework}): "
+                              f"{', '.join(s.name for s in v.inputs)} → "
+                              f"{', '.join(s.name for s in v.outputs)}")
+        client.create_pipeline(DECISIONS, "raw measurements to a decision")
+        client.create_pipeline_version(
+            DECISIONS, [{"model": name} for name, _ in uploads], result_steps=[2, 3])
+    deployment = client.deploy(DECISIONS, worker_wait=60)
+    console.print(f"[green]deployed[/] pipeline {DECISIONS} v{deployment.version}: "
+                  "iris-features (Python) → iris-trees (scikit-learn, as ONNX) → "
+                  "iris-decision (Python)")
+    columns = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+    records = [{"id": f"raw-{i}", "unit": "cm", **dict(zip(columns, row.tolist(), strict=True))}
+               for i, row in enumerate(iris_rows()[::30])]
+    records[1] = {**records[1], "unit": "mm", **{c: records[1][c] * 10 for c in columns}}
+    records.append({**records[0], "id": "raw-inches", "unit": "in"})  # dead-lettered
+    table = Table(title=f"{len(records)} raw records through {DECISIONS}")
+    for column in ("id", "unit", "species", "confidence", "decision", "trees' label"):
+        table.add_column(column)
+    dead = []
+    for record, reply in zip(records, client.infer(DECISIONS, records), strict=True):
+        out = reply.body.get("outputs", {})
+        if reply.ok:
+            table.add_row(record["id"], record["unit"], out["species"][0],
+                          f"{out['confidence'][0]:.2f}", out["decision"][0],
+                          str(out["step2.label"][0]))
+        else:
+            table.add_row(record["id"], record["unit"], "[red]dead letter[/]", "", "", "")
+            dead.append(f"[red]dead letter[/] {record['id']}: {reply.body.get('reason')}")
+    console.print(table, *dead)
 
 
 def run_drift_demo(settings: Settings, console: Console) -> None:

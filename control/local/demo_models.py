@@ -55,6 +55,26 @@ def build_onnx_classifier(path: Path, seed: int = 0, C: float = 1.0) -> Path:
     return _write_onnx(model, path, n_features=4, name="iris_classifier", zipmap=False)
 
 
+def build_sklearn_trees(path: Path, seed: int = 0) -> Path:
+    """Gradient-boosted trees on iris, saved with joblib as a data scientist would: the file
+    `models upload` converts to ONNX (input "features" [N, 4]; "label", "probabilities")."""
+    import joblib
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    x, y = load_iris(return_X_y=True)
+    model = GradientBoostingClassifier(n_estimators=40, max_depth=2, random_state=seed)
+    model.fit(x.astype(np.float32), y)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, path)
+    return path
+
+
+def demo_step(name: str) -> Path:
+    """A Python step the demo uploads: "iris_features" (pre-) or "iris_decision" (post-)."""
+    return Path(__file__).with_name("demo_steps") / f"{name}.py"
+
+
 def build_onnx_regressor(path: Path, seed: int = 0) -> Path:
     """Diabetes regressor: input "float_input" [N, 10]; output "variable" [N, 1]."""
     model = train_diabetes_regressor(seed)
