@@ -19,7 +19,8 @@ from agents.metrics import PipelineMetrics, StageMetrics, worker_exposition
 from agents.runtimes.packing import artifact_bytes
 from control.artifacts import ArtifactStore, sha256_of
 from control.cli import main
-from control.cli.status import print_health, summarise
+from control.cli.status import print_health
+from control.client.health import summarise
 from control.local.demo_models import build_onnx_classifier
 from control.local.worker_process import WorkerProcess
 from control.registry.state import Deployment
