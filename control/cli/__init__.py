@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from control.cli.api_keys import api_keys
 from control.cli.assays import assays
 from control.cli.base import err
+from control.cli.console import console
 from control.cli.logs import logs
 from control.cli.models import models
 from control.cli.pipelines import pipelines
@@ -37,7 +38,7 @@ app.add_typer(orchestrations, name="orchestrations")
 app.add_typer(tasks, name="tasks")
 app.add_typer(api_keys, name="api-keys")
 app.command("logs")(logs)
-for command in (up, registrar, worker, infer, status, bootstrap, login, whoami, acls):
+for command in (up, registrar, worker, infer, status, bootstrap, login, whoami, acls, console):
     app.command()(command)
 
 @app.callback()

@@ -1,0 +1,141 @@
+"""Browser tests of the web console: headless Chromium driven by Playwright, and the console
+itself as a process of its own.
+
+A test module imports the fixtures and helpers it uses:
+
+    from tests.browser import browser_fixture, page_fixture, console_at, screenshot  # noqa: F401
+
+`page` fails its test on any console error or uncaught page error; `screenshot(page, name)`
+writes `<artifacts>/<name>.png`, where artifacts is $INFERSTREAM_ARTIFACTS/console, else
+test-artifacts/console in the repository (ignored by git), which CI keeps.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.config import Settings
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: Playwright's own download cannot run
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def artifacts() -> Path:
+    """Where screenshots go: $INFERSTREAM_ARTIFACTS/console, else test-artifacts/console."""
+    base = os.environ.get("INFERSTREAM_ARTIFACTS")
+    folder = Path(base) / "console" if base else ROOT / "test-artifacts" / "console"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def screenshot(page: Any, name: str) -> Path:
+    """A full-page PNG of what the page shows now, named for the test that took it."""
+    path = artifacts() / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture() -> Iterator[Any]:
+    """Headless Chromium for the module; skipped without it, except under CI, where it fails."""
+    if not CHROMIUM.exists():
+        why = f"no browser at {CHROMIUM}: apt-get install -y chromium (.ci/run does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(name="page")
+def page_fixture(browser: Any) -> Iterator[Any]:
+    """A fresh browser context and page; the test fails on any console error or page error
+    (the list is `page.problems`, for a test to check midway)."""
+    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text} ({m.location})")
+            if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.problems = problems
+    page.set_default_timeout(15_000)
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not problems, "the browser reported errors:\n" + "\n".join(problems)
+
+
+def console_env(settings: Settings) -> dict[str, str]:
+    """The environment a console process of this platform needs (plain settings only)."""
+    env = {**os.environ, "INFERSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "INFERSTREAM_NAMESPACE": settings.namespace, "INFERSTREAM_DATA_DIR":
+           str(settings.data_dir), "INFERSTREAM_DELIVERY": settings.delivery}
+    if settings.clickhouse_url:
+        env["INFERSTREAM_CLICKHOUSE_URL"] = settings.clickhouse_url
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def console_at(settings: Settings, log_dir: Path, timeout: float = 90.0) -> Iterator[str]:
+    """`python -m control.console` for the platform of `settings` on a free loopback port, as
+    `inferstream up` starts it; yields its base URL once /healthz answers, stops it on leaving."""
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "console.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "control.console", "--bind", "127.0.0.1", "--port", str(port)],
+            env=console_env(settings), stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"the console exited with {proc.returncode}:\n"
+                                         + log_path.read_text(errors="replace")[-4000:])
+                try:
+                    with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
+                        if answer.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError("the console did not answer /healthz within "
+                                         f"{timeout:g}s:\n" + log_path.read_text()[-4000:])
+                time.sleep(0.1)  # polling a starting process: no condition to wait on instead
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
