@@ -48,8 +48,10 @@ def test_operator_session(cli, tmp_path: Path) -> None:
     assert json.loads(cli("pipelines", "deploy", "scoring", "--version", "1", "--json",
                                "--wait-workers", "0"))[
         "version"] == 1
+    # Deployed, yet no worker confirms: a script must see it (exit code 3, see --help).
     assert "no worker confirmed within 1s" in cli("pipelines", "deploy", "scoring",
-                                                  "--batch-size", "128", "--wait-workers", "1")
+                                                  "--batch-size", "128", "--wait-workers", "1",
+                                                  ok=False)
     assert "back to version 1" in cli("pipelines", "rollback", "scoring", "--wait-workers", "0")
     assert "v1" in cli("pipelines", "list")
     cli("pipelines", "undeploy", "scoring")

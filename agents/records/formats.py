@@ -25,7 +25,7 @@ import numpy as np
 
 from agents.records.avro_input import AvroInput, avro_input, input_schema, input_schema_name
 from agents.records.avro_reader import read_body
-from agents.records.avro_writer import ResultWriter
+from agents.records.avro_writer import ResultWriter, timestamp_texts
 from agents.records.inference import ModelUsed
 from agents.records.input_checks import (
     BadRecord,
@@ -76,6 +76,8 @@ class InputRecord:
     tensors: dict[str, np.ndarray]
     fields: dict[str, Any]
     raw: bytes
+    # A JSON list of row objects: each row's "id" (None where it has none), for the answer.
+    row_ids: tuple[str | None, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -219,7 +221,10 @@ def _decode_json(doc: Any, raw: bytes, key: bytes | None, specs: tuple[TensorSpe
         array = shaped(spec, as_array(spec, values, JSON), JSON, stacked)
         tensors[spec.name] = cast(spec, array, JSON)
     first = rows[0]
-    return _record(_id(first.get("id"), default_id), key, JSON, tensors, _scalars(first), raw)
+    record = _record(_id(first.get("id"), default_id), key, JSON, tensors, _scalars(first), raw)
+    if stacked:
+        record.row_ids = tuple(_id(row.get("id"), "") or None for row in rows)
+    return record
 
 
 def _record(record_id: str, key: bytes | None, fmt: str, tensors: dict[str, np.ndarray],
@@ -272,6 +277,9 @@ def encode_result(record: InputRecord, outputs: dict[str, np.ndarray], meta: Res
                               meta.worker).encode(
             record.record_id, record.key, meta.models, outputs, meta.elapsed_us,
             meta.time_us or time.time_ns() // 1000)
+    if any(a.dtype.kind == "M" for a in outputs.values()):  # times: the text Avro writes too
+        outputs = {k: np.reshape(timestamp_texts(a), a.shape) if a.dtype.kind == "M" else a
+                   for k, a in outputs.items()}
     models = [{"step": s, "model": m, "version": v, "role": r} for s, m, v, r in meta.models]
     key = record.key.decode("utf-8", "replace") if record.key is not None else None
     if record.format == V2:
@@ -283,8 +291,11 @@ def encode_result(record: InputRecord, outputs: dict[str, np.ndarray], meta: Res
                         for name, a in outputs.items()],
             "parameters": {"key": key, "workspace": meta.workspace, "models": models,
                            "elapsed_ms": meta.elapsed_us / 1000, "worker": meta.worker}})
+    answer = {"id": record.record_id}
+    if record.row_ids:  # a list of rows: each row's id, in the order of the outputs' rows
+        answer["ids"] = record.row_ids
     return _dumps({
-        "id": record.record_id, "key": key, "workspace": meta.workspace,
+        **answer, "key": key, "workspace": meta.workspace,
         "pipeline": meta.pipeline, "pipeline_version": meta.pipeline_version, "models": models,
         "outputs": outputs, "elapsed_ms": meta.elapsed_us / 1000, "worker": meta.worker})
 
@@ -304,8 +315,9 @@ def tensor_records(arrays: Mapping[str, np.ndarray]) -> list[dict]:
         tensors.append({
             "name": name, "dtype": a.dtype.name if numeric else STRING, "shape": list(a.shape),
             "values": a.astype(np.float64, copy=False).ravel().tolist() if numeric else [],
-            "strings": [] if numeric else [v.decode("utf-8", "replace") if isinstance(v, bytes)
-                                           else str(v) for v in a.ravel().tolist()]})
+            "strings": [] if numeric else timestamp_texts(a) if a.dtype.kind == "M" else [
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                for v in a.ravel().tolist()]})
     return tensors
 
 

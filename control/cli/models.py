@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from agents.runtimes.packing import framework_of
 from control.cli.base import JsonFlag, client_of, err, rows_table, show, when
 from control.client.conversion import DEFAULT_TOLERANCE, SAMPLE_ROWS, Conversion
 from control.registry.state import Model, ModelVersion
@@ -71,7 +72,7 @@ def models_upload(
         bar.update(task, description=f"uploading {path.name} as ONNX")
 
     with Progress(*columns, console=err, transient=True, disable=json_out) as bar:
-        task = bar.add_task(f"preparing {path.name}", total=None)
+        task = bar.add_task(_first_step(path, framework), total=None)
         version = client_of(ctx).upload_model(
             name, path, framework=framework, files=file or (), description=description,
             progress=lambda done, total: bar.update(
@@ -83,6 +84,17 @@ def models_upload(
     if conversions:
         line = f"{conversions[0].summary()}\n{line}"
     show(version, json_out, message=line)
+
+
+def _first_step(path: Path, framework: str | None) -> str:
+    """What the spinner says before bytes flow: for TensorFlow, why it takes seconds."""
+    try:
+        guessed = framework or framework_of(path)
+    except (InferstreamError, KeyError):  # a converted model, or a bad path: said later
+        guessed = None
+    if guessed == "tensorflow":  # the signature is read by loading the model (it must load)
+        return f"reading {path.name}'s signature (importing TensorFlow, about 10 s)…"
+    return f"preparing {path.name}"
 
 
 def _version_line(v: ModelVersion) -> str:

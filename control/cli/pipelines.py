@@ -8,17 +8,19 @@ from typing import Annotated
 
 import typer
 
-from control.cli.base import JsonFlag, client_of, rows_table, show, when
+from control.cli.base import JsonFlag, client_of, err, rows_table, show, when
 from control.registry.chains import RULES
 from control.registry.events import ControlStatus
 from control.registry.state import Deployment
 from control.registry.steps import parse_model_ref, step_to_json, version_from_json
 from schemas.errors import InferstreamError
 
+UNCONFIRMED = 3  # exit code: deployed, but no worker said it serves the version in time
 pipelines = typer.Typer(help="Create, version, deploy, undeploy and roll back pipelines.",
                         no_args_is_help=True)
 WaitWorkers = Annotated[float, typer.Option(
-    help="Seconds to wait for a worker to serve it (or refuse); 0: don't wait")]
+    help="Seconds to wait for a worker to serve it (or refuse); 0: don't wait. When no worker "
+    f"confirms in time the version is still deployed, but the exit code is {UNCONFIRMED}")]
 
 
 # -- pipelines ---------------------------------------------------------------------------------
@@ -126,7 +128,11 @@ def pipelines_deploy(
     wait_workers: WaitWorkers = 15.0,
     json_out: JsonFlag = False,
 ) -> None:
-    """Deploy a pipeline version; running workers switch to it between batches."""
+    """Deploy a pipeline version; running workers switch to it between batches.
+
+    Exit code 0 when a worker serves it (or --wait-workers 0), 1 when rejected or a worker
+    cannot load it, 3 when deployed but no worker confirmed within --wait-workers.
+    """
     client = client_of(ctx)
     status = client.send("Deploy", {"pipeline": name, "version": version,
                                     "batch_size": batch_size, "batch_wait_ms": batch_wait_ms,
@@ -135,15 +141,22 @@ def pipelines_deploy(
     d = client.registry().deployments[(client._ws(None), name)]
     show(d, json_out, message=f"deployed pipeline [bold]{name}[/] version [bold]{d.version}[/]"
          + _served_by(status, wait_workers))
+    _exit_unless_served(status, wait_workers)
 
 
 def _served_by(status: ControlStatus, waited: float) -> str:
-    if not waited:
-        return ""
-    if status.result.get("worker"):
+    if waited and status.result.get("worker"):
         return f"; worker {status.result['worker']} serves it"
-    return (f"\n[yellow]warning:[/] no worker confirmed within {waited:g}s; "
-            "is one running (`inferstream worker`)?")
+    return ""
+
+
+def _exit_unless_served(status: ControlStatus, waited: float) -> None:
+    """A script must tell a deploy no worker took from one that is served: exit UNCONFIRMED."""
+    if waited and not status.result.get("worker"):
+        err.print(f"[yellow]warning:[/] deployed, but no worker confirmed within {waited:g}s; "
+                  "is one running (`inferstream worker`)? (exit code "
+                  f"{UNCONFIRMED})", highlight=False)
+        raise typer.Exit(UNCONFIRMED)
 
 
 @pipelines.command("undeploy")
@@ -161,10 +174,14 @@ def pipelines_rollback(
     wait_workers: WaitWorkers = 15.0,
     json_out: JsonFlag = False,
 ) -> None:
-    """Deploy an earlier version again."""
+    """Deploy an earlier version again.
+
+    Exit codes as for `deploy`: 3 when no worker confirmed within --wait-workers.
+    """
     client = client_of(ctx)
     status = client.send("Rollback", {"pipeline": name, "version": version, "rules": RULES},
                          worker_wait=wait_workers)
     d = client.registry().deployments[(client._ws(None), name)]
     show(d, json_out, message=f"rolled pipeline [bold]{name}[/] back to version "
          f"[bold]{d.version}[/]" + _served_by(status, wait_workers))
+    _exit_unless_served(status, wait_workers)

@@ -1,5 +1,5 @@
-"""CLI commands that run the platform or talk to it as data: up, registrar, worker, infer,
-and the Kafka ACLs that lock its topics down."""
+"""CLI commands that run the platform or talk to it as data: up, broker, registrar, worker,
+infer, and the Kafka ACLs that lock its topics down."""
 
 from __future__ import annotations
 
@@ -30,14 +30,85 @@ def up(
     ctx: typer.Context,
     broker: Annotated[BrokerKind, typer.Option(
         help="auto: Apache Kafka from local jars if present, else Tansu; external: use "
-             "--bootstrap-servers as is")] = BrokerKind.auto,
+             "--bootstrap-servers as is (e.g. one `inferstream broker start` runs)")
+    ] = BrokerKind.auto,
+    broker_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="Port of the local broker on 127.0.0.1 (default: 9092 when "
+        "free, else any free port); not with --broker external")] = None,
+    bind: Annotated[str | None, typer.Option(
+        help="Address the worker's and the console's HTTP listen on (env "
+        "INFERSTREAM_WORKER_BIND; default 127.0.0.1, loopback only; 0.0.0.0 for every "
+        "interface)")] = None,
+    console_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="Port of the web console (default: 8080, or the next free "
+        "one)")] = None,
+    web_console: Annotated[bool, typer.Option(
+        "--console/--no-console", help="Start the web console beside the worker")] = True,
     demo: Annotated[bool, typer.Option(help="Register and deploy a demo model")] = True,
     once: Annotated[bool, typer.Option(help="Stop after the demo instead of serving")] = False,
 ) -> None:
-    """Start the embedded platform: a local broker, the registrar and a demo."""
+    """Start the embedded platform: a local broker, the registrar, a worker, the web console
+    and a demo.
+
+    Ctrl-C or SIGTERM stops everything it started. Its files (broker, worker log and
+    storage) live in --data-dir.
+    """
     from control.local.demo import run_embedded
 
-    run_embedded(ctx.obj, broker.value, demo=demo, once=once, console=out)
+    if broker_port is not None and broker is BrokerKind.external:
+        raise typer.BadParameter("--broker-port starts a local broker: not with --broker "
+                                 "external (give --bootstrap-servers instead)")
+    run_embedded(ctx.obj, broker.value, demo=demo, once=once, console=out,
+                 broker_port=broker_port, bind=bind, web_console=web_console,
+                 console_port=console_port)
+
+
+# -- a local broker on its own --------------------------------------------------------------
+
+broker = typer.Typer(
+    help="Start or stop a local broker on 127.0.0.1 that outlives the command, for workers "
+    "and `up --broker external` started by hand.", no_args_is_help=True)
+
+
+@broker.command("start")
+def broker_start(
+    ctx: typer.Context,
+    kind: Annotated[BrokerKind, typer.Option(
+        help="auto: Apache Kafka from local jars if present, else Tansu (memory only)")
+    ] = BrokerKind.auto,
+    port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="Port on 127.0.0.1 (default: 9092 when free, else any)")] = None,
+    folder: Annotated[Path | None, typer.Option(
+        help="The broker's files and pid file (default: <data dir>/broker)")] = None,
+) -> None:
+    """Start a broker in the background and print its address; `broker stop` stops it."""
+    from control.local.brokers import main
+    from control.local.demo import default_broker_port
+
+    if kind is BrokerKind.external:
+        raise typer.BadParameter("--kind external starts nothing: choose auto, kafka or tansu")
+    where = folder or ctx.obj.data_dir / "broker"
+    chosen = port or default_broker_port()
+    code = main(["start", "--data-dir", str(where), "--kind", kind.value,
+                 *(["--port", str(chosen)] if chosen else [])])
+    if code == 0:
+        facts = json.loads((where.resolve() / "broker.pid").read_text())
+        out.print(f"use it: export INFERSTREAM_BOOTSTRAP_SERVERS={facts['bootstrap']}; "
+                  "then `inferstream up --broker external` or `inferstream worker`",
+                  highlight=False)
+    raise typer.Exit(code)
+
+
+@broker.command("stop")
+def broker_stop(
+    ctx: typer.Context,
+    folder: Annotated[Path | None, typer.Option(
+        help="The folder `broker start` used (default: <data dir>/broker)")] = None,
+) -> None:
+    """Stop the broker `broker start` started in that folder (its topics stay on disk)."""
+    from control.local.brokers import main
+
+    raise typer.Exit(main(["stop", "--data-dir", str(folder or ctx.obj.data_dir / "broker")]))
 
 
 def registrar(ctx: typer.Context) -> None:

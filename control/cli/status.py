@@ -1,7 +1,8 @@
 """`inferstream status`: every deployment and the workers serving it, from their heartbeats.
 
 Workers publish a heartbeat to `<ns>.workers` (agents.heartbeat); this command reads the
-registry and those heartbeats, so it works from any machine that reaches Kafka. A deployment
+registry, those heartbeats and the workers' answers to deploys newer than them
+(control.client.health), so it works from any machine that reaches Kafka. A deployment
 is healthy when at least one fresh, live worker serves its deployed version and no fresh worker
 refused it. Exit code 0 when every active deployment is healthy, 1 otherwise.
 """
@@ -9,7 +10,6 @@ refused it. Exit code 0 when every active deployment is healthy, 1 otherwise.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -22,13 +22,13 @@ from control.client.health import (
     DeploymentHealth,
     PlatformHealth,
     WorkerHealth,
+    read_health,
     read_heartbeats,
     summarise,
 )
-from control.registry.rules import may_read
 
 __all__ = ["DeploymentHealth", "PlatformHealth", "WorkerHealth", "print_health",
-           "read_heartbeats", "status", "summarise"]
+           "read_health", "read_heartbeats", "status", "summarise"]
 
 def status(
     ctx: typer.Context,
@@ -47,12 +47,7 @@ def status(
     Exit code 0 when a fresh worker serves every deployment at its deployed
     version and no worker refused it; 1 otherwise.
     """
-    client = client_of(ctx)
-    registry, actor = client.registry(), client._actor()
-    deployments = [d for (ws, _), d in registry.deployments.items()
-                   if may_read(registry, actor, ws)]
-    health = summarise(deployments, read_heartbeats(client.settings, _warn), datetime.now(UTC),
-                       stale_s)
+    health = read_health(client_of(ctx), stale_s, _warn)
     if json_out:
         print(json.dumps({"healthy": health.healthy, "deployments": [
             {**to_json(d), "healthy": d.healthy} for d in health.deployments],

@@ -43,7 +43,8 @@ def bootstrap(
     """Create the first administrator of a new platform, with a key pair: secures the platform.
 
     From then on every control event must be signed by its actor's key, and every user has
-    one. Nothing else creates a first administrator. NAME is logged in on this machine.
+    one. NAME is logged in on this machine. (On a laptop, `--user NAME users create NAME`
+    also makes the first user an administrator, of an open platform: no keys, no signatures.)
     """
     user, path = client_of(ctx).bootstrap_admin(name, email=email, key_file=key_file)
     show({"user": user.name, "admin": user.admin, "key_file": str(path),
@@ -107,8 +108,10 @@ def users_create(
 ) -> None:
     """Create a user, with a key pair whose private key is written to a file only you can read.
 
-    On an open platform (bootstrapped without a key), users get a key only when asked
-    (--key-out or --public-key). The first user of a platform is made with `bootstrap`.
+    The first user of a platform is its administrator: make it with `bootstrap NAME` to
+    secure the platform (every event signed), or with `--user NAME users create NAME` for an
+    open platform (a laptop: no keys). On an open platform, users get a key only when asked
+    (--key-out or --public-key).
     """
     client = client_of(ctx)
     if public_key and (key_out or no_key):

@@ -2,19 +2,31 @@
 
 Workers publish a heartbeat to `<ns>.workers` (agents.heartbeat). A deployment is healthy when
 at least one fresh, live worker serves its deployed version and no fresh worker refused it.
-Pure apart from `read_heartbeats`, so the CLI (`inferstream status`) and the console share it.
+A heartbeat lags a worker by up to its interval, so a worker's answer to a deploy or rollback
+(on the status topic) that is newer than its heartbeat counts too: `inferstream status` agrees
+with a deploy that just said a worker serves the version. `read_health` does all of it; the CLI
+(`inferstream status`) and the console share it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from agents.heartbeat import Heartbeat
 from control.config import Settings
 from control.kafka import read_until_end
+from control.registrar import limits_of
+from control.registry.events import ControlEvent, ControlStatus
+from control.registry.fold import fold
+from control.registry.rules import may_read
 from control.registry.state import Deployment
+from schemas.errors import DecodeError
+
+if TYPE_CHECKING:
+    from control.client.client import Client
 
 STALE_BEATS = 3  # heartbeats a worker may miss before it counts as stale
 
@@ -108,16 +120,96 @@ def read_heartbeats(settings: Settings,
                     on_skip: Callable[[str], None] | None = None) -> list[Heartbeat]:
     """The latest heartbeat of every worker that has not deleted its own (a clean stop);
     on_skip hears of each record that is not a heartbeat."""
+    return _read_workers(settings, on_skip)[0]
+
+
+def _read_workers(settings: Settings, on_skip: Callable[[str], None] | None
+                  ) -> tuple[list[Heartbeat], set[str]]:
+    """The latest heartbeats, and the workers that deleted theirs."""
     latest: dict[bytes, bytes | None] = {}
     for msg in read_until_end(settings, settings.topic("workers")):
         latest[msg.key()] = msg.value()
-    beats = []
+    beats, stopped = [], set()
     for key, value in latest.items():
         if value is None:
+            stopped.add(key.decode(errors="replace"))
             continue
         try:
             beats.append(Heartbeat.from_bytes(value))
         except ValueError as exc:  # not ours to judge: say so and go on
             if on_skip is not None:
                 on_skip(f"skipping record {key!r} of the workers topic: {exc}")
-    return beats
+    return beats, stopped
+
+
+@dataclass(frozen=True)
+class ServingReport:
+    """A worker's answer to a deploy or rollback: it serves `version` of `pipeline` ("ws/name")
+    since `time`, or (version None) it refused it for `reason`."""
+
+    worker: str
+    pipeline: str
+    version: int | None
+    time: datetime
+    reason: str | None = None
+
+
+def serving_reports(events: Iterable[ControlEvent],
+                    statuses: Iterable[ControlStatus]) -> list[ServingReport]:
+    """The workers' answers among `statuses`, oldest first, named by the events they answer."""
+    pipelines = {e.event_id: f"{e.workspace}/{e.payload.get('pipeline')}" for e in events
+                 if e.type in ("Deploy", "Rollback")}
+    reports = []
+    for s in statuses:
+        worker, pipeline = s.result.get("worker"), pipelines.get(s.event_id)
+        if not worker or pipeline is None:  # the registrar's verdict, or not a deploy
+            continue
+        if s.accepted and s.result.get("serving"):
+            reports.append(ServingReport(worker, pipeline, int(s.result["serving"]), s.time))
+        elif not s.accepted:
+            reports.append(ServingReport(worker, pipeline, None, s.time, s.reason or "refused"))
+    return sorted(reports, key=lambda r: r.time)
+
+
+def with_reports(beats: Iterable[Heartbeat], reports: Iterable[ServingReport],
+                 interval_s: float, stopped: Iterable[str] = ()) -> list[Heartbeat]:
+    """Each worker's heartbeat updated by its answers to deploys made since it beat: what it
+    would publish now. A worker that answered but has not beat yet gets a beat of its answers
+    (with `interval_s`, the operator's INFERSTREAM_HEARTBEAT_S, to judge its staleness); one
+    that deleted its heartbeat (`stopped`) is gone, whatever it answered."""
+    latest, gone = {b.worker: b for b in beats}, set(stopped)
+    for r in reports:  # oldest first: the newest answer wins
+        if r.worker in gone:
+            continue
+        beat = latest.get(r.worker) or Heartbeat(r.worker, r.time, interval_s, ready=True,
+                                                 alive=True)
+        if r.time <= beat.time and r.worker in latest:
+            continue  # the heartbeat already tells
+        serving, refused = dict(beat.serving), dict(beat.refused)
+        if r.version is not None:
+            serving[r.pipeline] = r.version
+            refused.pop(r.pipeline, None)
+        else:
+            refused[r.pipeline] = r.reason or "refused"
+        latest[r.worker] = replace(beat, time=max(beat.time, r.time), serving=serving,
+                                   refused=refused)
+    return list(latest.values())
+
+
+def read_health(client: Client, stale_s: float | None = None,
+                on_skip: Callable[[str], None] | None = None) -> PlatformHealth:
+    """The health of every deployment of the workspaces the client's user may read, now."""
+    settings = client.settings
+    events = client.events()
+    registry, actor = fold(events, limits=limits_of(settings)), client._actor()
+    deployments = [d for (ws, _), d in registry.deployments.items()
+                   if may_read(registry, actor, ws)]
+    statuses = []
+    for msg in read_until_end(settings, settings.topic("control.status")):
+        try:
+            statuses.append(ControlStatus.from_bytes(msg.value()))
+        except DecodeError:
+            continue
+    beats, stopped = _read_workers(settings, on_skip)
+    beats = with_reports(beats, serving_reports(events, statuses), settings.heartbeat_s, stopped)
+    return summarise(deployments, beats, datetime.now(UTC), stale_s)

@@ -1,16 +1,20 @@
 """`inferstream up`: the embedded platform on one machine, and a demo on it.
 
-The platform is a local broker, the registrar, and one worker process (which also
-owns the embedded chDB storage). The demo trains two real models from data that
-ships with scikit-learn, chains them in a pipeline, deploys it, and streams records.
+The platform is a local broker, the registrar, one worker process (which also owns the
+embedded chDB storage) and the web console's process; SIGTERM or Ctrl-C stops them all.
+The demo trains two real models from data that ships with scikit-learn, chains them in a
+pipeline, deploys it, and streams records.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +26,8 @@ from control.client import Client
 from control.config import Settings
 from control.kafka import ensure_topics, platform_topics
 from control.local.brokers import LocalBroker, start_local_broker
+from control.local.console_process import ConsoleProcess, console_installed
+from control.local.console_process import console_port as console_port_of
 from control.local.worker_process import WorkerProcess
 from control.registrar import Registrar
 
@@ -32,71 +38,161 @@ WINDOW = timedelta(seconds=5)
 
 
 def run_embedded(settings: Settings, broker_kind: str, *, demo: bool, once: bool,
-                 console: Console) -> None:
-    """Start a broker (unless external), the registrar and a worker; run the demo; serve."""
+                 console: Console, broker_port: int | None = None, bind: str | None = None,
+                 web_console: bool = True, console_port: int | None = None) -> None:
+    """Start a broker (unless external), the registrar, a worker and the web console; run the
+    demo; serve. SIGTERM and SIGINT stop everything it started."""
+    if bind is not None:
+        settings = settings.model_copy(update={"worker_bind": bind})
+    stopping = _Stopping()
     broker: LocalBroker | None = None
-    if broker_kind != "external":
-        port = 9092 if _free(9092) else None
-        with console.status("starting the local broker…"):
-            broker = start_local_broker(settings.data_dir / "broker", broker_kind, port)
-        settings = settings.model_copy(update={"bootstrap_servers": broker.bootstrap})
-        console.print(f"[green]broker[/] {broker.kind} {broker.version} at {broker.bootstrap} "
-                      f"(log: {broker.log_path})")
-        for defect in broker.defects:
-            console.print(f"[yellow]warning:[/] Tansu broker: {defect}")
-        if broker.kind == "tansu":  # no transactions there: see INFERSTREAM_DELIVERY
-            settings = settings.model_copy(update={"delivery": "at-least-once"})
-            console.print("[yellow]warning:[/] Tansu broker: the worker serves at least once "
-                          "(a crash may serve a batch twice)")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)  # an external broker made none
-    registrar = Registrar(settings).start()
+    registrar: Registrar | None = None
     worker: WorkerProcess | None = None
-    try:
-        ensure_topics(settings, platform_topics(settings))
-        with console.status("starting a worker…"):
-            # Quick assay ticks, so the demo's drift shows within seconds.
-            worker = WorkerProcess(settings, "worker-1", settings.data_dir.resolve(),
-                                   data_dir=settings.data_dir.resolve(),
-                                   env={"INFERSTREAM_ASSAY_TICK_S": "1"})
-            worker.wait_ready()
-        console.print(f"[green]worker[/] {worker.name}: {worker.url} "
-                      f"(log: {worker.log_path})")
-        if not (worker.health() or {}).get("secured"):
-            console.print("[yellow]open platform[/]: its HTTP needs no credential, so it "
-                          "listens on loopback only (`inferstream bootstrap` secures a new "
-                          "platform)")
-        if demo:
-            run_demo(settings, console)
-            run_decisions_demo(settings, console)
-            run_drift_demo(settings, console)
-            run_batch_demo(settings, console)
-        console.print(
-            "\nReach it from another shell:\n"
-            f"  export INFERSTREAM_BOOTSTRAP_SERVERS={settings.bootstrap_servers}\n"
-            f"  export INFERSTREAM_NAMESPACE={settings.namespace}\n"
-            f"  export INFERSTREAM_USER={DEMO_USER} INFERSTREAM_WORKSPACE={DEMO_WORKSPACE}\n"
-            + (f"  export INFERSTREAM_DELIVERY={settings.delivery}\n"
-               if settings.delivery != "exactly-once" else "") +
-            "  inferstream pipelines list\n"
-            f"  inferstream infer {DEMO_PIPELINE} --data "
-            "'{\"float_input\": [6.3, 3.3, 6.0, 2.5]}'\n"
-            f"  curl -s -XPOST {worker.url}/pipelines/{DEMO_PIPELINE}/infer "
-            "-d '{\"float_input\": [5.1, 3.5, 1.4, 0.2]}'\n"
-            f"  inferstream infer {DECISIONS} --data '{{\"sepal_length\": 63, "
-            "\"sepal_width\": 33, \"petal_length\": 60, \"petal_width\": 25, \"unit\": \"mm\"}'\n"
-            "  inferstream assays list\n"
-            f"  inferstream assays results {DRIFT_ASSAY}-HHMMSS --plot drift.png\n"
-            f"  inferstream tasks runs {BATCH_TASK}"
-        )
-        if not once:
-            console.print("[bold]serving[/]; Ctrl-C stops the platform")
-            threading.Event().wait()
-    finally:
-        if worker is not None:
-            worker.stop()
-        registrar.stop()
-        if broker is not None:
-            broker.stop()
+    web: ConsoleProcess | None = None
+    with stopping.on_signals():
+        try:
+            if broker_kind != "external":
+                port = broker_port or default_broker_port()
+                # A signal now would leave a broker we never heard of: act on it once we have it.
+                with console.status("starting the local broker…"), stopping.deferred():
+                    broker = start_local_broker(settings.data_dir / "broker", broker_kind, port)
+                settings = _on_local_broker(settings, broker, console)
+            settings.data_dir.mkdir(parents=True, exist_ok=True)  # an external broker made none
+            registrar = Registrar(settings).start()
+            ensure_topics(settings, platform_topics(settings))
+            data = settings.data_dir.resolve()
+            with console.status("starting a worker…"):
+                with stopping.deferred():
+                    # Quick assay ticks, so the demo's drift shows within seconds.
+                    worker = WorkerProcess(settings, "worker-1", data, data_dir=data,
+                                           env={"INFERSTREAM_ASSAY_TICK_S": "1"})
+                worker.wait_ready()
+            console.print(f"[green]worker[/] {worker.name} (pid {worker.process.pid}): "
+                          f"{worker.url} (log: {worker.log_path})")
+            if not (worker.health() or {}).get("secured"):
+                console.print("[yellow]open platform[/]: its HTTP needs no credential"
+                              + (", so it listens on loopback only"
+                                 if settings.worker_bind.startswith("127.") else "")
+                              + " (`inferstream bootstrap` secures a new platform)")
+            if web_console and console_installed():
+                with console.status("starting the console…"):
+                    with stopping.deferred():
+                        web = ConsoleProcess(
+                            worker.settings, settings.worker_bind,
+                            console_port_of(settings.worker_bind, console_port), data, data)
+                    url = web.wait_ready()
+                console.print(f"[green]console[/] {url} (pid {web.process.pid}, log: "
+                              f"{web.log_path})")
+            if demo:
+                run_demo(settings, console)
+                run_decisions_demo(settings, console)
+                run_drift_demo(settings, console)
+                run_batch_demo(settings, console)
+            console.print(_hints(settings, worker.url, demo))
+            if not once:
+                console.print("[bold]serving[/]; Ctrl-C stops the platform")
+                threading.Event().wait()
+        finally:
+            # Whatever stops us (Ctrl-C, SIGTERM, an error): nothing we started outlives us.
+            # A second signal must not cut this short (each stop is bounded).
+            stopping.ignore()
+            for part, stop in (("console", web and web.stop), ("worker", worker and worker.stop),
+                               ("registrar", registrar and registrar.stop),
+                               ("broker", broker and broker.stop)):
+                try:
+                    if stop:
+                        stop()
+                except Exception as exc:  # the others must still stop
+                    console.print(f"[red]error:[/] stopping the {part}: {exc}")
+
+
+def _on_local_broker(settings: Settings, broker: LocalBroker, console: Console) -> Settings:
+    """Settings for the broker just started, after saying what it is."""
+    settings = settings.model_copy(update={"bootstrap_servers": broker.bootstrap})
+    console.print(f"[green]broker[/] {broker.kind} {broker.version} at {broker.bootstrap} "
+                  f"(pid {broker.pid}, log: {broker.log_path})")
+    for defect in broker.defects:
+        console.print(f"[yellow]warning:[/] Tansu broker: {defect}")
+    if broker.kind == "tansu":  # no transactions there: see INFERSTREAM_DELIVERY
+        settings = settings.model_copy(update={"delivery": "at-least-once"})
+        console.print("[yellow]warning:[/] Tansu broker: the worker serves at least once "
+                      "(a crash may serve a batch twice)")
+    return settings
+
+
+def _hints(settings: Settings, worker_url: str, demo: bool) -> str:
+    """How to reach the platform from another shell; the demo's commands only with the demo."""
+    lines = ["\nReach it from another shell:",
+             f"  export INFERSTREAM_BOOTSTRAP_SERVERS={settings.bootstrap_servers}",
+             f"  export INFERSTREAM_NAMESPACE={settings.namespace}"]
+    if settings.delivery != "exactly-once":
+        lines.append(f"  export INFERSTREAM_DELIVERY={settings.delivery}")
+    if not demo:
+        return "\n".join([
+            *lines,
+            "  inferstream bootstrap YOU          # the first administrator (a secured platform)",
+            "  inferstream --user YOU users create YOU   # or: an open platform, no keys",
+            "  inferstream status",
+            f"  curl -s {worker_url}/health"])
+    return "\n".join([
+        *lines,
+        f"  export INFERSTREAM_USER={DEMO_USER} INFERSTREAM_WORKSPACE={DEMO_WORKSPACE}",
+        "  inferstream pipelines list",
+        f"  inferstream infer {DEMO_PIPELINE} --data '{{\"float_input\": [6.3, 3.3, 6.0, 2.5]}}'",
+        f"  curl -s -XPOST {worker_url}/pipelines/{DEMO_PIPELINE}/infer "
+        "-d '{\"float_input\": [5.1, 3.5, 1.4, 0.2]}'",
+        f"  inferstream infer {DECISIONS} --data '{{\"sepal_length\": 63, "
+        "\"sepal_width\": 33, \"petal_length\": 60, \"petal_width\": 25, \"unit\": \"mm\"}'",
+        "  inferstream assays list",
+        f"  inferstream assays results {DRIFT_ASSAY}-HHMMSS --plot drift.png",
+        f"  inferstream tasks runs {BATCH_TASK}"])
+
+
+class _Stopping:
+    """SIGTERM and SIGINT as exceptions in the main thread, so `finally` stops what `up`
+    started; held back while a child process is being started, until we hold its handle."""
+
+    def __init__(self) -> None:
+        self._defer, self._pending = False, 0
+
+    @contextlib.contextmanager
+    def on_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread may handle signals (e.g. `up` called from a test)
+            return
+        before = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM,
+                                                                    signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._defer = True
+        try:
+            yield
+        finally:
+            self._defer = False
+        if self._pending:
+            self._raise(self._pending)
+
+    def ignore(self) -> None:
+        """From now on a signal changes nothing: we are stopping already."""
+        self._defer, self._pending = True, 0
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self._defer:
+            self._pending = signum
+        else:
+            self._raise(signum)
+
+    @staticmethod
+    def _raise(signum: int) -> None:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)  # the shell's code for "stopped by SIGTERM"
 
 
 def run_demo(settings: Settings, console: Console) -> None:
@@ -263,6 +359,7 @@ def _next_second() -> datetime:
     return datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
 
 
-def _free(port: int) -> bool:
+def default_broker_port() -> int | None:
+    """Kafka's usual 9092 when nothing listens there on 127.0.0.1, else None (any free port)."""
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
+        return None if s.connect_ex(("127.0.0.1", 9092)) == 0 else 9092

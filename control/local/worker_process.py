@@ -27,6 +27,27 @@ TRANSPORT = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_passw
              "max_record_bytes")
 
 
+def child_env(settings: Settings, data_dir: Path) -> dict[str, str]:
+    """The environment of a child process of this platform (a worker, the console): ours, with
+    the connection settings it needs, whether or not they came from our environment."""
+    env = {
+        **os.environ,
+        "INFERSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "INFERSTREAM_NAMESPACE": settings.namespace,
+        "INFERSTREAM_DATA_DIR": str(data_dir),
+        "INFERSTREAM_PIPELINE_PARTITIONS": str(settings.pipeline_partitions),
+        "INFERSTREAM_DELIVERY": settings.delivery,
+    }
+    if settings.clickhouse_url:
+        env["INFERSTREAM_CLICKHOUSE_URL"] = settings.clickhouse_url
+    for name in TRANSPORT:
+        value = getattr(settings, name, None)
+        if value is not None:
+            secret = getattr(value, "get_secret_value", None)
+            env[f"INFERSTREAM_{name.upper()}"] = str(secret() if secret else value)
+    return env
+
+
 class WorkerProcess:
     """Starts `inferstream worker` for a platform and waits until it is ready."""
 
@@ -38,24 +59,8 @@ class WorkerProcess:
         self.url = self.settings.worker_url
         self._tls = self.settings.http_client_tls() if self.url.startswith("https:") else None
         self.log_path = log_dir / f"{name}.log"
-        extra, env = env, {
-            **os.environ,
-            "INFERSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "INFERSTREAM_NAMESPACE": settings.namespace,
-            "INFERSTREAM_DATA_DIR": str(data_dir or log_dir / name),
-            "INFERSTREAM_WORKER_NAME": name,
-            "INFERSTREAM_PIPELINE_PARTITIONS": str(settings.pipeline_partitions),
-            "INFERSTREAM_DELIVERY": settings.delivery,
-        }
-        # Connection settings the child needs, whether or not they came from our environment.
-        if settings.clickhouse_url:
-            env["INFERSTREAM_CLICKHOUSE_URL"] = settings.clickhouse_url
-        for name in TRANSPORT:
-            value = getattr(settings, name, None)
-            if value is not None:
-                secret = getattr(value, "get_secret_value", None)
-                env[f"INFERSTREAM_{name.upper()}"] = str(secret() if secret else value)
-        env.update(extra or {})
+        env = {**child_env(settings, data_dir or log_dir / name),
+               "INFERSTREAM_WORKER_NAME": name, **(env or {})}
         self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "control.cli", "worker", "--web-port", str(self.port),
