@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -69,13 +70,26 @@ def browser_fixture() -> Iterator[Any]:
 
 @pytest.fixture(name="page")
 def page_fixture(browser: Any) -> Iterator[Any]:
-    """A fresh browser context and page; the test fails on any console error or page error
-    (the list is `page.problems`, for a test to check midway)."""
+    """A fresh browser context and page; the test fails on any console error or page error.
+
+    `page.problems` lists them so far (to check midway); a test that means to get an HTTP error
+    status (a refused sign-in) adds the URL's path to `page.expected_statuses`.
+    """
     context = browser.new_context(viewport={"width": 1360, "height": 900})
     page = context.new_page()
     problems: list[str] = []
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text} ({m.location})")
-            if m.type == "error" else None)
+    page.expected_statuses = []
+
+    def console(message: Any) -> None:
+        if message.type != "error":
+            return
+        url = str(message.location.get("url", ""))
+        if message.text.startswith("Failed to load resource") and any(
+                urlsplit(url).path == path for path in page.expected_statuses):
+            return
+        problems.append(f"console {message.type}: {message.text} ({url})")
+
+    page.on("console", console)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.problems = problems
     page.set_default_timeout(15_000)

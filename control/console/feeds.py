@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -141,24 +142,28 @@ class HeartbeatTail(TopicTail):
             return list(self._latest.values())
 
     def rates(self, fresh: set[str]) -> dict[str, Rate]:
-        """Per deployment ("ws/pipeline"): the sum over the fresh workers of the growth of
-        their totals between their last two heartbeats, divided by the time between them."""
-        sums: dict[str, list[float]] = {}
+        """Per deployment: the rates of the fresh workers (by name), over their last two beats."""
         with self._lock:
             pairs = [(self._previous.get(k), b) for k, b in self._latest.items()
                      if b.worker in fresh]
-        for before, after in pairs:
-            if before is None:
-                continue
-            seconds = (after.time - before.time).total_seconds()
-            for name, now in after.metrics.items():
-                then = before.metrics.get(name) or {}
-                row = sums.setdefault(name, [0.0, 0.0, 0.0])
-                for i, field in enumerate(("in", "out", "dead")):
-                    # A restarted worker counts from zero again: a drop is no negative rate.
-                    grown = max(0, (now.get(field) or 0) - (then.get(field) or 0))
-                    row[i] += grown / seconds if seconds > 0 else 0.0
-        return {name: Rate(*row) for name, row in sums.items()}
+        return rates_of(pairs)
+
+
+def rates_of(pairs: Iterable[tuple[Heartbeat | None, Heartbeat]]) -> dict[str, Rate]:
+    """Per deployment ("ws/pipeline"): the sum over workers of the growth of their totals
+    between two heartbeats (before, after), divided by the time between them."""
+    sums: dict[str, list[float]] = {}
+    for before, after in pairs:
+        seconds = (after.time - before.time).total_seconds() if before else 0.0
+        if before is None or seconds <= 0:
+            continue
+        for name, now in after.metrics.items():
+            then = before.metrics.get(name) or {}
+            row = sums.setdefault(name, [0.0, 0.0, 0.0])
+            for i, field in enumerate(("in", "out", "dead")):
+                # A restarted worker counts from zero again: a drop is no negative rate.
+                row[i] += max(0, (now.get(field) or 0) - (then.get(field) or 0)) / seconds
+    return {name: Rate(*row) for name, row in sums.items()}
 
 
 class Feeds:
