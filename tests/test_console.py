@@ -114,6 +114,9 @@ def test_every_page_loads_with_the_figures_the_cli_shows(open_platform, page, ca
     # Overview: live, and the same totals as `inferstream status`, once the heartbeats carry
     # all the records (the page refreshes itself: no reload here).
     page.goto(url + "/")
+    updated = page.locator("#live p.muted").inner_text()
+    wait_until(lambda: page.locator("#live p.muted").inner_text() != updated, 10,
+               "the Overview refreshes itself")
 
     def same() -> dict | None:
         cli = next(d for d in cli_json(platform.settings, capsys, "status")["deployments"]

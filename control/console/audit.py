@@ -17,7 +17,7 @@ async def page(request: web.Request) -> web.Response:
     kind, actor, outcome = q.get("type"), q.get("actor"), q.get("outcome")
     text = (q.get("q") or "").lower()
     readable = set(ctx.workspaces)
-    seen = [s for s in list(feeds_of(request).statuses.statuses)
+    seen = [s for s in feeds_of(request).statuses.statuses.copy()
             if ctx.viewer.sees(ctx.registry, s, readable)]
     types = sorted({s.type for s in seen})
     rows = [s for s in reversed(seen)

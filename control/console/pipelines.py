@@ -64,7 +64,7 @@ async def page(request: web.Request) -> web.Response:
     shown = set(ctx.shown)
     found = [p for (ws, name), p in sorted(ctx.registry.pipelines.items())
              if ws in shown and (not wanted or name == wanted)]
-    changes = list(feeds_of(request).changes)
+    changes = feeds_of(request).changes.copy()  # atomic: the follower appends meanwhile
     history = {(p.workspace, p.name): [c for c in reversed(changes)
                                        if (c.workspace, c.pipeline) == (p.workspace, p.name)]
                for p in found}
