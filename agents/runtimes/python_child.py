@@ -2,15 +2,18 @@
 batches the worker sends, one at a time, until its input closes.
 
 Run as a script (`python -I python_child.py ARTIFACT MEMORY_MB`), never imported by the
-worker's own code paths: it needs only the standard library and numpy, so the user's code
-sees no platform module. It speaks the framing of `write_message`/`read_message` on two
-private file descriptors; fd 1 is pointed at stderr so that print() cannot corrupt them.
+worker's own code paths: it needs only the standard library and numpy. Under -I the user's
+code sees neither PYTHONPATH nor the current folder, but an installed inferstream is still
+importable from site-packages: this is a process boundary, not a sandbox (docs/security.md).
+It speaks the framing of `write_message`/`read_message` on two private file descriptors;
+fd 1 is pointed at stderr so that print() cannot corrupt them.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import resource
 import struct
@@ -136,12 +139,18 @@ def read_message(reader: Any, limit_bytes: int | None) -> tuple[dict, dict[str, 
     head = _read_exact(reader, length)
     if head is None:
         raise EOFError("input ended inside a message")
-    header = json.loads(head)
+    header = json.loads(head)  # the parent turns a RecursionError (deep nesting) into a refusal
+    if not isinstance(header, dict) or not isinstance(header.get("arrays", []), list):
+        raise ValueError(f"message header {head[:80]!r} is not an object")
     specs = [(n, np.dtype(d), tuple(s)) for n, d, s in header.pop("arrays", [])]
+    sizes = []
     for name, dtype, shape in specs:
-        if dtype.kind not in KINDS or dtype.hasobject or any(d < 0 for d in shape):
+        # Python ints, never numpy's: a product of int64 sizes wraps, and a wrapped (negative)
+        # size would pass the limit below.
+        if (dtype.kind not in KINDS or dtype.hasobject
+                or not all(type(d) is int and d >= 0 for d in shape)):
             raise ValueError(f"array {name!r} of dtype {dtype} and shape {list(shape)}")
-    sizes = [int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for _, dtype, shape in specs]
+        sizes.append(math.prod(shape) * dtype.itemsize)
     if limit_bytes is not None and sum(sizes) > limit_bytes:
         raise ValueError(f"arrays of {sum(sizes)} bytes, over the limit of {limit_bytes}")
     arrays = {}

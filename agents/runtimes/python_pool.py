@@ -4,7 +4,11 @@ the framing."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import io
 import logging
+import math
 import os
 import select
 import signal
@@ -12,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,10 @@ from schemas.errors import ArtifactError, InferstreamError
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 60.0  # a child's import and load(), which may read large data files
 _CHILD = Path(__file__).with_name("python_child.py")
+_LINE_BYTES = 65536  # stderr is read in pieces of at most this; longer lines are cut
+_LOGGED_CHARS = 2000  # of a line, what reaches the log
+_PR_SET_DUMPABLE = 4
+_undumpable = False
 
 
 class PythonStepError(InferstreamError):
@@ -64,28 +73,31 @@ class ChildPool:
         self._count = 0
         self._closed = False
         self._cond = threading.Condition()
+        _stop_being_dumpable()
 
-    def run(self, arrays: dict[str, np.ndarray], limit_s: float, wait_s: float,
+    def run(self, arrays: dict[str, np.ndarray], limit_s: Callable[[], float], wait_s: float,
             rows: int, why: str) -> dict[str, np.ndarray]:
-        """One batch through a free child: wait_s bounds finding a ready child, limit_s the
-        batch itself; a child that times out, dies or breaks the framing is replaced."""
+        """One batch through a free child: wait_s bounds finding a ready child, limit_s() (asked
+        once the child is ready) the batch itself; a child that times out, dies or breaks the
+        framing is replaced."""
         waited = time.monotonic() + wait_s
         child = self._acquire(waited)
         try:
             child.ready(waited)
+            limit = limit_s()
         except _Timeout:
             self._release(child, healthy=True)  # still loading: the next call may use it
             raise PythonStepError(f"no process of the python step was ready within "
                                   f"{wait_s:.3g} s ({why})") from None
-        except PythonStepError:
-            self._release(child, healthy=False)
+        except PythonStepError as exc:
+            self._release(child, healthy=child.hello is not None and not isinstance(exc, _Ended))
             raise
         try:
-            outputs = child.call(arrays, time.monotonic() + limit_s)
+            outputs = child.call(arrays, time.monotonic() + limit)
         except _Timeout:
             self._release(child, healthy=False)
             raise PythonStepError(
-                f"the python step took longer than {limit_s:.3g} s on {rows} "
+                f"the python step took longer than {limit:.3g} s on {rows} "
                 f"row{'' if rows == 1 else 's'} ({why}); "
                 "its process was stopped") from None
         except PythonStepError as exc:
@@ -110,7 +122,9 @@ class ChildPool:
         return hello
 
     def close(self) -> None:
-        """Stop the idle children now, the busy ones when their batch is done."""
+        """Stop the idle children now, the busy ones when their batch is done. For good: a
+        later call (a batch or task run still holding the version) runs in a child started
+        for it and stopped after it."""
         with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -121,7 +135,6 @@ class ChildPool:
 
     def _acquire(self, deadline: float) -> _Child:
         with self._cond:
-            self._closed = False  # still called after close(): a batch or run still uses it
             while not self._idle and self._count >= self.limits.workers:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._cond.wait(left):
@@ -129,9 +142,10 @@ class ChildPool:
             if self._idle:
                 return self._idle.pop()
             self._count += 1
-        return self._start()
+        return self._spawn()
 
-    def _start(self) -> _Child:
+    def _spawn(self) -> _Child:
+        """A new child in a slot already counted; the slot is given back if it cannot start."""
         try:
             return _Child(self.artifact, self.limits, self.label)
         except OSError as exc:
@@ -151,25 +165,31 @@ class ChildPool:
                 self._cond.notify()
                 replace = False
         child.kill()
-        if replace:  # started now, it loads while the runner gets to its next call
-            try:
-                fresh = _Child(self.artifact, self.limits, self.label)
-            except OSError:
-                with self._cond:
-                    self._count -= 1
-                    self._cond.notify()
-                return
-            with self._cond:
+        if not replace:
+            return
+        try:  # started now, it loads while the runner gets to its next call
+            fresh = self._spawn()
+        except PythonStepError:
+            return
+        with self._cond:
+            if not self._closed:
                 self._idle.append(fresh)
                 self._cond.notify()
+                return
+            self._count -= 1  # closed while it started: it must not outlive the pool
+            self._cond.notify()
+        fresh.kill()
 
 
 class _Child:
     """One child process; its hello (the declared specs) is read on first use."""
 
     def __init__(self, artifact: Path, limits: PythonLimits, label: str) -> None:
-        # Without the worker's own settings: its Kafka and ClickHouse passwords among them.
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("INFERSTREAM_")},
+        # Without the worker's own settings (pydantic reads them in any case): its Kafka and
+        # ClickHouse passwords among them. /proc/<worker>/environ is closed by
+        # _stop_being_dumpable().
+        env = {**{k: v for k, v in os.environ.items()
+                  if not k.upper().startswith("INFERSTREAM_")},
                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         # fork + exec, not multiprocessing's fork: the worker's librdkafka threads must not
@@ -210,7 +230,8 @@ class _Child:
                                    self.limit_bytes)
         except EOFError:
             message = None
-        except (ValueError, TypeError, KeyError) as exc:  # not our framing: the step wrote it
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            # Not our framing: the step wrote to our pipe (deep JSON nesting: RecursionError).
             self.kill()
             raise PythonStepError(f"the python step broke the protocol ({exc}); do not write "
                                   "to file descriptors other than stdout and stderr") from None
@@ -225,23 +246,37 @@ class _Child:
             self.kill()
             code = self.process.wait()
         if code < 0:
-            name = signal.Signals(-code).name
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:  # a real-time signal, or one this Python has no name for
+                name = f"signal {-code}"
             hint = " (out of memory?)" if -code == signal.SIGKILL else ""
             return _Ended(f"the python step's process was killed by {name}{hint}")
         return _Ended(f"the python step's process exited with code {code}")
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
+        """Stop the child and every process it started (its session's process group), so
+        that none lives on, or keeps its stderr open, after a timeout."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+            os.killpg(self.process.pid, signal.SIGKILL)  # a leader by start_new_session
         for pipe in (self.process.stdin, self.process.stdout):
             if pipe is not None:
                 pipe.close()
         self.process.wait()
 
     def _relay_stderr(self) -> None:
+        # Buffered, in pieces of at most 64 KiB: a step that writes one huge line (or never a
+        # newline) costs neither a syscall per byte nor memory without bound.
         assert self.process.stderr is not None
-        for line in self.process.stderr:
-            log.info("%s: %s", self.label, line.decode("utf-8", "replace").rstrip())
+        with io.BufferedReader(self.process.stderr, _LINE_BYTES) as reader:  # type: ignore[arg-type]
+            while piece := reader.readline(_LINE_BYTES):
+                line, size = piece, len(piece)
+                while not piece.endswith(b"\n") and (piece := reader.readline(_LINE_BYTES)):
+                    size += len(piece)  # the rest of a long line is counted, not kept
+                text = line[:_LOGGED_CHARS].decode("utf-8", "replace").rstrip()
+                if size > _LOGGED_CHARS:
+                    text += f" … (a line of {size} bytes, cut)"
+                log.info("%s: %s", self.label, text)
 
 
 class _DeadlineReader:
@@ -270,9 +305,25 @@ def _write(fd: int, arrays: dict[str, np.ndarray], deadline: float) -> None:
 
 
 def _wait(fd: int, deadline: float, readable: bool) -> None:
+    # poll, not select: select refuses file descriptors past 1023, which a busy worker has.
     left = deadline - time.monotonic()
     if left <= 0:
         raise _Timeout("timed out")
-    r, w, _ = select.select([fd] if readable else [], [] if readable else [fd], [], left)
-    if not (r or w):
+    poller = select.poll()
+    poller.register(fd, select.POLLIN if readable else select.POLLOUT)
+    if not poller.poll(math.ceil(left * 1000)):
         raise _Timeout("timed out")
+
+
+def _stop_being_dumpable() -> None:
+    """Make this process undumpable (Linux), before it starts a child: then a child, though
+    it runs as the same user, cannot read /proc/<worker>/environ or mem, nor ptrace the
+    worker. A root child with CAP_SYS_PTRACE still can (docs/security.md)."""
+    global _undumpable
+    if _undumpable or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_DUMPABLE, 0) failed (errno %d): Python steps can read this "
+                    "worker's environment", ctypes.get_errno())
+    _undumpable = True
