@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from control.registry.tensors import STRING, TensorSpec
+from control.registry.tensors import STRING, TIMESTAMP, TensorSpec
 from schemas.errors import InferstreamError
 
 _KINDS = {"U": "text", "b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
@@ -28,7 +28,6 @@ _MAX_DIMS = 32
 _SHORT = reprlib.Repr()  # keyword arguments only from Python 3.12
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 3, 8, 4
 _SHORT.maxstring = _SHORT.maxlong = _SHORT.maxother = 40
-TIMESTAMP = "datetime64[us]"  # the dtype of timestamp inputs (a Python step's "timestamp")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MICROSECOND = timedelta(microseconds=1)
 _MAX_SECONDS = 9.2e12  # about ±290,000 years: what int64 microseconds hold

@@ -6,23 +6,21 @@ user's code made. A call that raises, runs past its time limit, or ends its chil
 a crash, the memory limit) raises PythonStepError here, so the runner dead-letters the
 records that still fail alone; a dead or killed child is replaced at once.
 
-After a call of several rows fails, the runner tries each record alone. Those retries share
-one more time limit (the batch's retry budget), split evenly among the rows still to try, so
-a batch costs at most about twice the limit whatever its size (see docs/models.md).
+After a call of several records fails, the runner tries each record alone (base.retrying
+says so). Those retries share one more time limit (the batch's retry budget), split evenly
+among the records still to try but never below a tenth of the limit each, so a batch costs
+about twice the limit whatever its size (the exact bound: docs/models.md).
 """
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from agents.runtimes.base import ModelRuntime
+from agents.runtimes.base import ModelRuntime, Retries, cast_to, current_retries, fits_shape
 from agents.runtimes.python_child import ENTRY
 from agents.runtimes.python_pool import (
     START_TIMEOUT_S,
@@ -31,10 +29,10 @@ from agents.runtimes.python_pool import (
     PythonStepError,
 )
 from control.config import Settings
-from control.registry.tensors import STRING, TensorSpec
+from control.registry.tensors import STRING, TIMESTAMP, TensorSpec
 from schemas.errors import ArtifactError
 
-TIMESTAMP = "datetime64[us]"  # timestamps, UTC: what "timestamp" in INPUTS or OUTPUTS means
+SHARE_FLOOR = 0.1  # of the limit: the least a record retried alone gets, however many remain
 
 
 class PythonRuntime(ModelRuntime):
@@ -47,7 +45,6 @@ class PythonRuntime(ModelRuntime):
         super().__init__(inputs, outputs)
         self._pool = pool
         self._limits = pool.limits
-        self._budgets = _Budgets(pool.limits.timeout_s)
         weakref.finalize(self, pool.close)  # a dropped runtime leaves no process behind
 
     @classmethod
@@ -71,7 +68,8 @@ class PythonRuntime(ModelRuntime):
         return cls(specs[0], specs[1], pool)
 
     def close(self) -> None:
-        """Stop the children; a later call starts one again (an in-flight batch still ends)."""
+        """Stop the children; a later call (an in-flight batch, a task run still holding this
+        version) runs in a child started for it and stopped after it."""
         self._pool.close()
 
     def _predict(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -79,108 +77,50 @@ class PythonRuntime(ModelRuntime):
         sent = {name: np.asarray(a, dtype=str) if a.dtype.kind in "OS" else a
                 for name, a in arrays.items()}
         timeout = self._limits.timeout_s
-        retry = self._budgets.take(sent, rows)
-        if retry is None:
-            limit, wait, why = timeout, START_TIMEOUT_S + 2 * timeout, (
-                f"the limit is INFERSTREAM_PYTHON_TIMEOUT_S={timeout:g}")
+        # Finding a ready child (others busy, a replacement still in its load()) is bounded
+        # apart from the batch's own limit.
+        wait = START_TIMEOUT_S + 2 * timeout
+        retries = current_retries()
+        if retries is None:
+            outputs = self._pool.run(sent, lambda: timeout, wait, rows,
+                                     f"the limit is INFERSTREAM_PYTHON_TIMEOUT_S={timeout:g}")
         else:
-            budget, share = retry
-            if budget.remaining_s <= 0:
+            if retries.budget_s is None:
+                retries.budget_s = timeout
+            if retries.budget_s <= 0:
                 raise PythonStepError(
                     f"not run alone: the retries of its batch spent their {timeout:g} s budget "
                     "on records that hung or crashed the python step")
-            limit, wait = min(timeout, share), budget.remaining_s
-            why = "its share of the batch's retry budget"
-        started = time.monotonic()
-        try:
-            outputs = self._pool.run(sent, limit, wait, rows, why)
-        except PythonStepError:
-            if retry is None and rows > 1:
-                self._budgets.open(sent, rows)
-            raise
-        finally:
-            if retry is not None:
-                retry[0].remaining_s -= time.monotonic() - started
+            started = time.monotonic()
+            try:
+                outputs = self._pool.run(sent, lambda: _share(retries, timeout), wait, rows,
+                                         "its share of the batch's retry budget")
+            finally:
+                # The whole call is charged, a replacement's start-up included: the budget
+                # bounds the batch; the share's floor keeps a slow start from starving a row.
+                retries.budget_s -= time.monotonic() - started
+                retries.left = max(retries.left - 1, 0)
         return {spec.name: _output(spec, outputs[spec.name], rows) for spec in self._outputs}
 
 
+def _share(retries: Retries, timeout: float) -> float:
+    """A retried record's time limit: its even share of what is left, at least the floor."""
+    left = max(retries.budget_s or 0.0, 0.0)
+    return min(timeout, max(left / max(retries.left, 1), SHARE_FLOOR * timeout))
+
+
 def _output(spec: TensorSpec, array: np.ndarray, rows: int) -> np.ndarray:
-    """An output checked against OUTPUTS: its rows, shape and a dtype castable to the spec's."""
-    if array.ndim != len(spec.shape) or len(array) != rows or any(
-            want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)):
+    """An output checked against OUTPUTS: its rows and shape, and cast by the registry's rules
+    (ints into a narrower int only when every value fits)."""
+    if not fits_shape(spec, array) or len(array) != rows:
         raise PythonStepError(f"output {spec.name!r} has shape {list(array.shape)} for {rows} "
                               f"rows; OUTPUTS declares {list(spec.shape)} (-1: any size)")
-    kind = array.dtype.kind
-    if spec.dtype == STRING and kind == "U":
-        return array
-    if spec.dtype == TIMESTAMP and kind == "M":
-        return array.astype("datetime64[us]")
-    if spec.dtype not in (STRING, TIMESTAMP):
-        want = np.dtype(spec.dtype)
-        if kind in "biuf" and np.can_cast(array.dtype, want, "same_kind"):
-            return array.astype(want, copy=False)
-    raise PythonStepError(f"output {spec.name!r} has dtype {array.dtype.name}, which OUTPUTS "
-                          f"declares as {spec.dtype}; return {spec.dtype} values")
-
-
-@dataclass
-class _Budget:
-    """What the solo retries of one failed call may still spend, and on how many rows."""
-
-    remaining_s: float
-    rows: int
-    expires: float
-
-
-@dataclass
-class _Budgets:
-    """Retry budgets of failed calls, found again by the rows a retry sends."""
-
-    timeout_s: float
-    by_row: dict[bytes, list] = field(default_factory=dict)  # row digest -> [budget, count]
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def open(self, arrays: dict[str, np.ndarray], rows: int) -> None:
-        budget = _Budget(self.timeout_s, rows, time.monotonic() + 2 * self.timeout_s + 60)
-        digests = _digests(arrays, rows)
-        with self.lock:
-            self._purge()
-            for digest in digests:
-                entry = self.by_row.setdefault(digest, [budget, 0])
-                entry[0], entry[1] = budget, entry[1] + 1
-
-    def take(self, arrays: dict[str, np.ndarray], rows: int) -> tuple[_Budget, float] | None:
-        """The budget these rows retry under and their share of it, or None."""
-        if not self.by_row:
-            return None
-        digests = _digests(arrays, rows)
-        with self.lock:
-            self._purge()
-            entries = [self.by_row.get(d) for d in digests]
-            if not entries or any(e is None for e in entries):
-                return None
-            budget = entries[0][0]  # type: ignore[index]
-            if any(e[0] is not budget for e in entries):  # type: ignore[index]
-                return None
-            for digest, entry in zip(digests, entries, strict=True):
-                entry[1] -= 1  # type: ignore[index]
-                if not entry[1]:  # type: ignore[index]
-                    del self.by_row[digest]
-            share = max(budget.remaining_s, 0.0) * rows / max(budget.rows, rows)
-            budget.rows = max(budget.rows - rows, 0)
-            return budget, share
-
-    def _purge(self) -> None:
-        now = time.monotonic()
-        for digest in [d for d, (b, _) in self.by_row.items() if b.expires < now]:
-            del self.by_row[digest]
-
-
-def _digests(arrays: dict[str, np.ndarray], rows: int) -> list[bytes]:
-    hashes = [hashlib.blake2b(digest_size=16) for _ in range(rows)]
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        for i, h in enumerate(hashes):
-            h.update(name.encode())
-            h.update(a[i].tobytes())
-    return [h.digest() for h in hashes]
+    if spec.dtype == TIMESTAMP and array.dtype.kind == "M":
+        return array.astype(TIMESTAMP)  # any unit, pandas' ns among them: stored in µs
+    cast = cast_to(spec.dtype, array)
+    if cast is None:
+        got = STRING if array.dtype.kind in "OUS" else array.dtype.name
+        raise PythonStepError(f"output {spec.name!r} has dtype {got}, which OUTPUTS declares as "
+                              f"{spec.dtype}, or a value out of its range; return "
+                              f"{spec.dtype} values")
+    return cast

@@ -15,7 +15,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from agents.records.inference import Call, InferenceLogEntry, ModelUsed
-from agents.runtimes.base import ModelRuntime
+from agents.runtimes.base import ModelRuntime, Retries, retrying
+from control.registry.chains import result_name
 from schemas.errors import InferstreamError
 
 MODEL, ROUTE, CHAMPION, CHALLENGER = "model", "route", "champion", "challenger"
@@ -126,15 +127,19 @@ class BatchRun(Generic[R]):
 
         served: dict[int, Position] = {}
         for group in groups.values():
-            tries = [group]
+            tries, retries = [group], None
             while tries:
                 attempt = tries.pop()
                 try:
-                    inputs, offsets, block, elapsed_us = self.predict(model, attempt)
+                    # A runtime that bounds its calls' time (Python steps) shares one budget
+                    # among a failed group's solo retries: told so here, not by their rows.
+                    with retrying(retries if len(attempt) == 1 else None):
+                        inputs, offsets, block, elapsed_us = self.predict(model, attempt)
                 except Exception as e:  # ORT and TF raise many unrelated types for bad data
                     # Find the culprits: each record on its own, in order. Only a failing group
                     # pays for this (a challenger that always crashes: one call per record).
                     if len(attempt) > 1:
+                        retries = Retries(len(attempt))
                         tries.extend([i] for i in reversed(attempt))
                     else:
                         self.fail(model, attempt[0], _describe(e), shadow)
@@ -205,6 +210,18 @@ class BatchRun(Generic[R]):
         ))
         if not shadow:  # a challenger's failure is only logged: it served nobody
             self.outcome.failures.append(Failure(record, reason))
+
+
+def result_outputs(by_step: Sequence[tuple[int, Mapping[str, np.ndarray]]], last: int
+                   ) -> dict[str, np.ndarray]:
+    """A record's outputs of the result steps (step number, outputs): the last step's first,
+    by their own names, an earlier step's as 'step<N>.<output>' (control/registry/chains.py)."""
+    if len(by_step) == 1 and by_step[0][0] == last:  # the usual case: only the last step's
+        return dict(by_step[0][1])
+    outputs: dict[str, np.ndarray] = {}
+    for n, arrays in sorted(by_step, key=lambda c: c[0] != last):
+        outputs.update({result_name(n, last, k): a for k, a in arrays.items()})
+    return outputs
 
 
 def _group_key(model: BoundModel, block: Block) -> _GroupKey | str:

@@ -25,8 +25,8 @@ from confluent_kafka import Message
 
 from agents.records.avro_input import AvroInput
 from agents.records.avro_writer import LogWriter, ResultWriter, long
+from agents.serving.batch_run import result_outputs
 from agents.serving.runner import MODEL, BoundModel, Call, PipelineRunner
-from control.registry.chains import result_name
 from control.registry.tensors import STRING, TensorSpec
 from schemas.codec import MARKER
 
@@ -86,6 +86,10 @@ class Columnar:
         models = runner.chain()
         if models is None or any(name != source for name, source in models[0].feeds):
             return None
+        # A Python step's failed call may have cost its whole time limit; the record path
+        # would run it again before its solo retries, past the bound docs/models.md states.
+        if any(m.runtime.framework == "python" for m in models):
+            return None
         # Text outputs are written record by record: found here, not after every batch's
         # inference (which the record path would then run again).
         if any(spec.dtype == STRING for m in models for spec in m.runtime.outputs):
@@ -142,13 +146,7 @@ class Columnar:
 
     def _outputs(self, calls: list[tuple[Call, int]]) -> dict[str, np.ndarray]:
         """The result steps' outputs, named as PipelineRunner names them."""
-        last = len(calls)
-        if self.carried == (last,):
-            return calls[-1][0].outputs
-        outputs: dict[str, np.ndarray] = {}
-        for n in sorted(self.carried, key=lambda n: n != last):
-            outputs.update({result_name(n, last, k): a for k, a in calls[n - 1][0].outputs.items()})
-        return outputs
+        return result_outputs([(n, calls[n - 1][0].outputs) for n in self.carried], len(calls))
 
     def _decode(self, messages: Sequence[Message]
                 ) -> tuple[list[str], list[bytes | None], dict[str, np.ndarray]] | None:

@@ -42,8 +42,8 @@ from agents.serving.batch_run import (
     R,
     Record,
     RecordResult,
+    result_outputs,
 )
-from control.registry.chains import result_name
 from control.registry.state import (
     KeySplit,
     ModelStep,
@@ -141,16 +141,9 @@ class PipelineRunner:
 
     def _outputs(self, i: int, carried: list[tuple[int, list[Position | None]]]
                  ) -> dict[str, np.ndarray]:
-        """Record i's outputs of the result steps: the last step's first, by their own names."""
-        last = len(self._stages)
-        if len(carried) == 1 and carried[0][0] == last:  # the usual case: as before steps chose
-            block, j = carried[0][1][i]  # type: ignore[misc]
-            return dict(block.rows(j))
-        outputs: dict[str, np.ndarray] = {}
-        for n, where in sorted(carried, key=lambda c: c[0] != last):
-            block, j = where[i]  # type: ignore[misc]  # served by the last step: by every step
-            outputs.update({result_name(n, last, k): a for k, a in block.rows(j).items()})
-        return outputs
+        """Record i's outputs of the result steps (served by the last: by every step)."""
+        rows = [(n, where[i][0].rows(where[i][1])) for n, where in carried]  # type: ignore[index]
+        return result_outputs(rows, len(self._stages))
 
     def _route(self, stage: _Stage, alive: list[int], records: Sequence[R]) -> list[list[int]]:
         """The records of each of stage.models, in batch order."""

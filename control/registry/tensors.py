@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 STRING = "string"  # dtype name of text tensors; numpy itself has no single name for them
+TIMESTAMP = "datetime64[us]"  # dtype of timestamps (UTC): what a Python step's "timestamp" is
 
 # Numeric dtypes by numpy name: (kind, bits). Kinds as numpy's: b bool, i int, u uint, f float.
 _NUMBERS = {
