@@ -21,23 +21,49 @@ class ModelCache:
     """Loads each model version at most once; safe to call from executor threads."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.store = ArtifactStore(settings)
         self.root = settings.data_dir / "models"
         self._loaded: dict[tuple[str, str, int], ModelRuntime] = {}
-        self._lock = threading.Lock()
+        self._loading: dict[tuple[str, str, int], threading.Lock] = {}  # one per version
+        self._lock = threading.Lock()  # guards the two dicts, never held during a load
 
     def load(self, version: ModelVersion) -> ModelRuntime:
         """The runtime of a model version; ArtifactError if its artifact is missing or corrupt."""
         key = (version.workspace, version.model, version.version)
         with self._lock:
-            if key not in self._loaded:
-                self._loaded[key] = load_model(version.framework, self._unpacked(version))
-            return self._loaded[key]
+            if key in self._loaded:
+                return self._loaded[key]
+            gate = self._loading.setdefault(key, threading.Lock())
+        # A version loads once; loads of other versions (a Python step's load() may take a
+        # minute) and task runs needing loaded ones do not wait for it.
+        with gate:
+            with self._lock:
+                if key in self._loaded:
+                    return self._loaded[key]
+            try:
+                runtime = self._load(version.framework, self._unpacked(version))
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
+            with self._lock:  # in one step: a caller arriving now finds it loaded
+                self._loaded[key] = runtime
+                self._loading.pop(key, None)
+            return runtime
+
+    def _load(self, framework: str, path: Path) -> ModelRuntime:
+        if framework == "python":  # its limits are this worker's settings, however given
+            from agents.runtimes.python import PythonLimits, PythonRuntime
+
+            return PythonRuntime.load(path, PythonLimits.from_settings(self.settings))
+        return load_model(framework, path)
 
     def release(self, keep: set[tuple[str, str, int]]) -> None:
         """Close and forget the loaded versions not in keep (workspace, model, version) that
         hold processes (Python steps); other runtimes stay loaded, as before. A batch (or task
-        run) still using a closed one carries on: its next call starts a process again."""
+        run) still using a closed one carries on: each of its calls runs in a process started
+        for it and stopped after it."""
         with self._lock:
             dropped = [self._loaded.pop(k) for k, r in list(self._loaded.items())
                        if k not in keep and hasattr(r, "close")]
