@@ -73,6 +73,14 @@ def _column_header(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
 _NUMBERS_END = _EMPTY + _EMPTY  # the end of the values, and no strings
 
 
+def timestamp_texts(a: np.ndarray) -> list[str]:
+    """Times (datetime64, UTC) as text, row-major, in the one form results and logs use, JSON's:
+    ISO-8601 without a zone ('2024-05-01T12:00:00', '.250000' when there are microseconds);
+    NaT (no time) as 'NaT'."""
+    texts = np.datetime_as_string(a.astype("datetime64[us]"), unit="us").ravel().tolist()
+    return [t.removesuffix(".000000") for t in texts]
+
+
 def tensors(arrays: Mapping[str, np.ndarray]) -> bytes:
     """An array of inferstream.data.Tensor, as records.formats.tensor_records describes them."""
     if not arrays:
@@ -91,8 +99,9 @@ def tensors(arrays: Mapping[str, np.ndarray]) -> bytes:
                 add(_NUMBERS_END)  # an empty array of values, and no strings
         else:
             add(_EMPTY)  # no values
-            texts = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-                     for v in a.ravel().tolist()]
+            texts = timestamp_texts(a) if a.dtype.kind == "M" else [
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                for v in a.ravel().tolist()]
             if texts:
                 parts += (long(len(texts)), *(string(t) for t in texts), _EMPTY)
             else:

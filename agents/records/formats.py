@@ -25,7 +25,7 @@ import numpy as np
 
 from agents.records.avro_input import AvroInput, avro_input, input_schema, input_schema_name
 from agents.records.avro_reader import read_body
-from agents.records.avro_writer import ResultWriter
+from agents.records.avro_writer import ResultWriter, timestamp_texts
 from agents.records.inference import ModelUsed
 from agents.records.input_checks import (
     BadRecord,
@@ -277,6 +277,9 @@ def encode_result(record: InputRecord, outputs: dict[str, np.ndarray], meta: Res
                               meta.worker).encode(
             record.record_id, record.key, meta.models, outputs, meta.elapsed_us,
             meta.time_us or time.time_ns() // 1000)
+    if any(a.dtype.kind == "M" for a in outputs.values()):  # times: the text Avro writes too
+        outputs = {k: np.reshape(timestamp_texts(a), a.shape) if a.dtype.kind == "M" else a
+                   for k, a in outputs.items()}
     models = [{"step": s, "model": m, "version": v, "role": r} for s, m, v, r in meta.models]
     key = record.key.decode("utf-8", "replace") if record.key is not None else None
     if record.format == V2:
@@ -312,8 +315,9 @@ def tensor_records(arrays: Mapping[str, np.ndarray]) -> list[dict]:
         tensors.append({
             "name": name, "dtype": a.dtype.name if numeric else STRING, "shape": list(a.shape),
             "values": a.astype(np.float64, copy=False).ravel().tolist() if numeric else [],
-            "strings": [] if numeric else [v.decode("utf-8", "replace") if isinstance(v, bytes)
-                                           else str(v) for v in a.ravel().tolist()]})
+            "strings": [] if numeric else timestamp_texts(a) if a.dtype.kind == "M" else [
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                for v in a.ravel().tolist()]})
     return tensors
 
 
