@@ -9,14 +9,13 @@ from __future__ import annotations
 import importlib.util
 import re
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
 from control.config import Settings
-from control.local.worker_process import child_env
+from control.local.child_process import LoggedProcess, child_env
 from schemas.errors import ConfigError, InferstreamError
 
 DEFAULT_PORT = 8080
@@ -42,23 +41,19 @@ def console_port(bind: str, wanted: int | None) -> int:
                       "give --console-port")
 
 
-class ConsoleProcess:
+class ConsoleProcess(LoggedProcess):
     """Starts the console for a platform; `wait_ready` returns the URL it prints."""
 
     def __init__(self, settings: Settings, bind: str, port: int, log_dir: Path,
                  data_dir: Path) -> None:
         self.port, self.url = port, ""
         self.settings = settings
-        self.log_path = log_dir / "console.log"
-        self.log = self.log_path.open("wb")
         # The worker's port in its environment: the console finds the worker's HTTP at
         # settings.worker_url, like the CLI does.
         env = {**child_env(settings, data_dir),
                "INFERSTREAM_WORKER_WEB_PORT": str(settings.worker_web_port)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "control.console", "--bind", bind, "--port", str(port)],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
+        super().__init__([sys.executable, "-m", "control.console", "--bind", bind, "--port",
+                          str(port)], env, log_dir / "console.log")
 
     def wait_ready(self, timeout: float = 120.0) -> str:
         """Block until the console says where it listens and answers /healthz; its URL."""
@@ -86,19 +81,6 @@ class ConsoleProcess:
         except OSError:
             return False
 
-    def tail(self, lines: int = 40) -> str:
-        self.log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.log.close()
 
 
 def _bindable(bind: str, port: int) -> bool:

@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -17,38 +15,11 @@ from pathlib import Path
 
 from control.config import Settings
 from control.local.brokers import free_port
+from control.local.child_process import LoggedProcess, child_env
 from schemas.errors import InferstreamError
 
-TRANSPORT = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
-             "ssl_ca_location", "ssl_certificate_location", "ssl_key_location",
-             "ssl_key_password", "ssl_check_hostname",
-             "worker_bind", "worker_host", "http_tls_cert", "http_tls_key",
-             "http_max_in_flight", "http_request_timeout_s", "http_auth_window_s",
-             "max_record_bytes")
 
-
-def child_env(settings: Settings, data_dir: Path) -> dict[str, str]:
-    """The environment of a child process of this platform (a worker, the console): ours, with
-    the connection settings it needs, whether or not they came from our environment."""
-    env = {
-        **os.environ,
-        "INFERSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "INFERSTREAM_NAMESPACE": settings.namespace,
-        "INFERSTREAM_DATA_DIR": str(data_dir),
-        "INFERSTREAM_PIPELINE_PARTITIONS": str(settings.pipeline_partitions),
-        "INFERSTREAM_DELIVERY": settings.delivery,
-    }
-    if settings.clickhouse_url:
-        env["INFERSTREAM_CLICKHOUSE_URL"] = settings.clickhouse_url
-    for name in TRANSPORT:
-        value = getattr(settings, name, None)
-        if value is not None:
-            secret = getattr(value, "get_secret_value", None)
-            env[f"INFERSTREAM_{name.upper()}"] = str(secret() if secret else value)
-    return env
-
-
-class WorkerProcess:
+class WorkerProcess(LoggedProcess):
     """Starts `inferstream worker` for a platform and waits until it is ready."""
 
     def __init__(self, settings: Settings, name: str, log_dir: Path,
@@ -58,15 +29,10 @@ class WorkerProcess:
         self.settings = settings.model_copy(update={"worker_web_port": self.port})
         self.url = self.settings.worker_url
         self._tls = self.settings.http_client_tls() if self.url.startswith("https:") else None
-        self.log_path = log_dir / f"{name}.log"
         env = {**child_env(settings, data_dir or log_dir / name),
                "INFERSTREAM_WORKER_NAME": name, **(env or {})}
-        self.log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "control.cli", "worker", "--web-port", str(self.port),
-             "--loglevel", "info"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
+        super().__init__([sys.executable, "-m", "control.cli", "worker", "--web-port",
+                          str(self.port), "--loglevel", "info"], env, log_dir / f"{name}.log")
 
     def health(self) -> dict | None:
         try:
@@ -103,20 +69,7 @@ class WorkerProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
-    def tail(self, lines: int = 40) -> str:
-        self.log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
     def kill(self, sig: int = signal.SIGKILL) -> None:
         self.process.send_signal(sig)
         self.process.wait(30)
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.log.close()
