@@ -78,6 +78,15 @@ def count(storage: Storage, where: LogFilter, timeout_s: float | None = None) ->
     return int(storage.query(f"SELECT count() AS n {sql}", params, timeout_s)[0]["n"])
 
 
+def count_upto(storage: Storage, where: LogFilter, cap: int,
+               timeout_s: float | None = None) -> int:
+    """How many logs match, counting no further than `cap` (a page's "more than cap")."""
+    sql, params = _select(where)
+    rows = storage.query(f"SELECT count() AS n FROM (SELECT 1 {sql} LIMIT {{cap:UInt64}})",
+                         params | {"cap": cap}, timeout_s)
+    return int(rows[0]["n"])
+
+
 def nth_newest(storage: Storage, where: LogFilter, n: int,
                timeout_s: float | None = None) -> LogPosition | None:
     """The position of the n-th newest log (1: the newest), or None when there are fewer."""

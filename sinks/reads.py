@@ -17,7 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from control.registry.assay_config import AssayConfig
 from sinks import log_queries
-from sinks.assays import load_results, preview, result_row
+from sinks.assays import last_done, load_results, preview, result_row
 from sinks.log_queries import MAX_ROWS, LogFilter, LogPosition
 from sinks.runs import run_by_id, run_logs, runs
 
@@ -41,6 +41,11 @@ class CountLogs(Args):
     where: LogFilter
 
 
+class CountLogsUpTo(Args):
+    where: LogFilter
+    cap: int = Field(ge=1, le=MAX_ROWS)
+
+
 class NthNewestLog(Args):
     where: LogFilter
     n: int = Field(ge=1, le=2**62)
@@ -58,6 +63,11 @@ class AssayResults(Args):
     assay_id: str = Name
     start: AwareDatetime | None = None
     end: AwareDatetime | None = None
+
+
+class LastAssayWindow(Args):
+    workspace: str = Name
+    assay_id: str = Name
 
 
 class PreviewAssay(Args):
@@ -131,6 +141,9 @@ READS: dict[str, Read] = {
                  lambda s, a: a.where.workspace),
     "count_logs": Read(CountLogs, lambda s, a, t: log_queries.count(s, a.where, t),
                        lambda s, a: a.where.workspace),
+    "count_logs_upto": Read(
+        CountLogsUpTo, lambda s, a, t: log_queries.count_upto(s, a.where, a.cap, t),
+        lambda s, a: a.where.workspace),
     "nth_newest_log": Read(
         NthNewestLog,
         lambda s, a, t: _dump(log_queries.nth_newest(s, a.where, a.n, t)),
@@ -142,6 +155,9 @@ READS: dict[str, Read] = {
         AssayResults,
         lambda s, a, t: [result_row(r) for r in load_results(s, a.workspace, a.assay_id,
                                                              a.start, a.end)],
+        lambda s, a: a.workspace),
+    "last_assay_window": Read(
+        LastAssayWindow, lambda s, a, t: last_done(s, a.workspace, a.assay_id),
         lambda s, a: a.workspace),
     "preview_assay": Read(
         PreviewAssay,
