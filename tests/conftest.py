@@ -21,13 +21,8 @@ from uuid import uuid4
 import pytest
 
 from control.config import Settings
-from control.local.brokers import (
-    TANSU_DEFECTS,
-    find_kafka_jars,
-    kafka_version,
-    start_local_broker,
-    tansu_version,
-)
+from control.local.broker_binaries import find_kafka_jars, kafka_version, tansu_version
+from control.local.brokers import TANSU_DEFECTS, start_local_broker
 from schemas.errors import BrokerError
 
 if TYPE_CHECKING:  # the storage and the CLI are imported by the fixtures that use them

@@ -14,14 +14,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, Topic
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from control.local import brokers
-from control.local.brokers import find_kafka_jars, kafka_version, start_local_broker
+from control.local.broker_binaries import find_kafka_jars, kafka_version, tansu_version
+from control.local.brokers import start_local_broker
 from schemas.errors import BrokerError
 from tests.helpers import wait_until
 
 
 def _tansu_available() -> bool:
     try:
-        brokers.tansu_version()
+        tansu_version()
         return True
     except BrokerError:
         return False

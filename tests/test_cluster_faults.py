@@ -22,7 +22,7 @@ import pytest
 from control.client import Client
 from control.config import Settings
 from control.kafka import TopicSpec, ensure_topics, list_topics, read_until_end, replication_factor
-from control.local.brokers import find_kafka_jars
+from control.local.broker_binaries import find_kafka_jars
 from control.local.cluster import LocalCluster, start_local_cluster
 from schemas.errors import BrokerError
 from tests.fault_tools import FaultPlatform, Flow, Watch, exactly_once, note_pause

@@ -21,7 +21,8 @@ import pytest
 
 from control.client import Client
 from control.config import Settings
-from control.local.brokers import find_kafka_jars, start_local_broker
+from control.local.broker_binaries import find_kafka_jars
+from control.local.brokers import start_local_broker
 from schemas.errors import Rejected
 from sinks.access import read_owner
 from tests.fault_tools import (

