@@ -12,8 +12,9 @@ import fastavro
 import numpy as np
 import pytest
 
+from agents.records.avro_logs import LogWriter
 from agents.records.avro_reader import read_body
-from agents.records.avro_writer import LogWriter, ResultWriter, long
+from agents.records.avro_writer import ResultWriter, long
 from agents.records.formats import BadRecord, InputRecord, avro_input, decode_record, tensor_records
 from agents.runtimes import load_model
 from agents.runtimes.base import ModelRuntime

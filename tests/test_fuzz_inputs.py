@@ -32,7 +32,7 @@ from confluent_kafka import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.records.avro_writer import LogWriter
+from agents.records.avro_logs import LogWriter
 from agents.records.formats import (
     AVRO,
     JSON,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.records.avro_writer import LOG_MESSAGE_BYTES, LogWriter
+from agents.records.avro_logs import LOG_MESSAGE_BYTES, LogWriter
 from agents.records.inference import Call
 from control.config import Settings
 from schemas.codec import codec

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.records.avro_writer import LogWriter
+from agents.records.avro_logs import LogWriter
 from schemas.codec import codec
 from sinks import log_layout
 from sinks.log_blocks import SCHEMA

@@ -24,7 +24,8 @@ import numpy as np
 from confluent_kafka import Message
 
 from agents.records.avro_input import AvroInput
-from agents.records.avro_writer import LogWriter, ResultWriter, long
+from agents.records.avro_logs import LogWriter
+from agents.records.avro_writer import ResultWriter, long
 from agents.serving.batch_run import result_outputs
 from agents.serving.runner import MODEL, BoundModel, Call, PipelineRunner
 from control.registry.tensors import STRING, TensorSpec

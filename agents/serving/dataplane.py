@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from confluent_kafka import Message
 
 from agents.metrics import PipelineMetrics, StageMetrics
-from agents.records.avro_writer import LogWriter
+from agents.records.avro_logs import LogWriter
 from agents.records.formats import (
     AvroInput,
     BadRecord,

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from agents.records.avro_writer import LogWriter, ResultWriter
+from agents.records.avro_logs import LogWriter
+from agents.records.avro_writer import ResultWriter
 from agents.records.formats import (
     avro_input,
     input_schema_name,
