@@ -15,13 +15,14 @@ import os
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from control.config import Settings
-from sinks.reads import Args, run_read
+from sinks.log_queries import LogFilter, LogPosition
+from sinks.reads import Args, LogPage, NthNewestLog, run_read
 from sinks.storage import ChdbStorage, ServerStorage, Storage, StorageError, StorageLocked
 
 OWNER_FILE = "chdb.owner.json"
@@ -152,3 +153,26 @@ def _reason(exc: urllib.error.HTTPError) -> str:
         return json.loads(exc.read())["error"]
     except (ValueError, KeyError):
         return str(exc)
+
+
+def log_pages(reader: Reader, where: LogFilter, limit: int | None = None,
+              size: int = 10_000) -> Iterator[list[dict[str, Any]]]:
+    """The newest `limit` logs (all with None) in pages of `size`, oldest first. Each page
+    starts after the last row of the one before (in time order): memory stays at one page and
+    no row is repeated or skipped between pages."""
+    if size <= 0:
+        raise ValueError(f"page size {size} must be positive")
+    left, since, after = limit, None, None
+    if limit is not None and limit > 0:  # the newest `limit` start at the limit-th newest
+        found = reader.read("nth_newest_log", NthNewestLog(where=where, n=limit))
+        since = None if found is None else LogPosition(**found)
+    while left is None or left > 0:
+        page = reader.read("log_page", LogPage(
+            where=where, size=size if left is None else min(size, left), after=after,
+            since=since))
+        if not page:
+            return
+        yield page
+        if left is not None:
+            left -= len(page)
+        after = LogPosition.of(page[-1])

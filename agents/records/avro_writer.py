@@ -71,6 +71,14 @@ def timestamp_texts(a: np.ndarray) -> list[str]:
     return [t.removesuffix(".000000") for t in texts]
 
 
+def tensor_texts(a: np.ndarray) -> list[str]:
+    """A tensor that is not numbers as the text a Tensor's strings hold, row-major."""
+    if a.dtype.kind == "M":
+        return timestamp_texts(a)
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            for v in a.ravel().tolist()]
+
+
 def tensors(arrays: Mapping[str, np.ndarray]) -> bytes:
     """An array of inferstream.data.Tensor, as records.formats.tensor_records describes them."""
     if not arrays:
@@ -89,9 +97,7 @@ def tensors(arrays: Mapping[str, np.ndarray]) -> bytes:
                 add(_NUMBERS_END)  # an empty array of values, and no strings
         else:
             add(EMPTY)  # no values
-            texts = timestamp_texts(a) if a.dtype.kind == "M" else [
-                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-                for v in a.ravel().tolist()]
+            texts = tensor_texts(a)
             if texts:
                 parts += (long(len(texts)), *(string(t) for t in texts), EMPTY)
             else:

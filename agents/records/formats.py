@@ -25,7 +25,7 @@ import numpy as np
 
 from agents.records.avro_input import AvroInput, avro_input, input_schema, input_schema_name
 from agents.records.avro_reader import read_body
-from agents.records.avro_writer import ResultWriter, timestamp_texts
+from agents.records.avro_writer import ResultWriter, tensor_texts, timestamp_texts
 from agents.records.inference import ModelUsed
 from agents.records.input_checks import (
     BadRecord,
@@ -315,9 +315,7 @@ def tensor_records(arrays: Mapping[str, np.ndarray]) -> list[dict]:
         tensors.append({
             "name": name, "dtype": a.dtype.name if numeric else STRING, "shape": list(a.shape),
             "values": a.astype(np.float64, copy=False).ravel().tolist() if numeric else [],
-            "strings": [] if numeric else timestamp_texts(a) if a.dtype.kind == "M" else [
-                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-                for v in a.ravel().tolist()]})
+            "strings": [] if numeric else tensor_texts(a)})
     return tensors
 
 

@@ -10,10 +10,10 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
+from agents.runtimes.python_child import ENTRY as PYTHON_STEP_ENTRY
 from schemas.errors import ArtifactError
 
 SAVEDMODEL_MARKER = "saved_model.pb"
-PYTHON_STEP_ENTRY = "step.py"  # the module of a Python step folder (python_child.ENTRY)
 FRAMEWORK_OF_FORMAT = {"onnx": "onnx", "savedmodel": "tensorflow", "keras": "tensorflow",
                        "python": "python", "pythondir": "python"}
 SUFFIX_OF_FORMAT = {"onnx": ".onnx", "keras": ".keras", "savedmodel": "", "python": ".py",

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from control.cli.base import JsonFlag, client_of, err, out, parse_time
-from control.client.log_export import FORMATS, LogExport, json_value
+from control.client.log_export import FORMATS, LogExport, json_value, outputs_text
 
 DEFAULT_LIMIT = 100
 
@@ -68,17 +68,10 @@ def _table(title: str, rows: list[dict[str, Any]]) -> Table:
         model = f"{r['step']}:{r['model']}:v{r['model_version']}"
         table.add_row(
             r["time"].strftime("%Y-%m-%d %H:%M:%S"), r["record_id"],
-            str(r["pipeline_version"]), model + (" shadow" if r["shadow"] else ""), _short(r),
+            str(r["pipeline_version"]), model + (" shadow" if r["shadow"] else ""),
+            outputs_text(r, 60),
             f"{r['elapsed_us'] / 1000:.1f}", r["error"] or "")
     return table
-
-
-def _short(row: dict[str, Any], width: int = 60) -> str:
-    """The outputs, one line, cut to `width` characters."""
-    values = {**row["outputs"], **row["output_strings"]}
-    text = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}"
-                    for k, v in sorted(values.items()))
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _export(client: Any, pipeline: str, start: datetime | None, end: datetime | None,

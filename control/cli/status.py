@@ -17,18 +17,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from control.cli.base import JsonFlag, client_of, err, out, to_json, when
-from control.client.health import (
-    STALE_BEATS,
-    DeploymentHealth,
-    PlatformHealth,
-    WorkerHealth,
-    read_health,
-    read_heartbeats,
-    summarise,
-)
+from control.client.health import STALE_BEATS, DeploymentHealth, PlatformHealth, read_health
 
-__all__ = ["DeploymentHealth", "PlatformHealth", "WorkerHealth", "print_health",
-           "read_health", "read_heartbeats", "status", "summarise"]
 
 def status(
     ctx: typer.Context,

@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
+from control.registry.assay_config import bin_labels
 from schemas.errors import InferstreamError
 from sinks.assays import AssayResult
 
@@ -34,15 +35,6 @@ def chosen_window(results: Sequence[AssayResult], start: datetime | None) -> Ass
             f"{results[0].window_start.isoformat()}"
         )
     return earlier[-1]
-
-
-def bin_labels(edges: Sequence[float]) -> list[str]:
-    """Labels of the k + 2 bins of docs/assays.md: < e0, [e0, e1], (e1, e2], ..., > ek."""
-    e = [f"{x:.4g}" for x in edges]
-    inner = [f"({e[i - 1]}, {e[i]}]" for i in range(1, len(e))]
-    if inner:
-        inner[0] = "[" + inner[0][1:]
-    return [f"< {e[0]}", *inner, f"> {e[-1]}"]
 
 
 def plot_results(results: Sequence[AssayResult], path: Path, title: str,

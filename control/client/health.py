@@ -116,13 +116,6 @@ def summarise(deployments: Iterable[Deployment], beats: Iterable[Heartbeat], now
     return PlatformHealth(rows, workers)
 
 
-def read_heartbeats(settings: Settings,
-                    on_skip: Callable[[str], None] | None = None) -> list[Heartbeat]:
-    """The latest heartbeat of every worker that has not deleted its own (a clean stop);
-    on_skip hears of each record that is not a heartbeat."""
-    return _read_workers(settings, on_skip)[0]
-
-
 def _read_workers(settings: Settings, on_skip: Callable[[str], None] | None
                   ) -> tuple[list[Heartbeat], set[str]]:
     """The latest heartbeats, and the workers that deleted theirs."""

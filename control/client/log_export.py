@@ -168,3 +168,11 @@ class LogExport:
         self._file = _WRITERS[self.path.suffix](target)
         self.files.append(target)
         self._in_file = 0
+
+
+def outputs_text(row: Mapping[str, Any], width: int = 80) -> str:
+    """A log row's outputs on one line, cut to `width` characters."""
+    values = {**(row.get("outputs") or {}), **(row.get("output_strings") or {})}
+    text = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}"
+                    for k, v in sorted(values.items()))
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -18,9 +18,9 @@ from control.registry.assays import assay_payload
 from control.registry.state import Assay, Registry
 from schemas.errors import InferstreamError, Rejected
 from sinks import reads
-from sinks.access import Credential, Reader, open_reader
+from sinks.access import Credential, Reader, log_pages, open_reader
 from sinks.assays import AssayResult, result_from_row
-from sinks.log_queries import LogFilter, LogPosition
+from sinks.log_queries import LogFilter
 from sinks.storage import StorageError
 
 if TYPE_CHECKING:
@@ -149,22 +149,8 @@ class Monitoring:
             raise InferstreamError(f"page size {page_size} must be positive")
         where = self._log_filter(pipeline, start, end, pipeline_version, model, only_failures,
                                  workspace)
-        left, since, after = limit, None, None
         with self._reader() as reader:
-            if limit is not None and limit > 0:  # the newest `limit` start at the limit-th newest
-                found = self._read("nth_newest_log", reads.NthNewestLog(where=where, n=limit),
-                                   reader)
-                since = None if found is None else LogPosition(**found)
-            while left is None or left > 0:
-                size = page_size if left is None else min(page_size, left)
-                page = self._read("log_page", reads.LogPage(
-                    where=where, size=size, after=after, since=since), reader)
-                if not page:
-                    return
-                yield page
-                if left is not None:
-                    left -= len(page)
-                after = LogPosition.of(page[-1])
+            yield from log_pages(reader, where, limit, page_size)
 
     def _log_filter(self, pipeline: str, start: datetime | None, end: datetime | None,
                     pipeline_version: int | None, model: str | None, only_failures: bool,

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from control.console.reading import read, readable
 from control.console.web import context, render
+from control.registry.assay_config import bin_labels
 from control.registry.state import Assay
 from sinks import reads
 from sinks.assays import AssayResult, result_from_row
@@ -18,17 +19,6 @@ from sinks.assays import AssayResult, result_from_row
 TITLE, PATH = "Assays", "/assays"
 SHOWN_WINDOWS = 500  # the newest windows an assay's page draws (older ones: ?from=)
 LIST_WINDOWS = 1  # windows read per assay for the list's status badge: the newest
-
-
-def bin_labels(edges: list[float] | tuple[float, ...]) -> list[str]:
-    """The k + 2 bins of docs/assays.md: < e0, [e0, e1], (e1, e2], ..., > ek."""
-    if not edges:
-        return []
-    e = [f"{x:.4g}" for x in edges]
-    inner = [f"({e[i - 1]}, {e[i]}]" for i in range(1, len(e))]
-    if inner:
-        inner[0] = "[" + inner[0][1:]
-    return [f"< {e[0]}", *inner, f"> {e[-1]}"]
 
 
 async def results(request: web.Request, assay: Assay, windows: int,

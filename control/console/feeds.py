@@ -202,4 +202,6 @@ class Feeds:
                     self.changes.append(DeploymentChange(
                         d.workspace, d.pipeline, status.type, d.version, status.actor,
                         d.deployed_at))
-        self._deployments = dict(registry.deployments)
+        # The fold never changes a map in place (each event makes a new one): a reference is
+        # a snapshot.
+        self._deployments = registry.deployments

@@ -8,7 +8,6 @@ page), and the count stops at COUNT_CAP, so a million logs cost what a hundred d
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import tempfile
 from dataclasses import dataclass
@@ -19,12 +18,13 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from control.client.log_export import LogExport
-from control.console.reading import log_pages, open_storage, read, readable
+from control.client.log_export import LogExport, outputs_text
+from control.console.reading import open_storage, read, readable
 from control.console.web import PAGE_SIZE, Context, context, render
 from control.registry.state import step_models
 from schemas.errors import InferstreamError
 from sinks import reads
+from sinks.access import log_pages
 from sinks.log_queries import LogFilter, LogPosition
 
 TITLE, PATH = "Inference logs", "/logs"
@@ -116,14 +116,6 @@ async def newest_page(request: web.Request, where: LogFilter, number: int, total
         since, size = None, total - skip
     rows = await read(request, "log_page", reads.LogPage(where=where, size=size, since=since))
     return list(reversed(rows or []))
-
-
-def outputs_text(row: dict[str, Any], width: int = 80) -> str:
-    """The outputs, one line, cut to `width` characters (as `inferstream logs` prints them)."""
-    values = {**(row.get("outputs") or {}), **(row.get("output_strings") or {})}
-    text = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}"
-                    for k, v in sorted(values.items()))
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 async def page(request: web.Request) -> web.Response:

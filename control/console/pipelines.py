@@ -65,9 +65,10 @@ async def page(request: web.Request) -> web.Response:
     found = [p for (ws, name), p in sorted(ctx.registry.pipelines.items())
              if ws in shown and (not wanted or name == wanted)]
     changes = feeds_of(request).changes.copy()  # atomic: the follower appends meanwhile
-    history = {(p.workspace, p.name): [c for c in reversed(changes)
-                                       if (c.workspace, c.pipeline) == (p.workspace, p.name)]
-               for p in found}
+    history: dict[tuple[str, str], list] = {(p.workspace, p.name): [] for p in found}
+    for c in reversed(changes):  # one pass, newest first
+        if (key := (c.workspace, c.pipeline)) in history:
+            history[key].append(c)
     chains = {(p.workspace, p.name, v.version): [link_of(i, s) for i, s in
                                                  enumerate(v.steps, 1)]
               for p in found for v in p.versions}

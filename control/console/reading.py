@@ -9,7 +9,6 @@ process's own credential (INFERSTREAM_API_KEY of scope read, or INFERSTREAM_USER
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +18,6 @@ from control.console.web import Context, feeds_of
 from schemas.errors import InferstreamError
 from sinks import reads
 from sinks.access import Reader, open_reader
-from sinks.log_queries import LogFilter, LogPosition
 from sinks.storage import StorageError
 
 
@@ -60,20 +58,3 @@ async def read(request: web.Request, name: str, args: reads.Args) -> Any:
         raise web.HTTPServiceUnavailable(text=f"the storage does not answer: {exc}") from exc
 
 
-def log_pages(reader: Reader, where: LogFilter, limit: int | None,
-              size: int = 10_000) -> Iterator[list[dict[str, Any]]]:
-    """The newest `limit` logs (all with None) in pages, oldest first: Client.iter_logs's reads."""
-    left, since, after = limit, None, None
-    if limit is not None:
-        found = reader.read("nth_newest_log", reads.NthNewestLog(where=where, n=limit))
-        since = None if found is None else LogPosition(**found)
-    while left is None or left > 0:
-        batch = reader.read("log_page", reads.LogPage(
-            where=where, size=size if left is None else min(size, left), after=after,
-            since=since))
-        if not batch:
-            return
-        yield batch
-        if left is not None:
-            left -= len(batch)
-        after = LogPosition.of(batch[-1])

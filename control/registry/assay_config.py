@@ -7,6 +7,7 @@ with what is wrong and the offending value, not when its first window runs.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, get_args
@@ -135,3 +136,14 @@ def _validate(c: AssayConfig) -> None:
         fail(f"warning threshold {w} is above alert threshold {a}")
     if not 0 < c.epsilon < 1:
         fail(f"epsilon {c.epsilon} must be between 0 and 1")
+
+
+def bin_labels(edges: Sequence[float]) -> list[str]:
+    """Labels of the k + 2 bins of docs/assays.md: < e0, [e0, e1], (e1, e2], ..., > ek."""
+    if not edges:
+        return []
+    e = [f"{x:.4g}" for x in edges]
+    inner = [f"({e[i - 1]}, {e[i]}]" for i in range(1, len(e))]
+    if inner:
+        inner[0] = "[" + inner[0][1:]
+    return [f"< {e[0]}", *inner, f"> {e[-1]}"]
