@@ -5,6 +5,8 @@ A test module imports the fixtures and helpers it uses:
 
     from tests.browser import browser_fixture, page_fixture, console_at, screenshot  # noqa: F401
 
+`secured` is a secured platform with a console (root, ann owning lab with vera a viewer, olga
+owning secretws), `sign_in` signs a page in, `browser_test` marks a test browser, kafka, slow.
 `page` fails its test on any console error or uncaught page error; `screenshot(page, name)`
 writes `<artifacts>/<name>.png`, where artifacts is $INFERSTREAM_ARTIFACTS/console, else
 test-artifacts/console in the repository (ignored by git), which CI keeps.
@@ -23,10 +25,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from uuid import uuid4
 
 import pytest
 
+from control.client import Client
 from control.config import Settings
+from control.local.demo_models import build_onnx_classifier
+from control.registrar import Registrar
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: Playwright's own download cannot run
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -153,3 +159,56 @@ def console_at(settings: Settings, log_dir: Path, timeout: float = 90.0) -> Iter
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def browser_test(test: Any) -> Any:
+    """A test in Chromium against a real broker: marked browser, kafka and slow."""
+    return pytest.mark.browser(pytest.mark.kafka(pytest.mark.slow(test)))
+
+
+# -- a secured platform ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", name="secured")
+def secured_fixture(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """root (admin) secures the platform; ann owns lab, where vera is a viewer; olga owns
+    secretws. Each owner uploads a model and deploys a pipeline. No worker: the pages read
+    the registry and the statuses."""
+    tmp = tmp_path_factory.mktemp("console-secured")
+    settings = Settings(bootstrap_servers=broker.bootstrap, namespace=f"cs{uuid4().hex[:8]}",
+                        data_dir=tmp / "data", credentials_file=tmp / "credentials.json")
+    registrar = Registrar(settings).start()
+    root = Client(settings, user="root")
+    root.bootstrap_admin("root", key_file=tmp / "root.key")
+    users = {"root": root}
+    for name in ("ann", "vera", "olga"):
+        root.create_user_with_key(name, key_file=tmp / f"{name}.key")
+        users[name] = Client(settings, user=name, key=tmp / f"{name}.key")
+    clf = build_onnx_classifier(tmp / "clf.onnx")
+    for owner, ws in (("ann", "lab"), ("olga", "secretws")):
+        c = users[owner]
+        c.workspace = ws
+        c.create_workspace(ws)
+        c.upload_model(f"{ws}-model", clf)
+        c.create_pipeline(f"{ws}-pipe")
+        c.create_pipeline_version(f"{ws}-pipe", [{"model": f"{ws}-model"}])
+        c.deploy(f"{ws}-pipe")
+    users["ann"].add_member("vera", "viewer")
+    _, read_key = users["ann"].create_api_key("console", ("read",))
+    _, infer_key = users["ann"].create_api_key("infer-only", ("infer",))
+    try:
+        with console_at(settings, tmp / "console") as url:
+            yield {"url": url, "users": users, "read_key": read_key, "infer_key": infer_key,
+                   "settings": settings}
+    finally:
+        for c in users.values():
+            c.close()
+        registrar.stop()
+
+
+def sign_in(page: Any, url: str, user: str, credential: str) -> None:
+    page.goto(url + "/")
+    assert page.url.startswith(url + "/login")
+    page.fill('input[name="user"]', user)
+    page.fill('input[name="credential"]', credential)
+    page.click('button[type="submit"]')

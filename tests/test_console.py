@@ -11,29 +11,28 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import pytest
 
 from agents.heartbeat import Heartbeat
 from control.cli import main
-from control.client import Client
 from control.config import Settings
 from control.console.app import warn_if_exposed
 from control.console.feeds import Rate, rates_of
-from control.local.demo_models import build_onnx_classifier
-from control.registrar import Registrar
-from tests.browser import browser_fixture, console_at, page_fixture, screenshot  # noqa: F401
+from tests.browser import (  # noqa: F401
+    browser_fixture,
+    browser_test,
+    console_at,
+    page_fixture,
+    screenshot,
+    secured_fixture,
+    sign_in,
+)
 from tests.helpers import wait_until
 from tests.worker_platform import Platform, json_records, serving
 
 PAGES = {"overview": "/", "models": "/models", "pipelines": "/pipelines", "audit": "/audit"}
 HOSTILE = '<img src=x onerror="document.title=1">'  # must show as text, never as markup
-
-
-def browser_test(test: Any) -> Any:
-    """A test in Chromium against a real broker: marked browser, kafka and slow."""
-    return pytest.mark.browser(pytest.mark.kafka(pytest.mark.slow(test)))
 
 
 def beat(seconds: float, **totals: tuple[int, int, int]) -> Heartbeat:
@@ -193,51 +192,6 @@ def test_a_rollback_shows_in_the_history_and_the_audit_log_within_seconds(
 
 
 # -- a secured platform ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def secured(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """root (admin) secures the platform; ann owns lab, where vera is a viewer; olga owns
-    secretws. Each owner uploads a model and deploys a pipeline. No worker: the pages read
-    the registry and the statuses."""
-    tmp = tmp_path_factory.mktemp("console-secured")
-    settings = Settings(bootstrap_servers=broker.bootstrap, namespace=f"cs{uuid4().hex[:8]}",
-                        data_dir=tmp / "data", credentials_file=tmp / "credentials.json")
-    registrar = Registrar(settings).start()
-    root = Client(settings, user="root")
-    root.bootstrap_admin("root", key_file=tmp / "root.key")
-    users = {"root": root}
-    for name in ("ann", "vera", "olga"):
-        root.create_user_with_key(name, key_file=tmp / f"{name}.key")
-        users[name] = Client(settings, user=name, key=tmp / f"{name}.key")
-    clf = build_onnx_classifier(tmp / "clf.onnx")
-    for owner, ws in (("ann", "lab"), ("olga", "secretws")):
-        c = users[owner]
-        c.workspace = ws
-        c.create_workspace(ws)
-        c.upload_model(f"{ws}-model", clf)
-        c.create_pipeline(f"{ws}-pipe")
-        c.create_pipeline_version(f"{ws}-pipe", [{"model": f"{ws}-model"}])
-        c.deploy(f"{ws}-pipe")
-    users["ann"].add_member("vera", "viewer")
-    _, read_key = users["ann"].create_api_key("console", ("read",))
-    _, infer_key = users["ann"].create_api_key("infer-only", ("infer",))
-    try:
-        with console_at(settings, tmp / "console") as url:
-            yield {"url": url, "users": users, "read_key": read_key, "infer_key": infer_key,
-                   "settings": settings}
-    finally:
-        for c in users.values():
-            c.close()
-        registrar.stop()
-
-
-def sign_in(page: Any, url: str, user: str, credential: str) -> None:
-    page.goto(url + "/")
-    assert page.url.startswith(url + "/login")
-    page.fill('input[name="user"]', user)
-    page.fill('input[name="credential"]', credential)
-    page.click('button[type="submit"]')
 
 
 def token_of(settings: Settings, user: str, capsys: pytest.CaptureFixture[str],

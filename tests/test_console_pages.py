@@ -27,19 +27,22 @@ from sinks.access import read_owner
 from sinks.log_queries import LogFilter, count_upto
 from sinks.storage import Storage
 from sinks.tables import LOG_ROWS, log_rows
-from tests.browser import browser_fixture, console_at, page_fixture, screenshot  # noqa: F401
+from tests.browser import (  # noqa: F401
+    browser_fixture,
+    browser_test,
+    console_at,
+    page_fixture,
+    screenshot,
+    secured_fixture,
+    sign_in,
+)
 from tests.helpers import wait_until
-from tests.test_console import secured, sign_in  # noqa: F401
 from tests.worker_platform import Namespace, json_records, own_settings
 
 PAGES = {"logs": "/logs", "dead-letters": "/dead-letters", "assays": "/assays", "runs": "/runs"}
 SCRIPT = b'<script>document.title="owned"</script>'
 NOT_UTF8 = SCRIPT + b"\xff\xfe\x80 not utf-8"
 GOOD = 130  # records inferred: two pages of logs
-
-
-def browser_test(test: Any) -> Any:
-    return pytest.mark.browser(pytest.mark.kafka(pytest.mark.slow(test)))
 
 
 # -- pure parts ------------------------------------------------------------------------------
@@ -287,7 +290,7 @@ def test_runs_show_the_clients_counts_and_log_lines(lab, page) -> None:
 
 
 @browser_test
-def test_a_viewer_sees_no_other_workspace_on_these_pages(secured, page) -> None:  # noqa: F811
+def test_a_viewer_sees_no_other_workspace_on_these_pages(secured, page) -> None:
     url = secured["url"]
     olga = secured["users"]["olga"]
     olga.create_assay("secret-drift", pipeline="secretws-pipe", model="secretws-model",

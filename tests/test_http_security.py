@@ -227,9 +227,7 @@ def test_api_keys_scopes_revocation_and_expiry(secured: Secured) -> None:
     assert status == 401 and "not known to this platform" in answer["error"]
     # Revoked: refused by the worker within seconds of the event.
     ann.revoke_api_key("svc")
-    started = time.monotonic()
     wait_until(lambda: secured.infer(bearer(infer_key), body)[0] == 401, 10, "revocation")
-    assert time.monotonic() - started < 10
     assert "was revoked" in secured.infer(bearer(infer_key), body)[1]["error"]
     # Expired: a key good for a few seconds.
     _, brief = ann.create_api_key(
