@@ -213,12 +213,21 @@ def deploy(
     }
 
 
-def undeploy(pipeline: str) -> Action:
-    return "Undeploy", {"pipeline": pipeline}
+def undeploy(pipeline: str, cause: dict | None = None) -> Action:
+    return "Undeploy", {"pipeline": pipeline, "cause": cause}
 
 
-def rollback(pipeline: str, version: int | None = None, rules: int = 1) -> Action:
-    return "Rollback", {"pipeline": pipeline, "version": version, "rules": rules}
+def rollback(pipeline: str, version: int | None = None, rules: int = 1,
+             cause: dict | None = None) -> Action:
+    return "Rollback", {"pipeline": pipeline, "version": version, "rules": rules, "cause": cause}
+
+
+def pause_route(pipeline: str, step: int, route: int, cause: dict | None = None) -> Action:
+    return "PauseRoute", {"pipeline": pipeline, "step": step, "route": route, "cause": cause}
+
+
+def resume_route(pipeline: str, step: int, route: int) -> Action:
+    return "ResumeRoute", {"pipeline": pipeline, "step": step, "route": route}
 
 
 # -- assays ----------------------------------------------------------------------------------
@@ -267,6 +276,44 @@ def delete_assay(name: str) -> Action:
     return "DeleteAssay", {"name": name}
 
 
+# -- rules that act on alerts ---------------------------------------------------------------
+
+
+def create_rule(
+    name: str, pipeline: str = "fraud", action: str = "rollback", *, assay: str | None = None,
+    on: Sequence[str] = ("alert",), version: int | None = None, step: int | None = None,
+    route: int | None = None, orchestration: str | None = None,
+    arguments: Mapping[str, str] | None = None, cooldown_s: int = 0,
+) -> Action:
+    return "CreateRule", {
+        "name": name, "pipeline": pipeline, "assay": assay, "on": list(on), "action": action,
+        "version": version, "step": step, "route": route, "orchestration": orchestration,
+        "arguments": dict(arguments or {}), "cooldown_s": cooldown_s,
+    }
+
+
+def pause_rule(name: str) -> Action:
+    return "PauseRule", {"name": name}
+
+
+def resume_rule(name: str) -> Action:
+    return "ResumeRule", {"name": name}
+
+
+def delete_rule(name: str) -> Action:
+    return "DeleteRule", {"name": name}
+
+
+def action_cause(rule: str, rule_id: str, assay_id: str = "drift-00000000",
+                 pipeline: str = "fraud", status: str = "alert",
+                 window_start: datetime = T0, score: float = 0.4) -> dict[str, Any]:
+    """An ActionCause record: `rule` fired by an alert of `assay_id` on the window at start."""
+    return {"rule": rule, "rule_id": rule_id, "assay_id": assay_id, "pipeline": pipeline,
+            "status": status, "window_start": window_start,
+            "window_end": window_start + timedelta(hours=1), "score": score, "threshold": 0.25,
+            "metric": "psi", "alert_time": window_start + timedelta(hours=1)}
+
+
 # -- batch workloads -------------------------------------------------------------------------
 
 
@@ -298,11 +345,12 @@ def create_orchestration(
 def create_task(
     name: str, orchestration: str = "nightly", *, version: int | None = None,
     schedule: str | None = None, timezone: str = "UTC",
-    arguments: Mapping[str, str] | None = None,
+    arguments: Mapping[str, str] | None = None, cause: dict | None = None,
 ) -> Action:
     return "CreateTask", {
         "name": name, "orchestration": orchestration, "version": version,
         "schedule": schedule, "timezone": timezone, "arguments": dict(arguments or {}),
+        "cause": cause,
     }
 
 
@@ -344,8 +392,8 @@ def every_action() -> list[Action]:
             shadow(model_step("a"), model_step("b", 2)),
         ),
         deploy("fraud", version=2, batch_size=128, batch_wait_ms=5),
-        undeploy("fraud"),
-        rollback("fraud", version=1),
+        undeploy("fraud", cause=action_cause("rollback-on-drift", "rollback-on-drift-1234abcd")),
+        rollback("fraud", version=1, cause=action_cause("r", "r-1", status="warning")),
         create_assay(
             "drift", io="input", field="x", index=2, baseline=baseline_values(1, 2.5, 3),
             first_window_start=T0, interval_s=600, binning="provided", bins=2,
@@ -364,6 +412,13 @@ def every_action() -> list[Action]:
         kill_task("nightly-3am"),
         create_api_key("scorer", scopes=("infer", "read"), expires_at=T0),
         revoke_api_key("scorer"),
+        create_rule("pause-b", action="pause_route", assay="drift", on=("warning", "alert"),
+                    step=2, route=2, cooldown_s=3600),
+        pause_rule("pause-b"),
+        resume_rule("pause-b"),
+        delete_rule("pause-b"),
+        pause_route("fraud", 2, 1, cause=action_cause("pause-b", "pause-b-0000abcd")),
+        resume_route("fraud", 2, 1),
     ]
 
 

@@ -15,20 +15,27 @@ from registry_events import (
     create_orchestration,
     create_pipeline,
     create_pipeline_version,
+    create_rule,
     create_task,
     create_workspace,
     deactivate_user,
     delete_assay,
     delete_connection,
+    delete_rule,
     delete_workspace,
     deploy,
     given,
     kill_task,
     model_step,
     pause_assay,
+    pause_route,
+    pause_rule,
+    random_split,
     reject,
     remove_member,
     resume_assay,
+    resume_route,
+    resume_rule,
     revoke_api_key,
     rollback,
     secured_user,
@@ -76,6 +83,12 @@ TABLE = {
     "KillTask": (kill_task("nightly-once"), WRITERS),
     "CreateApiKey": (create_api_key("new-key", key_id="00000000000000ff"), WRITERS),
     "RevokeApiKey": (revoke_api_key("service"), WRITERS),
+    "CreateRule": (create_rule("new-rule"), WRITERS),
+    "PauseRule": (pause_rule("rule"), WRITERS),
+    "ResumeRule": (resume_rule("paused-rule"), WRITERS),
+    "DeleteRule": (delete_rule("rule"), WRITERS),
+    "PauseRoute": (pause_route("split", 1, 1), WRITERS),
+    "ResumeRoute": (resume_route("split", 1, 2), WRITERS),
 }
 # What a refusal says, by what the event needs and who was refused.
 REASONS = {
@@ -109,7 +122,12 @@ def platform() -> Registry:
             create_assay("drift", "fraud", "scaler", "y"),
             create_assay("paused", "fraud", "scaler", "y"), pause_assay("paused"),
             create_orchestration("nightly"), create_task("nightly-once"),
-            create_api_key("service")),
+            create_api_key("service"),
+            create_rule("rule"), create_rule("paused-rule"), pause_rule("paused-rule"),
+            create_pipeline("split"), create_pipeline_version("split", random_split(
+                (1.0, model_step("scaler")), (1.0, model_step("scaler")),
+                (1.0, model_step("scaler")))),
+            deploy("split"), pause_route("split", 1, 2)),
     )
 
 
@@ -125,7 +143,8 @@ def test_each_role_may_do_exactly_what_it_should(platform: Registry, type_: str,
     actor = ACTORS[role]
     state = platform
     if type_ == "DeleteWorkspace":  # a workspace that serves pipelines cannot go
-        state = given(state, signed(undeploy("fraud"), actor="olive"))
+        state = given(state, signed(undeploy("fraud"), actor="olive"),
+                      signed(undeploy("split"), actor="olive"))
     e = signed(action, actor=actor)
 
     if role in allowed:

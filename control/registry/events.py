@@ -21,6 +21,7 @@ EVENT_TYPES = (
     "CreateAssay", "PauseAssay", "ResumeAssay", "DeleteAssay",
     "CreateConnection", "DeleteConnection", "CreateOrchestration", "CreateTask", "KillTask",
     "CreateApiKey", "RevokeApiKey",
+    "CreateRule", "PauseRule", "ResumeRule", "DeleteRule", "PauseRoute", "ResumeRoute",
 )
 
 

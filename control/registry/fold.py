@@ -1,10 +1,10 @@
 """The registry as a pure fold over control events: apply(state, event) -> state.
 
 Who may send an event is checked first (security.py: signature, replay, role); the rules of
-what it does live here (models, pipelines, deployments), in users.py, assays.py, workloads.py
-and api_keys.py; the checks they share are in rules.py. A broken
-rule raises Rejected with a reason a person can act on, and the caller keeps the state it
-had. No I/O.
+what it does live here (models, pipelines, deployments), in users.py, assays.py, workloads.py,
+api_keys.py and alert_rules.py (rules that act on alerts, route pauses); the checks they
+share are in rules.py. A broken rule raises Rejected with a reason a person can act on, and
+the caller keeps the state it had. No I/O.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from typing import Any
 
+from control.registry.alert_rules import RULE_HANDLERS, caused
 from control.registry.api_keys import API_KEY_HANDLERS
 from control.registry.assays import ASSAY_HANDLERS
 from control.registry.chains import NAMES_ONLY, check_chain, result_steps
@@ -110,6 +111,9 @@ def result_of(before: Registry, after: Registry, event: ControlEvent) -> dict[st
             return {"orchestration": name, "version": str(found.latest.version)}
         case "CreateTask":
             return {"task": event.payload["name"], "run_id": event.event_id}
+        case "CreateRule":
+            name = event.payload["name"]
+            return {"rule": name, "rule_id": after.alert_rules[(key[0], name)].rule_id}
     return {}
 
 
@@ -380,9 +384,13 @@ _HANDLERS: dict[str, Handler] = {
     "CreatePipeline": _create_pipeline,
     "CreatePipelineVersion": _create_pipeline_version,
     "Deploy": _deploy,
-    "Undeploy": _undeploy,
-    "Rollback": _rollback,
+    # A rule may publish these (and PauseRoute): with a `cause`, the rule is checked and its
+    # firing recorded (alert_rules.caused); without one they fold as they always did.
+    "Undeploy": caused(_undeploy, "Undeploy"),
+    "Rollback": caused(_rollback, "Rollback"),
     **ASSAY_HANDLERS,
     **WORKLOAD_HANDLERS,
+    "CreateTask": caused(WORKLOAD_HANDLERS["CreateTask"], "CreateTask"),
     **API_KEY_HANDLERS,
+    **RULE_HANDLERS,
 }

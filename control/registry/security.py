@@ -33,6 +33,7 @@ PERMISSIONS: Mapping[str, str] = {
         "Rollback", "CreateAssay", "PauseAssay", "ResumeAssay", "DeleteAssay",
         "CreateConnection", "DeleteConnection", "CreateOrchestration", "CreateTask", "KillTask",
         "CreateApiKey", "RevokeApiKey",
+        "CreateRule", "PauseRule", "ResumeRule", "DeleteRule", "PauseRoute", "ResumeRoute",
     )},
 }
 

@@ -1,5 +1,6 @@
 """The registry's entities: immutable records that the fold in fold.py builds (users, workspaces,
-models, pipelines, deployments, assays, connections, orchestrations, tasks, API keys)."""
+models, pipelines, deployments, assays, connections, orchestrations, tasks, API keys, the
+rules that act on alerts)."""
 
 from __future__ import annotations
 
@@ -175,6 +176,9 @@ class Deployment:
     history: tuple[int, ...]
     deployed_by: str
     deployed_at: datetime
+    # (step, route), both from 1: routes of the served version's splits that get no records.
+    # A deploy or rollback starts with none: route numbers belong to one version's steps.
+    paused_routes: frozenset[tuple[int, int]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -332,6 +336,42 @@ class Task:
         return self.schedule is None
 
 
+ROLLBACK, UNDEPLOY, PAUSE_ROUTE, RUN_TASK = "rollback", "undeploy", "pause_route", "run_task"
+ACTIONS = (ROLLBACK, UNDEPLOY, PAUSE_ROUTE, RUN_TASK)
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """When an assay of `pipeline` raises an alert whose status is in `on`, publish `action`.
+
+    `rule_id` is the name and the start of the creating event: a rule deleted and created again
+    under its name is another rule, and its actions' event ids differ. `fired` holds the alert
+    identities (assay id, window start, status) that fired it, so each fires it once.
+    """
+
+    workspace: str
+    name: str
+    rule_id: str
+    pipeline: str
+    assay: str | None  # the assay's name; None: any assay of the pipeline
+    assay_id: str | None  # the id of that assay when the rule was made
+    on: tuple[str, ...]  # alert and/or warning
+    action: str  # one of ACTIONS
+    version: int | None  # rollback: to this version; None: the one deployed before
+    step: int | None  # pause_route
+    route: int | None  # pause_route
+    orchestration: str | None  # run_task
+    arguments: Mapping[str, str]  # run_task
+    cooldown_s: int
+    active: bool
+    created_by: str
+    created_at: datetime
+    fired: frozenset[str] = frozenset()
+    fired_count: int = 0
+    last_fired_at: datetime | None = None
+    last_alert: str | None = None  # the identity of the alert that fired it last
+
+
 Key = tuple[str, str]  # (workspace, name)
 
 
@@ -349,6 +389,7 @@ class Registry:
     orchestrations: Mapping[Key, Orchestration] = field(default_factory=dict)
     tasks: Mapping[Key, Task] = field(default_factory=dict)
     api_keys: Mapping[str, ApiKey] = field(default_factory=dict)  # by key id
+    alert_rules: Mapping[Key, AlertRule] = field(default_factory=dict)
     # Bootstrapped with a key: every event must be signed by its actor, every user has a key.
     secured: bool = False
     applied: AppliedEvents = field(default_factory=AppliedEvents)
