@@ -158,22 +158,25 @@ def test_each_role_may_do_exactly_what_it_should(platform: Registry, type_: str,
 
 def test_an_owner_deletes_a_workspace_and_everything_in_it(platform: Registry) -> None:
     state = given(platform, signed(undeploy("fraud"), actor="olive"),
+                  signed(undeploy("split"), actor="olive"),
                   signed(delete_workspace("ws"), actor="olive"))
 
     assert "ws" not in state.workspaces and "ws" in state.deleted_workspaces
     for entries in (state.models, state.pipelines, state.deployments, state.assays,
-                    state.connections, state.orchestrations, state.tasks):
+                    state.connections, state.orchestrations, state.tasks, state.alert_rules):
         assert not [k for k in entries if k[0] == "ws"]
     reject(state, signed(create_workspace("ws"), actor="olive"), "'ws'", "deleted",
            "pick another name")
 
 
 def test_a_workspace_that_serves_pipelines_cannot_be_deleted(platform: Registry) -> None:
-    reject(platform, signed(delete_workspace("ws"), actor="olive"), "['fraud']", "undeploy")
+    reject(platform, signed(delete_workspace("ws"), actor="olive"), "['fraud', 'split']",
+           "undeploy")
 
 
 def test_delete_workspace_names_the_workspace_it_acts_in(platform: Registry) -> None:
-    state = given(platform, signed(undeploy("fraud"), actor="olive"))
+    state = given(platform, signed(undeploy("fraud"), actor="olive"),
+                  signed(undeploy("split"), actor="olive"))
 
     reject(state, signed(delete_workspace("other"), actor="olive"), "'other'", "'ws'")
 

@@ -95,7 +95,7 @@ def _delete_workspace(state: Registry, event: ControlEvent, p: Mapping[str, Any]
         models=keep(state.models), pipelines=keep(state.pipelines),
         deployments=keep(state.deployments), assays=keep(state.assays),
         connections=keep(state.connections), orchestrations=keep(state.orchestrations),
-        tasks=keep(state.tasks),
+        tasks=keep(state.tasks), alert_rules=keep(state.alert_rules),
         api_keys={i: k for i, k in state.api_keys.items() if k.workspace != ws.name},
     )
 
