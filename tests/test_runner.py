@@ -366,6 +366,27 @@ def test_key_split_routes_on_the_field_value_with_a_default(
     assert all(r.models[0].role == "route" for r in outcome.results)
 
 
+def test_a_paused_route_gets_no_records_and_the_others_share_its_weight(
+    models: dict[Key, ModelRuntime],
+) -> None:
+    three = RandomSplit(((1.0, ModelStep(*IRIS1)), (1.0, ModelStep(*IRIS2)),
+                         (2.0, ModelStep(*IRIS3))))
+    batch = [rec(f"r{k}", {"float_input": iris_rows()[k % 150: k % 150 + 1]}) for k in range(2000)]
+    for paused, share_of_2 in (({(1, 1)}, 1 / 3), ({(1, 3)}, 1 / 2)):
+        runner = PipelineRunner(pipeline(three), models, "w1", seed=3,
+                                paused_routes=frozenset(paused))
+        versions = served_by(runner.run(batch))
+        assert len(versions) == 2000 and paused.isdisjoint({(1, v) for v in versions.values()})
+        assert within_5_sigma(sum(v == 2 for v in versions.values()), 2000, share_of_2)
+
+    split = KeySplit("country", (("de", ModelStep(*IRIS1)), ("fr", ModelStep(*IRIS2))),
+                     ModelStep(*IRIS3))
+    keyed = records([1, 1, 1], country="de")
+    keyed[1].fields["country"] = "fr"
+    runner = PipelineRunner(pipeline(split), models, "w1", paused_routes=frozenset({(1, 1)}))
+    assert served_by(runner.run(keyed)) == {"r0": 3, "r1": 2, "r2": 3}
+
+
 class Crashing(ModelRuntime):
     """A challenger that fails on every batch."""
 

@@ -149,7 +149,8 @@ class DeploymentManager:
             deployment.workspace, deployment.pipeline, kind)
         first = step_models(version.steps[0])[0]
         specs = runtimes[(first.model, first.version)].inputs
-        runner = PipelineRunner(version, runtimes, self.worker)
+        runner = PipelineRunner(version, runtimes, self.worker,
+                                paused_routes=deployment.paused_routes)
         avro = avro_input(specs, input_schema_name(deployment.workspace, deployment.pipeline))
         names = (deployment.workspace, deployment.pipeline, deployment.version, self.worker)
         logs = LogWriter(*names)

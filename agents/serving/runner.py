@@ -10,7 +10,9 @@
 - A random split hashes str(value) of the hash-key field with blake2b: a value takes the same
   route in every worker and batch while the weights stay. Records without the field (or None)
   draw from a numpy Generator seeded from `seed`. A key split routes on str(value); a missing
-  field, None or an unlisted value takes the default route.
+  field, None or an unlisted value takes the default route. A paused route of the deployment
+  (PauseRoute) gets nothing: a random split's open routes share its weight, a key split's
+  paused values take the default.
 - RecordResult.models lists the model versions that returned outputs for the record; a failed
   challenger appears only in the logs, with its error.
 - RecordResult.outputs holds the outputs of the version's result steps: the last step's by
@@ -84,6 +86,7 @@ class PipelineRunner:
         runtimes: Mapping[tuple[str, int], ModelRuntime],
         worker: str,
         seed: int | None = None,
+        paused_routes: frozenset[tuple[int, int]] = frozenset(),
     ) -> None:
         if not version.steps:
             raise InferstreamError(
@@ -93,7 +96,8 @@ class PipelineRunner:
         self.version = version
         self.worker = worker
         self._rng = np.random.default_rng(seed)
-        self._stages = [_stage(n, step, runtimes) for n, step in enumerate(version.steps, 1)]
+        self._stages = [_stage(n, step, runtimes, {r for s, r in paused_routes if s == n})
+                        for n, step in enumerate(version.steps, 1)]
         self._carried = set(version.returned_steps)
 
     def chain(self) -> tuple[BoundModel, ...] | None:
@@ -173,7 +177,9 @@ class PipelineRunner:
         return routes
 
 
-def _stage(n: int, step: Step, runtimes: Mapping[tuple[str, int], ModelRuntime]) -> _Stage:
+def _stage(n: int, step: Step, runtimes: Mapping[tuple[str, int], ModelRuntime],
+           paused: set[int]) -> _Stage:
+    """Step n bound to its loaded models; `paused` routes (from 1) of a split get no records."""
     def bind(m: ModelStep) -> BoundModel:
         runtime = runtimes.get((m.model, m.version))
         if runtime is None:
@@ -192,12 +198,20 @@ def _stage(n: int, step: Step, runtimes: Mapping[tuple[str, int], ModelRuntime])
             raise InferstreamError(
                 f"step {n}: a random split needs positive weights, got {weights.tolist()}"
             )
+        # A paused route weighs nothing: the open ones share its weight (the registry keeps one
+        # open). Its bound equals the one before, so no draw lands in it.
+        weights[[r - 1 for r in paused if 0 < r <= len(weights)]] = 0.0
+        if not weights.any():
+            raise InferstreamError(f"step {n}: every route of the split is paused")
         bounds = np.cumsum(weights) / weights.sum()
-        bounds[-1] = 1.0  # draws are < 1, so rounding can never route past the last route
+        # Draws are < 1, so rounding can never route past the last open route.
+        bounds[int(np.flatnonzero(weights)[-1]):] = 1.0
         return _Stage(step, models, bounds=bounds)
     if isinstance(step, KeySplit):
-        # step_models puts the default first, then the routes in order.
-        return _Stage(step, models, key_routes={v: r for r, (v, _) in enumerate(step.routes, 1)})
+        # step_models puts the default first, then the routes in order; a paused route's
+        # values take the default.
+        return _Stage(step, models, key_routes={v: r for r, (v, _) in enumerate(step.routes, 1)
+                                                if r not in paused})
     return _Stage(step, models)
 
 
