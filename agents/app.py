@@ -21,6 +21,7 @@ from agents import heartbeat, web
 from agents.http_guard import Guard
 from agents.scheduling.assay_scheduler import AssayScheduler
 from agents.scheduling.orchestration import RunExecutor
+from agents.scheduling.rule_executor import RuleExecutor
 from agents.scheduling.task_scheduler import TaskScheduler
 from agents.serving.dataplane import DataPlane
 from agents.serving.deployments import DeploymentManager
@@ -42,7 +43,7 @@ from sinks.storage import StorageError
 
 log = logging.getLogger(__name__)
 
-DEPLOYMENT_EVENTS = {"Deploy", "Undeploy", "Rollback", "UploadModel"}
+DEPLOYMENT_EVENTS = {"Deploy", "Undeploy", "Rollback", "UploadModel", "PauseRoute", "ResumeRoute"}
 
 
 SWITCH_INTERVAL_S = 0.001
@@ -188,6 +189,10 @@ def create_app(settings: Settings) -> faust.App:
         manager.replayed = True
         app.inferstream_follower = follower  # type: ignore[attr-defined]
         app.inferstream_registrar = registrar  # type: ignore[attr-defined]
+        if settings.rules:  # rules that act on alerts: once the registry says which rules there are
+            app.inferstream_rules = RuleExecutor(  # type: ignore[attr-defined]
+                settings, lambda: follower.registry, follower.wait_caught_up,
+                plane.pipeline_metrics.registry).start()
 
     web.register(app, manager, sink, guard)
     heartbeat.register(app, manager, settings)
@@ -195,4 +200,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_before_shutdown.connect
     def leave(app: faust.App, **_: object) -> None:
         manager.close()  # leaves the serving group at once: the others take its partitions
+        rules = getattr(app, "inferstream_rules", None)
+        if rules is not None:
+            rules.stop()  # leaves the rules group: another worker reads the alerts
     return app

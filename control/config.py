@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ssl
+import stat
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -135,6 +138,9 @@ class Settings(BaseSettings):
     python_memory_mb: int = Field(
         1024, ge=0, description="address-space limit of each Python step process in MiB "
         "(RLIMIT_AS); 0: none")
+    rules: bool = Field(
+        True, description="whether this worker runs the rule executor (rules that act on "
+        "alerts); the workers that do share the alerts, each alert is read by one")
     log_sink: bool = Field(
         True, description="whether a worker sinks the logs topic into ClickHouse; off, logs are "
         "still published and another worker (or none) sinks them")
@@ -244,3 +250,26 @@ def without_password(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def read_private_key(path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 private key in a PEM file that no one but its owner can read."""
+    path = Path(path).expanduser()
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"key file {path} can be read by others (mode {stat.S_IMODE(mode):04o}); "
+            f"run `chmod 600 {path}`"
+        )
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        # The library's message never holds key material; say what the file should be.
+        raise ConfigError(f"{path} is not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+    return key

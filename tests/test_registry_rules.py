@@ -45,7 +45,7 @@ from control.registry.alert_rules import (
     matching_rules,
 )
 from control.registry.events import NAMESPACE, ControlEvent
-from control.registry.fold import apply, fold
+from control.registry.fold import apply, fold, result_of
 from control.registry.state import AlertRule, Registry
 from schemas.codec import HISTORY_DIR, MARKER
 
@@ -152,8 +152,14 @@ def test_rules_are_paused_resumed_and_deleted_once_each(platform: Registry) -> N
 def test_an_alert_fires_its_rule_once_and_the_rule_records_it(platform: Registry) -> None:
     state = with_rule(platform, create_rule("back", assay="drift"))
     why = cause(state, "back")
-    after = given(state, acted(rollback("fraud", cause=why)))
+    action = acted(rollback("fraud", cause=why))
+    after = given(state, action)
     assert after.deployments[("ws", "fraud")].version == 1
+    made = result_of(state, after, action)  # the status record: what the audit log shows
+    assert made["version"] == "1" and made["rule"] == "back"
+    assert made["cause"].startswith(f"alert of assay {why['assay_id']} on pipeline fraud, "
+                                    f"window {T0.isoformat()}") and "psi 0.4 reached 0.25" \
+        in made["cause"]
     rule = rule_of(after, "back")
     assert rule.fired_count == 1 and rule.last_fired_at == LATER
     assert rule.last_alert == alert_identity(why["assay_id"], T0, "alert") in rule.fired

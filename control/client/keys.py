@@ -4,14 +4,17 @@ PEM files to hand to an administrator."""
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+# Read here too (the CLI and client); it lives in control.config, where a worker reads its own.
+from control.config import read_private_key
 from control.registry.signing import RAW, public_key_of
 from schemas.errors import ConfigError
+
+__all__ = ["read_private_key", "read_public_key", "write_private_key", "write_public_key"]
 
 
 def write_private_key(key: Ed25519PrivateKey, path: Path) -> Path:
@@ -28,29 +31,6 @@ def write_private_key(key: Ed25519PrivateKey, path: Path) -> Path:
     with os.fdopen(fd, "wb") as out:
         out.write(pem)
     return path
-
-
-def read_private_key(path: Path) -> Ed25519PrivateKey:
-    """The Ed25519 private key in a PEM file that no one but its owner can read."""
-    path = Path(path).expanduser()
-    try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"key file {path} can be read by others (mode {stat.S_IMODE(mode):04o}); "
-            f"run `chmod 600 {path}`"
-        )
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        # The library's message never holds key material; say what the file should be.
-        raise ConfigError(f"{path} is not an unencrypted PEM private key ({exc})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
-    return key
 
 
 def write_public_key(public_key: bytes, path: Path) -> Path:

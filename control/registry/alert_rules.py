@@ -65,6 +65,14 @@ def cause_of(rule: AlertRule, alert: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def describe(cause: Mapping[str, Any]) -> str:
+    """The cause in a line, for the audit log: which alert fired which rule."""
+    return (f"{cause['status']} of assay {cause['assay_id']} on pipeline {cause['pipeline']}, "
+            f"window {cause['window_start'].isoformat()} to {cause['window_end'].isoformat()}: "
+            f"{cause['metric']} {cause['score']:.6g} reached {cause['threshold']:.6g}; "
+            f"rule {cause['rule']} ({cause['rule_id']})")
+
+
 def action_event_id(rule: AlertRule, alert: Mapping[str, Any]) -> str:
     """The id of the action `rule` publishes for `alert`: the same in every worker and run."""
     identity = alert_identity(alert["assay_id"], alert["window_start"], alert["status"])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from typing import Any
 
-from control.registry.alert_rules import RULE_HANDLERS, caused
+from control.registry.alert_rules import RULE_HANDLERS, caused, describe
 from control.registry.api_keys import API_KEY_HANDLERS
 from control.registry.assays import ASSAY_HANDLERS
 from control.registry.chains import NAMES_ONLY, check_chain, result_steps
@@ -93,7 +93,14 @@ def fold(events: Iterable[ControlEvent], state: Registry | None = None,
 
 
 def result_of(before: Registry, after: Registry, event: ControlEvent) -> dict[str, str]:
-    """What an accepted event made, for its status record (e.g. the new version number)."""
+    """What an accepted event made, for its status record (e.g. the new version number); for
+    a rule's action also why (the audit log shows it)."""
+    made = _made(after, event)
+    cause = event.payload.get("cause")
+    return made if cause is None else {**made, "rule": cause["rule"], "cause": describe(cause)}
+
+
+def _made(after: Registry, event: ControlEvent) -> dict[str, str]:
     key = (event.workspace or "", _payload_name(event))
     match event.type:
         case "CreateAssay":

@@ -1,0 +1,204 @@
+"""Turns assay alerts into the actions of the rules they match: once per alert and rule.
+
+Every worker runs one, in the consumer group `<namespace>.rules` of the alerts topic, so one
+of them reads each alert (whatever assay raised it, drift or performance). For each active
+rule the alert matches it publishes the rule's action (control/registry/alert_rules.py)
+under an event id that is a function of the rule and the alert only: a second worker, or this
+one restarted, that reads the alert again writes the very same event, and the fold applies an
+event id once (and refuses an alert that already fired the rule). The alert's offset is
+committed only after its actions were produced, or decided against, so a crash loses none.
+
+Identity: the worker acts as INFERSTREAM_USER, signing with INFERSTREAM_KEY_FILE; that user
+must be an owner or collaborator of the rule's workspace. On an open platform without a user
+it acts as the rule's creator. On a secured platform without a user and key it acts on
+nothing: it logs the reason once, counts it, and leaves the alert unconsumed, so it acts
+once a worker with an identity runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import CollectorRegistry, Counter
+
+from control.config import Settings, read_private_key
+from control.kafka import consumer, producer
+from control.registry.alert_rules import (
+    action_event_id,
+    action_of,
+    cause_of,
+    check_firing,
+    matching_rules,
+)
+from control.registry.events import ControlEvent
+from control.registry.state import AlertRule, Registry
+from schemas.codec import codec
+from schemas.errors import ConfigError, DecodeError, Rejected
+
+log = logging.getLogger(__name__)
+HOLD_S = 30.0  # how long an alert that cannot be acted on now waits before it is tried again
+OUTCOMES = ("published", "skipped", "no_identity", "undecodable", "failed")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the worker acts as: INFERSTREAM_USER, signing with INFERSTREAM_KEY_FILE."""
+
+    user: str | None
+    key: Ed25519PrivateKey | None
+    problem: str | None = None  # why a configured key could not be read
+
+    @classmethod
+    def of(cls, settings: Settings) -> Identity:
+        if settings.key_file is None:
+            return cls(settings.user, None)
+        try:
+            return cls(settings.user, read_private_key(settings.key_file))
+        except ConfigError as exc:
+            return cls(settings.user, None, str(exc))
+
+    def actor(self, registry: Registry, rule: AlertRule) -> str | None:
+        """Who signs the action of `rule`; None: no one can on this platform."""
+        if registry.secured:
+            return self.user if self.user and self.key else None
+        return self.user or rule.created_by
+
+    def missing(self) -> str:
+        """Why the worker has no identity on a secured platform, and what to do."""
+        if self.problem:
+            return f"its key file cannot be used: {self.problem}"
+        return ("it has no identity: set INFERSTREAM_USER to a collaborator of the rules' "
+                "workspaces and INFERSTREAM_KEY_FILE to that user's private key, and restart it")
+
+
+class RuleExecutor:
+    """Reads alerts and publishes the actions of the rules they fire, in a thread."""
+
+    def __init__(self, settings: Settings, registry_of: Callable[[], Registry],
+                 caught_up: Callable[[], object],
+                 metrics: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry_of, self.caught_up = registry_of, caught_up
+        self.identity = Identity.of(settings)
+        self.actions = Counter("inferstream_rule_actions",
+                               "Alerts and rule actions by outcome: published, skipped (the "
+                               "rule may not fire now), no_identity, undecodable, failed",
+                               ["outcome"], registry=metrics or CollectorRegistry())
+        for outcome in OUTCOMES:
+            self.actions.labels(outcome)
+        self.done = 0  # alerts whose offsets were committed
+        self._said_missing = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.run, name="rule-executor", daemon=True)
+
+    def start(self) -> RuleExecutor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def run(self) -> None:
+        """Consume alerts until stop(); commit each one once it is dealt with."""
+        c = consumer(self.settings, group=f"{self.settings.namespace}.rules",
+                     **{"enable.partition.eof": False})
+        p = producer(self.settings)
+        c.subscribe([self.settings.topic("alerts")])
+        try:
+            while not self._stop.is_set():
+                msg = c.poll(0.2)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("alerts topic: %s", msg.error())
+                    continue
+                if self.handle(msg.value(), lambda e: self._produce(p, e)):
+                    c.commit(message=msg, asynchronous=False)
+                    self.done += 1
+                else:  # read it again later, and nothing after it before
+                    c.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+                    self._stop.wait(HOLD_S)
+        finally:
+            c.close()
+            p.flush(10)
+
+    def handle(self, data: bytes, publish: Callable[[ControlEvent], bool]) -> bool:
+        """Act on one alert; False when it must wait (and be read again)."""
+        try:
+            alert = codec("AssayAlert").decode(data)
+        except DecodeError as exc:
+            log.warning("skipping a message on the alerts topic that is no alert: %s", exc)
+            self.actions.labels("undecodable").inc()
+            return True
+        try:
+            self.caught_up()  # so an action an earlier run published shows as fired
+        except TimeoutError as exc:
+            log.warning("rules wait for the registry: %s", exc)
+            return False
+        registry = self.registry_of()
+        for rule in matching_rules(registry, alert):
+            if not self._act(registry, rule, alert, publish):
+                return False
+        return True
+
+    def _act(self, registry: Registry, rule: AlertRule, alert: Mapping[str, Any],
+             publish: Callable[[ControlEvent], bool]) -> bool:
+        cause, now = cause_of(rule, alert), _now_ms()
+        try:
+            check_firing(rule, cause, now)
+        except Rejected as why:
+            log.info("not acting on alert: %s", why)
+            self.actions.labels("skipped").inc()
+            return True
+        actor = self.identity.actor(registry, rule)
+        if actor is None:
+            self.actions.labels("no_identity").inc()
+            if not self._said_missing:
+                log.error("rule %s/%s cannot act on this secured platform: this worker %s; "
+                          "its alerts wait", rule.workspace, rule.name, self.identity.missing())
+                self._said_missing = True
+            return False
+        type_, payload = action_of(rule, cause)
+        event = ControlEvent(type_, payload, actor, rule.workspace,
+                             event_id=action_event_id(rule, alert), time=now)
+        if self.identity.key is not None and actor == self.identity.user:
+            event = event.signed_with(self.identity.key)
+        if not publish(event):
+            self.actions.labels("failed").inc()
+            return False
+        log.info("rule %s/%s: %s %s for alert %s of %s (window %s)", rule.workspace, rule.name,
+                 type_, rule.pipeline, alert["status"], alert["assay_id"],
+                 alert["window_start"].isoformat())
+        self.actions.labels("published").inc()
+        return True
+
+    def _produce(self, p: Any, event: ControlEvent) -> bool:
+        """Put the event on the control topic; True once the broker has it."""
+        errors: list[str] = []
+
+        def delivered(err: KafkaError | None, _: Message) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        p.produce(self.settings.topic("control"), key=event.event_id.encode(),
+                  value=event.to_bytes(), on_delivery=delivered)
+        if p.flush(30) or errors:
+            log.warning("action %s %s not delivered (%s); the alert is tried again",
+                        event.type, event.event_id, "; ".join(errors) or "timed out")
+            return False
+        return True
+
+
+def _now_ms() -> datetime:
+    """Now at the millisecond precision of an event's time."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
