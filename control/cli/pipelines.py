@@ -1,4 +1,4 @@
-"""CLI commands for pipelines: create, version, deploy, undeploy, roll back."""
+"""CLI commands for pipelines: create, version, deploy, undeploy, roll back, pause routes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from control.cli.base import JsonFlag, client_of, err, rows_table, show, when
+from control.cli.base import JsonFlag, client_of, err, out, rows_table, show, when
+from control.cli.rules import step_route
 from control.registry.chains import RULES
 from control.registry.events import ControlStatus
 from control.registry.state import Deployment
@@ -110,13 +111,46 @@ def _deployed(d: Deployment | None) -> str:
 
 @pipelines.command("get")
 def pipelines_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
-    """Show a pipeline's versions and steps."""
-    p = client_of(ctx).pipeline(name)
+    """Show a pipeline's versions and steps, what is deployed and its paused routes."""
+    client = client_of(ctx)
+    p = client.pipeline(name)
     show(p, json_out, lambda: rows_table(
         f"pipeline {name}", ["version", "steps", "results from steps", "by", "created"],
         [(v.version, " → ".join(json.dumps(step_to_json(s)) for s in v.steps),
           ", ".join(map(str, v.returned_steps)), v.created_by, when(v.created_at))
          for v in p.versions]))
+    d = next((d for d in client.deployments() if d.pipeline == name), None)
+    if not json_out and d is not None and d.active:
+        out.print(f"deployed: v{d.version}" + (f"; paused routes (step:route): "
+                                               f"{_routes(d)}" if d.paused_routes else ""))
+
+
+def _routes(d: Deployment) -> str:
+    return ", ".join(f"{step}:{route}" for step, route in sorted(d.paused_routes))
+
+
+@pipelines.command("pause-route")
+def pipelines_pause_route(
+    ctx: typer.Context, name: str,
+    route: Annotated[str, typer.Argument(help="STEP:ROUTE, e.g. 2:1: route 1 of split step 2")],
+) -> None:
+    """Send no records to one route of a split step of the deployed version; the other routes
+    share its weight (a key split's paused values take its default). A new deploy or rollback
+    opens every route again."""
+    step, number = step_route(route)
+    d = client_of(ctx).pause_route(name, step, number)
+    out.print(f"pipeline [bold]{name}[/] v{d.version}: paused routes {_routes(d)}")
+
+
+@pipelines.command("resume-route")
+def pipelines_resume_route(
+    ctx: typer.Context, name: str,
+    route: Annotated[str, typer.Argument(help="STEP:ROUTE of a paused route")],
+) -> None:
+    """Send records to a paused route again."""
+    step, number = step_route(route)
+    d = client_of(ctx).resume_route(name, step, number)
+    out.print(f"pipeline [bold]{name}[/] v{d.version}: paused routes {_routes(d) or 'none'}")
 
 
 @pipelines.command("deploy")
