@@ -83,8 +83,10 @@ class RuleExecutor:
 
     def __init__(self, settings: Settings, registry_of: Callable[[], Registry],
                  caught_up: Callable[[], object],
-                 metrics: CollectorRegistry | None = None) -> None:
+                 metrics: CollectorRegistry | None = None, group: str | None = None) -> None:
         self.settings = settings
+        # Another group reads every alert again (as a restart that lost its offsets would).
+        self.group = group or f"{settings.namespace}.rules"
         self.registry_of, self.caught_up = registry_of, caught_up
         self.identity = Identity.of(settings)
         self.actions = Counter("inferstream_rule_actions",
@@ -108,7 +110,7 @@ class RuleExecutor:
 
     def run(self) -> None:
         """Consume alerts until stop(); commit each one once it is dealt with."""
-        c = consumer(self.settings, group=f"{self.settings.namespace}.rules",
+        c = consumer(self.settings, group=self.group,
                      **{"enable.partition.eof": False})
         p = producer(self.settings)
         c.subscribe([self.settings.topic("alerts")])

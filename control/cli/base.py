@@ -45,6 +45,8 @@ def to_json(value: Any) -> Any:
         return {str(k): to_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_json(v) for v in value]
+    if isinstance(value, set | frozenset):  # paused routes, alerts that fired a rule
+        return [to_json(v) for v in sorted(value)]
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, timedelta):

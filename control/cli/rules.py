@@ -127,17 +127,18 @@ def rules_actions(ctx: typer.Context,
     the registry accepted it (the audit log of rules)."""
     client = client_of(ctx)
     actions = client.rule_actions(name)
-    outcome = {s.event_id: s for s in client.statuses()}
+    # By offset: a second copy of an action (a racing worker's) has the same id, another fate.
+    outcome = {s.offset: s for s in client.statuses()}
 
-    def fate(event_id: str) -> str:
-        status = outcome.get(event_id)
+    def fate(offset: int) -> str:
+        status = outcome.get(offset)
         if status is None:
             return "?"
         return "accepted" if status.accepted else f"rejected: {status.reason}"
 
     rows = [{"time": e.time, "actor": e.actor, "type": e.type,
              "pipeline": e.payload.get("pipeline"), "event_id": e.event_id,
-             "cause": e.payload["cause"], "outcome": fate(e.event_id)} for e in actions]
+             "cause": e.payload["cause"], "outcome": fate(e.offset)} for e in actions]
     show(rows, json_out, lambda: rows_table(
         "rule actions", ["time", "rule", "action", "by", "why", "outcome"],
         [(when(r["time"]), r["cause"]["rule"], f"{r['type']} {r['pipeline'] or ''}".strip(),
