@@ -9,7 +9,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-# Read here too (the CLI and client); it lives in control.config, where a worker reads its own.
+# Re-exported for the CLI and client: it lives in control.config so that a worker, which may
+# not import the client, reads its own key (the actions of rules) with the same checks.
 from control.config import read_private_key
 from control.registry.signing import RAW, public_key_of
 from schemas.errors import ConfigError
