@@ -7,16 +7,18 @@ statistics come from the statements in `sinks.assay_sql`.
 
 Beyond docs/assays.md: a window without values gets status `no_data` and no score, and the
 statistics (min, max, mean, median, std) skip NaN, which still counts in `count` and bin 0.
+A performance metric (accuracy, ..., mape) scores the window against its labels instead
+(sinks.performance): no baseline and no bins, and `labelled` says how many rows it scored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from control.registry.assay_config import AssayConfig, AssayError
-from sinks import assay_sql
+from control.registry.assay_config import LOWER_IS_WORSE, AssayConfig, AssayError
+from sinks import assay_sql, performance
 from sinks.storage import Storage
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "run_window",
     "save_result",
     "status_of",
+    "to_alert",
 ]
 
 Status = Literal["ok", "warning", "alert", "no_data"]
@@ -94,12 +97,23 @@ class AssayResult:
     window: WindowStats
     baseline: WindowStats
     computed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    labelled: int | None = None  # performance metrics: the labelled rows scored; None: drift
+    alerted: tuple[str, ...] = ()  # statuses published for this window (alerts once each)
+
+    @property
+    def lower_is_worse(self) -> bool:
+        """Whether a lower score is worse (accuracy...): thresholds are reached from above."""
+        return self.metric in LOWER_IS_WORSE
 
 
-def status_of(score: float | None, warning: float | None, alert: float | None) -> Status:
-    """alert if score >= alert threshold, else warning if >= warning threshold, else ok."""
+def status_of(score: float | None, warning: float | None, alert: float | None,
+              lower_is_worse: bool = False) -> Status:
+    """alert if score >= alert threshold, else warning if >= warning threshold, else ok;
+    with `lower_is_worse` (accuracy...) the same with <=."""
     if score is None:
         return "no_data"
+    if lower_is_worse:
+        score, warning, alert = -score, _negated(warning), _negated(alert)
     if alert is not None and score >= alert:
         return "alert"
     if warning is not None and score >= warning:
@@ -107,7 +121,28 @@ def status_of(score: float | None, warning: float | None, alert: float | None) -
     return "ok"
 
 
-def alert_record(result: AssayResult, actor: str | None = None) -> dict[str, Any] | None:
+def _negated(value: float | None) -> float | None:
+    return None if value is None else -value
+
+
+SEVERITY = {"no_data": 0, "ok": 0, "warning": 1, "alert": 2}
+
+
+def to_alert(result: AssayResult, previous: AssayResult | None) -> AssayResult | None:
+    """`result` with its status added to `alerted` when it must be published, else None.
+
+    A window publishes each status once, and only one worse than any it published before:
+    a re-scored window that stays at alert, or falls back to warning, says nothing new."""
+    if result.status not in ("warning", "alert"):
+        return None
+    before = previous.alerted if previous is not None else ()
+    if result.status in before or any(SEVERITY[s] >= SEVERITY[result.status] for s in before):
+        return None
+    return replace(result, alerted=(*before, result.status))
+
+
+def alert_record(result: AssayResult, actor: str | None = None,
+                 previous_status: str | None = None) -> dict[str, Any] | None:
     """The AssayAlert record of a window that reached a threshold, else None."""
     if result.status not in ("warning", "alert") or result.score is None:
         return None
@@ -132,11 +167,17 @@ def alert_record(result: AssayResult, actor: str | None = None) -> dict[str, Any
         "threshold": threshold,
         "warning_threshold": result.warning_threshold,
         "alert_threshold": result.alert_threshold,
+        "lower_is_worse": result.lower_is_worse,
+        "labelled": result.labelled,
+        "previous_status": previous_status,
+        "alert_id": f"{result.assay_id}/{_micros(result.window_start)}/{result.status}",
     }
 
 
 def baseline(storage: Storage, config: AssayConfig) -> Baseline:
-    """Edges, counts, densities and statistics of the assay's baseline."""
+    """Edges, counts, densities and statistics of the assay's baseline (none: performance)."""
+    if config.performance:
+        return Baseline((), (), (), WindowStats(0))
     if config.baseline_values is not None:
         source, params = assay_sql.GIVEN_VALUES, {"baseline_values": list(config.baseline_values)}
     else:
@@ -249,6 +290,9 @@ def _windows(
 ) -> list[AssayResult]:
     if not starts:
         return []
+    if config.performance:
+        return _scored(config, starts, performance.score_windows(
+            storage, config, starts, _micros(starts[0])))
     base = base or baseline(storage, config)
     step_us = config.step // timedelta(microseconds=1)
     params = _field_params(config, starts[0], starts[-1] + config.width)
@@ -285,7 +329,7 @@ def _windows(
                 aggregation=config.aggregation,
                 metric=config.metric,
                 score=score,
-                status=status_of(score, config.warning_threshold, config.alert_threshold),
+                status=status_of(score, config.warning_threshold, config.alert_threshold),  # drift
                 warning_threshold=config.warning_threshold,
                 alert_threshold=config.alert_threshold,
                 maxdiff_bin=row["maxdiff_bin"] if row else None,
@@ -299,6 +343,28 @@ def _windows(
                 **scores,
             )
         )
+    return results
+
+
+def _scored(config: AssayConfig, starts: list[datetime], found: dict[int, dict[str, Any]]
+            ) -> list[AssayResult]:
+    """Results of a performance assay's windows from its rows (sinks.performance)."""
+    results = []
+    for index, start in enumerate(starts):
+        row = found.get(index)
+        score = row["score"] if row else None
+        results.append(AssayResult(
+            assay_id=config.assay_id, workspace=config.workspace, pipeline=config.pipeline,
+            model=config.model, io=config.io, field=config.field, field_index=config.index,
+            window_start=start, window_end=start + config.width, binning=config.binning,
+            aggregation=config.aggregation, metric=config.metric, score=score,
+            status=status_of(score, config.warning_threshold, config.alert_threshold,
+                             config.lower_is_worse),
+            warning_threshold=config.warning_threshold, alert_threshold=config.alert_threshold,
+            psi=None, sumdiff=None, maxdiff=None, maxdiff_bin=None, cumulative=None, edges=(),
+            baseline_counts=(), baseline_densities=(), window_counts=(), window_densities=(),
+            window=_stats(row) if row else WindowStats(0), baseline=WindowStats(0),
+            labelled=row["labelled"] if row else 0))
     return results
 
 
@@ -324,7 +390,8 @@ def _micros(moment: datetime) -> int:
 
 
 _STATS = ("count", "min", "max", "mean", "median", "std")
-_TUPLES = ("edges", "baseline_counts", "baseline_densities", "window_counts", "window_densities")
+_TUPLES = ("edges", "baseline_counts", "baseline_densities", "window_counts", "window_densities",
+           "alerted")
 
 
 def result_row(result: AssayResult) -> dict[str, Any]:
