@@ -24,6 +24,7 @@ from typing import Any
 
 from schemas.codec import MARKER, codec
 from schemas.errors import DecodeError, InferstreamError
+from sinks.storage import Storage
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_LABEL_BYTES = 64 * 1024  # a label is an id, a number and a time: more is a mistake
@@ -190,3 +191,16 @@ def dead_letter(reason: str, workspace: str, pipeline: str, raw: bytes | None,
         "pipeline": pipeline, "pipeline_version": None, "topic": topic,
         "partition": partition, "offset": offset,
         "key": None if key is None else bytes(key[:_ORIGINAL_KEPT]), "original": original})
+
+
+def labelled_logs(storage: Storage, workspace: str, pipeline: str, limit: int,
+                  timeout_s: float | None = None) -> list[dict[str, Any]]:
+    """The newest `limit` labelled inference logs of a pipeline (the `labelled_logs` view),
+    oldest first: time, record id, step, model and version, outputs, label and label time."""
+    rows = storage.query(
+        "SELECT time, record_id, pipeline_version, step, model, model_version, shadow, "
+        "outputs, label, label_time FROM labelled_logs "
+        "WHERE workspace = {workspace:String} AND pipeline = {pipeline:String} "
+        "ORDER BY time DESC, record_id, step LIMIT {limit:UInt64}",
+        {"workspace": workspace, "pipeline": pipeline, "limit": limit}, timeout_s)
+    return rows[::-1]

@@ -126,6 +126,13 @@ class Monitoring:
                                  workspace)
         return self._read("logs", reads.Logs(where=where, limit=limit))
 
+    def labelled_logs(self, pipeline: str, limit: int = 100, *,
+                      workspace: str | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` inference logs of a pipeline that have a ground-truth label,
+        with it (label, label_time), oldest first."""
+        return self._read("labelled_logs", reads.LabelledLogs(
+            workspace=self._readable(workspace)[0], pipeline=pipeline, limit=limit))
+
     def count_logs(self, pipeline: str, start: datetime | None = None,
                    end: datetime | None = None, *, pipeline_version: int | None = None,
                    model: str | None = None, only_failures: bool = False,
