@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, Message, Producer
 
 from control.config import Settings
 from control.kafka import consumer, producer
@@ -31,7 +31,7 @@ from sinks.labels import (
     pipeline_of_topic,
 )
 from sinks.log_sink import LogSink, LogSinkThread
-from sinks.storage import StorageError
+from sinks.storage import Storage, StorageError
 from sinks.tables import KafkaPosition, batch_token
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,9 @@ class LabelSink:
         self.settings, self.owner = settings, storage_owner
         self.written = 0
         self.refused = 0
-        self._producer = None
+        self._producer: Producer | None = None
 
-    def open(self) -> object:
+    def open(self) -> Storage:
         """The storage, through the log sink that owns it (StorageError while it cannot)."""
         return self.owner.open()
 
@@ -86,8 +86,7 @@ class LabelSink:
         if letters:
             self._dead_letter(letters)
         if rows:
-            storage.insert("labels", rows,  # type: ignore[attr-defined]
-                           dedup_token=batch_token([m.position for m in messages]))
+            storage.insert("labels", rows, dedup_token=batch_token([m.position for m in messages]))
         self.written += len(rows)
         return len(rows)
 

@@ -20,6 +20,7 @@ from sklearn import metrics
 
 from agents.scheduling.assay_scheduler import AssayScheduler
 from control.config import Settings
+from control.console.assays import chart_data
 from control.registry.assay_config import AssayConfig, AssayError
 from control.registry.state import Assay, Registry
 from schemas.codec import codec
@@ -294,3 +295,13 @@ def test_label_formats_and_topics() -> None:
     assert not pattern.match("t.x.fraud.scoring.input") and not pattern.match("tax.a.b.labels")
     assert math.isclose(decode_label(b'{"id": "a", "label": 3}', None, 0).label, 3.0)
     assert decode_label(b'{"id": "a", "label": 3}', None, 0).label == 3.0
+
+
+def test_the_console_chart_of_a_performance_assay(chdb: Storage, data: dict[str, Any]) -> None:
+    config = performance("cls", "accuracy", warning_threshold=0.5, alert_threshold=0.3)
+    found = preview(chdb, config, T1, T1 + HOUR * 2)
+    chart = chart_data(Assay("fraud", "acc", config, True, "ann", T1), found)
+    assert chart["lower_is_worse"] is True and chart["metric"] == "accuracy"
+    assert [(w["labelled"], w["count"], w["status"]) for w in chart["windows"]] == [
+        (data["n"], N, "ok"), (0, 0, "no_data")]
+    assert chart["windows"][0]["labels"] == []  # no bins to draw
