@@ -116,7 +116,7 @@ def windows_query(config: AssayConfig) -> str:
             FROM
             (
                 SELECT x, row, y, {predicted_class(config.prediction)} AS p,
-                    known = 1 AND NOT isNaN(x) AS ok,
+                    (known = 1 AND NOT isNaN(x)) AS ok,
                     arrayJoin(range(
                         if(d >= span, intDiv(d - span, hop) + 1, 0),
                         least(intDiv(d, hop), {{windows:Int64}} - 1) + 1)) AS window_index

@@ -56,7 +56,8 @@ class AssayScheduler:
 
     def tick(self, storage: Storage, registry: Registry, now: datetime | None = None
              ) -> list[AssayResult]:
-        """Run every window that has closed and has no result yet; blocking."""
+        """Run every window that has closed and has no result yet, and re-score the performance
+        windows whose labels changed; returns the results stored. Blocking."""
         now = now or datetime.now(UTC)
         done: list[AssayResult] = []
         for (workspace, name), assay in getattr(registry, "assays", {}).items():
