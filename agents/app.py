@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -38,6 +39,7 @@ from control.kafka import (
 from control.registrar import Registrar
 from control.registry.events import ControlStatus
 from control.registry.state import Registry
+from sinks import label_sink
 from sinks.log_sink import LogSink, LogSinkThread
 from sinks.storage import StorageError
 
@@ -108,11 +110,14 @@ def create_app(settings: Settings) -> faust.App:
         @app.task
         async def sink_logs() -> None:
             LogSinkThread(settings, sink, plane.metrics.sunk).start()
+            # Ground truth from every pipeline's labels topic, by the same storage owner.
+            label_sink.start(settings, sink)
 
     alerts_producer = producer(settings)
     scheduler = AssayScheduler(
         lambda key, value: alerts_producer.produce(settings.topic("alerts"), key=key,
-                                                   value=value))
+                                                   value=value),
+        timedelta(seconds=settings.assay_rescore_s))
 
     def scheduling() -> RegistryFollower | None:
         """The registry follower when this worker runs schedules: with chDB the worker whose

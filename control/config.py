@@ -121,6 +121,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="longest a worker spends on one HTTP request (503 past it)")
     worker_name: str | None = Field(None, description="name in logs and results; default host:pid")
     assay_tick_s: float = Field(10.0, description="how often a worker looks for closed windows")
+    assay_rescore_s: float = Field(
+        60.0, ge=0, description="how often a performance assay's windows still within their "
+        "label wait are scored again as late labels arrive")
     task_tick_s: float = Field(2.0, description="how often a worker looks for task runs to start")
     heartbeat_s: float = Field(
         5.0, description="how often a worker publishes its heartbeat (`inferstream status`)")
@@ -144,6 +147,9 @@ class Settings(BaseSettings):
     log_sink: bool = Field(
         True, description="whether a worker sinks the logs topic into ClickHouse; off, logs are "
         "still published and another worker (or none) sinks them")
+    labels_refresh_s: float = Field(
+        5.0, gt=0, description="how often the worker that sinks logs looks for new pipelines' "
+        "labels topics (it sinks every one of them into the `labels` table)")
 
     @property
     def worker_scheme(self) -> str:
@@ -193,7 +199,7 @@ class Settings(BaseSettings):
         return self.data_dir / "artifacts"
 
     def pipeline_topic(self, workspace: str, pipeline: str, kind: str) -> str:
-        """A pipeline's input, output or dead-letter ("dead") topic."""
+        """A pipeline's input, output, dead-letter ("dead") or ground-truth ("labels") topic."""
         return f"{self.namespace}.{workspace}.{pipeline}.{kind}"
 
     def kafka_config(self) -> dict[str, Any]:

@@ -63,12 +63,13 @@ def platform_topics(settings: Settings) -> dict[str, TopicSpec]:
 
 
 def pipeline_topics(settings: Settings, workspace: str, pipeline: str) -> dict[str, TopicSpec]:
-    """A deployed pipeline's input, output and dead-letter topics."""
+    """A deployed pipeline's input, output, dead-letter and labels (ground truth) topics."""
     many = TopicSpec(settings.pipeline_partitions)
     return {
         settings.pipeline_topic(workspace, pipeline, "input"): many,
         settings.pipeline_topic(workspace, pipeline, "output"): many,
         settings.pipeline_topic(workspace, pipeline, "dead"): TopicSpec(1),
+        settings.pipeline_topic(workspace, pipeline, "labels"): many,
     }
 
 

@@ -7,23 +7,42 @@ statistics come from the statements in `sinks.assay_sql`.
 
 Beyond docs/assays.md: a window without values gets status `no_data` and no score, and the
 statistics (min, max, mean, median, std) skip NaN, which still counts in `count` and bin 0.
+A performance metric (accuracy, ..., mape) scores the window against its labels instead
+(sinks.performance): no baseline and no bins, and `labelled` says how many rows it scored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Any
 
 from control.registry.assay_config import AssayConfig, AssayError
-from sinks import assay_sql
+from sinks import assay_sql, performance
+from sinks.assay_results import (
+    SEVERITY,
+    AssayResult,
+    Baseline,
+    Status,
+    WindowStats,
+    alert_record,
+    last_done,
+    load_results,
+    micros,
+    result_from_row,
+    result_row,
+    save_result,
+    status_of,
+    to_alert,
+)
 from sinks.storage import Storage
 
 __all__ = [
+    "SEVERITY",
     "AssayConfig",
     "AssayError",
     "AssayResult",
     "Baseline",
+    "Status",
     "WindowStats",
     "alert_record",
     "baseline",
@@ -31,112 +50,18 @@ __all__ = [
     "last_done",
     "load_results",
     "preview",
+    "result_from_row",
+    "result_row",
     "run_window",
     "save_result",
     "status_of",
+    "to_alert",
 ]
 
-Status = Literal["ok", "warning", "alert", "no_data"]
-
-
-@dataclass(frozen=True)
-class WindowStats:
-    """count (NaN included) and min, max, mean, median, population std (NaN skipped)."""
-
-    count: int
-    min: float | None = None
-    max: float | None = None
-    mean: float | None = None
-    median: float | None = None
-    std: float | None = None
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """The baseline's edges (k + 1), bin counts and densities (k + 2), and statistics."""
-
-    edges: tuple[float, ...]
-    counts: tuple[int, ...]
-    densities: tuple[float, ...]
-    stats: WindowStats
-
-
-@dataclass(frozen=True)
-class AssayResult:
-    """One window of one assay: what docs/assays.md says each result records."""
-
-    assay_id: str
-    workspace: str
-    pipeline: str
-    model: str
-    io: str
-    field: str
-    field_index: int
-    window_start: datetime
-    window_end: datetime
-    binning: str
-    aggregation: str
-    metric: str
-    score: float | None  # the metric's score, or cumulative with cumulative aggregation
-    status: Status
-    warning_threshold: float | None
-    alert_threshold: float | None
-    psi: float | None
-    sumdiff: float | None
-    maxdiff: float | None
-    maxdiff_bin: int | None
-    cumulative: float | None
-    edges: tuple[float, ...]
-    baseline_counts: tuple[int, ...]
-    baseline_densities: tuple[float, ...]
-    window_counts: tuple[int, ...]
-    window_densities: tuple[float, ...]
-    window: WindowStats
-    baseline: WindowStats
-    computed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-
-def status_of(score: float | None, warning: float | None, alert: float | None) -> Status:
-    """alert if score >= alert threshold, else warning if >= warning threshold, else ok."""
-    if score is None:
-        return "no_data"
-    if alert is not None and score >= alert:
-        return "alert"
-    if warning is not None and score >= warning:
-        return "warning"
-    return "ok"
-
-
-def alert_record(result: AssayResult, actor: str | None = None) -> dict[str, Any] | None:
-    """The AssayAlert record of a window that reached a threshold, else None."""
-    if result.status not in ("warning", "alert") or result.score is None:
-        return None
-    threshold = result.alert_threshold if result.status == "alert" else result.warning_threshold
-    assert threshold is not None
-    return {
-        "time": result.computed_at,
-        "status": result.status,
-        "assay_id": result.assay_id,
-        "actor": actor,
-        "workspace": result.workspace,
-        "pipeline": result.pipeline,
-        "model": result.model,
-        "io": result.io,
-        "field": result.field,
-        "index": result.field_index,
-        "window_start": result.window_start,
-        "window_end": result.window_end,
-        "metric": result.metric,
-        "aggregation": result.aggregation,
-        "score": result.score,
-        "threshold": threshold,
-        "warning_threshold": result.warning_threshold,
-        "alert_threshold": result.alert_threshold,
-    }
-
-
 def baseline(storage: Storage, config: AssayConfig) -> Baseline:
-    """Edges, counts, densities and statistics of the assay's baseline."""
+    """Edges, counts, densities and statistics of the assay's baseline (none: performance)."""
+    if config.performance:
+        return Baseline((), (), (), WindowStats(0))
     if config.baseline_values is not None:
         source, params = assay_sql.GIVEN_VALUES, {"baseline_values": list(config.baseline_values)}
     else:
@@ -207,48 +132,14 @@ def due_windows(
     return starts
 
 
-def save_result(storage: Storage, result: AssayResult) -> None:
-    """Store one result; saving the same window again replaces it (newest computed_at)."""
-    token = f"assay-{result.assay_id}-{result.window_start.isoformat()}-"
-    token += result.computed_at.isoformat()
-    storage.insert("assay_results", [result_row(result)], dedup_token=token)
-
-
-def load_results(
-    storage: Storage,
-    workspace: str,
-    assay_id: str,
-    start: datetime | None = None,
-    end: datetime | None = None,
-) -> list[AssayResult]:
-    """Saved results of one assay, oldest window first, optionally with start in [start, end)."""
-    where = "workspace = {workspace:String} AND assay_id = {assay_id:String}"
-    params: dict[str, Any] = {"workspace": workspace, "assay_id": assay_id}
-    if start is not None:
-        where += " AND window_start >= {lo:DateTime64(6, 'UTC')}"
-        params["lo"] = start
-    if end is not None:
-        where += " AND window_start < {hi:DateTime64(6, 'UTC')}"
-        params["hi"] = end
-    sql = f"SELECT * FROM assay_results FINAL WHERE {where} ORDER BY window_start"
-    return [result_from_row(row) for row in storage.query(sql, params)]
-
-
-def last_done(storage: Storage, workspace: str, assay_id: str) -> datetime | None:
-    """Start of the newest saved window of an assay, or None."""
-    rows = storage.query(
-        "SELECT max(window_start) AS last, count() AS n FROM assay_results "
-        "WHERE workspace = {workspace:String} AND assay_id = {assay_id:String}",
-        {"workspace": workspace, "assay_id": assay_id},
-    )
-    return rows[0]["last"] if rows[0]["n"] else None
-
-
 def _windows(
     storage: Storage, config: AssayConfig, starts: list[datetime], base: Baseline | None
 ) -> list[AssayResult]:
     if not starts:
         return []
+    if config.performance:
+        return _scored(config, starts, performance.score_windows(
+            storage, config, starts, micros(starts[0])))
     base = base or baseline(storage, config)
     step_us = config.step // timedelta(microseconds=1)
     params = _field_params(config, starts[0], starts[-1] + config.width)
@@ -259,7 +150,7 @@ def _windows(
         "width_us": config.width // timedelta(microseconds=1),
         "interval_us": step_us,
         "windows": len(starts),
-        "start_us": _micros(starts[0]),
+        "start_us": micros(starts[0]),
     }
     sql = assay_sql.windows_query(assay_sql.logged_values(config.io))
     found = {row["window_index"]: row for row in storage.query(sql, params)}
@@ -285,7 +176,7 @@ def _windows(
                 aggregation=config.aggregation,
                 metric=config.metric,
                 score=score,
-                status=status_of(score, config.warning_threshold, config.alert_threshold),
+                status=status_of(score, config.warning_threshold, config.alert_threshold),  # drift
                 warning_threshold=config.warning_threshold,
                 alert_threshold=config.alert_threshold,
                 maxdiff_bin=row["maxdiff_bin"] if row else None,
@@ -299,6 +190,28 @@ def _windows(
                 **scores,
             )
         )
+    return results
+
+
+def _scored(config: AssayConfig, starts: list[datetime], found: dict[int, dict[str, Any]]
+            ) -> list[AssayResult]:
+    """Results of a performance assay's windows from its rows (sinks.performance)."""
+    results = []
+    for index, start in enumerate(starts):
+        row = found.get(index)
+        score = row["score"] if row else None
+        results.append(AssayResult(
+            assay_id=config.assay_id, workspace=config.workspace, pipeline=config.pipeline,
+            model=config.model, io=config.io, field=config.field, field_index=config.index,
+            window_start=start, window_end=start + config.width, binning=config.binning,
+            aggregation=config.aggregation, metric=config.metric, score=score,
+            status=status_of(score, config.warning_threshold, config.alert_threshold,
+                             config.lower_is_worse),
+            warning_threshold=config.warning_threshold, alert_threshold=config.alert_threshold,
+            psi=None, sumdiff=None, maxdiff=None, maxdiff_bin=None, cumulative=None, edges=(),
+            baseline_counts=(), baseline_densities=(), window_counts=(), window_densities=(),
+            window=_stats(row) if row else WindowStats(0), baseline=WindowStats(0),
+            labelled=row["labelled"] if row else 0))
     return results
 
 
@@ -319,33 +232,3 @@ def _stats(row: dict[str, Any]) -> WindowStats:
     return WindowStats(row["n"], row["min"], row["max"], row["mean"], row["median"], row["std"])
 
 
-def _micros(moment: datetime) -> int:
-    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-
-
-_STATS = ("count", "min", "max", "mean", "median", "std")
-_TUPLES = ("edges", "baseline_counts", "baseline_densities", "window_counts", "window_densities")
-
-
-def result_row(result: AssayResult) -> dict[str, Any]:
-    row = {
-        name: getattr(result, name)
-        for name in AssayResult.__dataclass_fields__
-        if name not in ("window", "baseline")
-    }
-    for prefix in ("window", "baseline"):
-        stats = getattr(result, prefix)
-        row |= {f"{prefix}_{name}": getattr(stats, name) for name in _STATS}
-    for name in _TUPLES:
-        row[name] = list(row[name])
-    return row
-
-
-def result_from_row(row: dict[str, Any]) -> AssayResult:
-    stats = {
-        prefix: WindowStats(*(row.pop(f"{prefix}_{name}") for name in _STATS))
-        for prefix in ("window", "baseline")
-    }
-    known = AssayResult.__dataclass_fields__  # a column added by a later migration is skipped
-    values = {k: tuple(v) if k in _TUPLES else v for k, v in row.items() if k in known}
-    return AssayResult(**values, **stats)

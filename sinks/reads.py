@@ -18,6 +18,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from control.registry.assay_config import AssayConfig
 from sinks import log_queries
 from sinks.assays import last_done, load_results, preview, result_row
+from sinks.labels import labelled_logs
 from sinks.log_queries import MAX_ROWS, LogFilter, LogPosition
 from sinks.runs import run_by_id, run_logs, runs
 
@@ -74,6 +75,12 @@ class PreviewAssay(Args):
     config: AssayConfig
     start: AwareDatetime
     end: AwareDatetime
+
+
+class LabelledLogs(Args):
+    workspace: str = Name
+    pipeline: str = Name
+    limit: int = Field(100, ge=1, le=MAX_ROWS)
 
 
 class Runs(Args):
@@ -163,6 +170,10 @@ READS: dict[str, Read] = {
         PreviewAssay,
         lambda s, a, t: [result_row(r) for r in preview(s, a.config, a.start, a.end)],
         lambda s, a: a.config.workspace),
+    "labelled_logs": Read(
+        LabelledLogs,
+        lambda s, a, t: labelled_logs(s, a.workspace, a.pipeline, a.limit, t),
+        lambda s, a: a.workspace),
     "runs": Read(Runs, lambda s, a, t: [asdict(r) for r in runs(s, a.workspace, a.task,
                                                                 a.limit)],
                  lambda s, a: a.workspace),

@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from typing import Any, NamedTuple
 
+from sinks.labels import LABELLED_LOGS_VIEW, LABELS
 from sinks.runs import TASK_RUN_LOGS, TASK_RUNS
 from sinks.storage import Storage
 
@@ -213,6 +214,14 @@ SETTINGS non_replicated_deduplication_window = 1000
 """
 
 
+# Performance assays: how many labelled records a result is over (null for drift), and the
+# statuses already published for its window, so a re-scored window alerts once per status.
+ASSAY_RESULTS_LABELLED = (
+    "ALTER TABLE assay_results ADD COLUMN IF NOT EXISTS labelled Nullable(UInt64)",
+    "ALTER TABLE assay_results ADD COLUMN IF NOT EXISTS alerted Array(LowCardinality(String))",
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One numbered step of the schema; its statements must be idempotent."""
@@ -229,6 +238,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "inference logs in blocks", (
         INFERENCE_LOG_BLOCKS, _rename_log_rows,
         INFERENCE_LOGS.replace("inference_logs", LOG_ROWS), INFERENCE_LOGS_VIEW)),
+    Migration(5, "labels and performance assays", (
+        LABELS, LABELLED_LOGS_VIEW, *ASSAY_RESULTS_LABELLED)),
 )
 
 

@@ -245,6 +245,9 @@ def baseline_values(*values: float) -> UnionItem:
     return NAMESPACE + "BaselineValues", {"values": [float(v) for v in values]}
 
 
+PERFORMANCE: UnionItem = ("", {})  # create_assay's baseline of a performance metric: none
+
+
 def create_assay(
     name: str, pipeline: str = "fraud", model: str = "scaler", field: str = "y", *,
     io: str = "output", index: int = 0, baseline: UnionItem | None = None,
@@ -252,15 +255,21 @@ def create_assay(
     first_window_start: datetime | None = None, binning: str = "quantile", bins: int = 5,
     edges: Sequence[float] | None = None, aggregation: str = "density", metric: str = "psi",
     warning: float | None = None, alert: float | None = None, epsilon: float = 0.005,
+    prediction: str = "value", positive_class: float = 1.0, average: str = "class",
+    label_wait_s: int = 7 * 86_400,
 ) -> Action:
-    """An assay of `model`'s `field` in `pipeline`, hourly windows after a baseline hour."""
+    """An assay of `model`'s `field` in `pipeline`, hourly windows after a baseline hour
+    (performance metrics take no baseline: pass `baseline=PERFORMANCE`)."""
     return "CreateAssay", {
         "name": name, "pipeline": pipeline, "model": model, "io": io, "field": field,
-        "index": index, "baseline": baseline or baseline_range(), "width_s": width_s,
+        "index": index, "baseline": None if baseline is PERFORMANCE else (
+            baseline or baseline_range()), "width_s": width_s,
         "interval_s": interval_s, "first_window_start": first_window_start,
         "binning": binning, "bins": bins, "edges": None if edges is None else list(edges),
         "aggregation": aggregation, "metric": metric, "warning_threshold": warning,
-        "alert_threshold": alert, "epsilon": epsilon,
+        "alert_threshold": alert, "epsilon": epsilon, "prediction": prediction,
+        "decision_threshold": 0.5, "positive_class": positive_class, "average": average,
+        "label_wait_s": label_wait_s,
     }
 
 

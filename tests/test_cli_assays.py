@@ -22,6 +22,7 @@ from control.client import Client
 from control.config import Settings
 from sinks.access import LocalReader, open_reader
 from sinks.assays import run_window, save_result
+from sinks.labels import Label, label_row
 from sinks.log_queries import LogFilter
 from sinks.reads import CountLogs
 from sinks.storage import ChdbStorage, Storage
@@ -287,3 +288,36 @@ def test_logs_export(cli, storage: Storage, tmp_path: Path) -> None:
     assert pq.read_table(whole).num_rows == 7
     assert "name a file ending in .csv, .jsonl, .parquet" in cli(
         "logs", "payments", "--export", str(tmp_path / "logs.txt"), ok=False)
+
+
+def test_performance_assay_through_the_cli(cli, settings: Settings, storage: Storage,
+                                           tmp_path: Path) -> None:
+    """An accuracy assay (lower is worse) created, previewed, stored and plotted by the CLI;
+    its labels sit in the labels table, as the label sink stores them."""
+    register_pipeline(cli, settings)
+    log_values(storage, T1, [0.9, 0.8, 0.2, 0.7, 0.1])  # record ids 0100-0 ... 0100-4
+    storage.insert("labels", [label_row(Label(f"0100-{i}", y, T1), "fraud", "scoring",
+                                        "l", 0, i) for i, y in enumerate([1, 1, 1, 0])])
+    created = json.loads(cli(
+        "assays", "create", "acc", "--pipeline", "scoring", "--model", "clf", "--output",
+        "score", "--index", "1", "--metric", "accuracy", "--prediction", "threshold",
+        "--start", T1.isoformat(), "--width", "1h", "--warning", "0.9", "--alert", "0.6",
+        "--label-wait", "2d", "--json"))
+    assert created["config"]["baseline_values"] is None
+    [listed] = json.loads(cli("assays", "list", "--json"))
+    assert (listed["config"]["metric"], listed["config"]["label_wait"]) == ("accuracy", 172800)
+    [window] = json.loads(cli("assays", "preview", "acc", "--from", T1.isoformat(), "--to",
+                              (T1 + HOUR).isoformat(), "--json"))["results"]
+    assert (window["score"], window["labelled"], window["status"]) == (0.5, 4, "alert")
+    assert "warning threshold 0.5 is below alert threshold 0.6" in cli(
+        "assays", "create", "bad", "--pipeline", "scoring", "--model", "clf", "--output",
+        "score", "--metric", "f1", "--start", T1.isoformat(), "--warning", "0.5", "--alert",
+        "0.6", ok=False)
+
+    with Client(settings, user="ann", workspace="fraud") as client:
+        save_result(storage, run_window(storage, client.assay_config("acc"), T1))
+    table = cli("assays", "results", "acc")
+    assert "0.500000" in table and "alert" in table
+    plot = tmp_path / "acc.png"
+    cli("assays", "results", "acc", "--plot", str(plot))
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import builtins
+import io
+import json
 import socket
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import fastavro
 import pytest
 from registry_events import (
+    ADMIN,
     CLASSIFIER,
     OTHER,
+    PERFORMANCE,
     SCALER,
     T0,
     baseline_range,
@@ -34,8 +40,10 @@ from registry_events import (
 
 from control.registry.assay_config import AssayConfig
 from control.registry.assays import assay_payload, config_of
+from control.registry.events import NAMESPACE, ControlEvent
 from control.registry.fold import apply, fold, result_of
 from control.registry.state import Registry
+from schemas.codec import HISTORY_DIR, MARKER
 
 HOUR = timedelta(hours=1)
 SCALER_V2 = upload_model(  # adds output z, and is only in the pipeline's second version
@@ -280,3 +288,58 @@ def test_replay_skips_rejected_assay_events(platform: Registry) -> None:
     state = fold(events, platform)
     assert list(state.assays) == [("ws", "drift")]
     assert not state.assays[("ws", "drift")].active
+
+
+# -- performance assays ----------------------------------------------------------------------
+
+# The envelope as it was before performance metrics (CreateAssay without their fields, its
+# baseline without null, its metric enum of three), frozen in schemas/history.
+BEFORE_PERFORMANCE = "inferstream.control.ControlEvent.1556749a4fd41613.avsc"
+
+
+def test_a_create_assay_written_before_performance_metrics_folds_as_it_did(
+        platform: Registry) -> None:
+    """The old bytes decode with the new fields at their defaults, which mean what the old
+    event meant: the same drift assay."""
+    old = json.loads((HISTORY_DIR / BEFORE_PERFORMANCE).read_text())
+    _, payload = create_assay("drift", warning=0.1, alert=0.25)
+    payload = {k: v for k, v in payload.items() if k not in (
+        "prediction", "decision_threshold", "positive_class", "average", "label_wait_s")}
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(old), {
+        "event_id": "e-old", "time": T0, "actor": ADMIN, "workspace": "ws",
+        "payload": (NAMESPACE + "CreateAssay", payload), "signature": None})
+    data = MARKER + bytes.fromhex(BEFORE_PERFORMANCE.split(".")[3]) + body.getvalue()
+
+    old_event = ControlEvent.from_bytes(data)
+    now = event(create_assay("drift", warning=0.1, alert=0.25))
+
+    assert old_event.payload["label_wait_s"] == 7 * 86_400
+    old_config = apply(platform, old_event).assays[("ws", "drift")].config
+    new_config = apply(platform, now).assays[("ws", "drift")].config
+    assert replace(old_config, assay_id="x") == replace(new_config, assay_id="x")
+    assert (old_config.metric, old_config.performance, old_config.lower_is_worse) == (
+        "psi", False, False)
+
+
+def test_create_a_performance_assay(platform: Registry) -> None:
+    action = create_assay("acc", model="classifier", field="label", baseline=PERFORMANCE,
+                          first_window_start=T0, metric="f1", average="macro",
+                          prediction="argmax", label_wait_s=86_400, warning=0.9, alert=0.8)
+    c = apply(platform, event(action)).assays[("ws", "acc")].config
+    assert (c.metric, c.average, c.prediction, c.label_wait) == (
+        "f1", "macro", "argmax", timedelta(days=1))
+    assert (c.baseline_start, c.baseline_values, c.performance, c.lower_is_worse) == (
+        None, None, True, True)
+    assert config_of("ws", c.assay_id, assay_payload("acc", c)) == c
+
+    reject(platform, event(create_assay("b", model="classifier", field="label",
+                                        metric="accuracy", warning=0.8, alert=0.9,
+                                        baseline=PERFORMANCE, first_window_start=T0)),
+           "warning threshold 0.8 is below alert threshold 0.9")
+    reject(platform, event(create_assay("c", model="classifier", field="label",
+                                        metric="mae")),
+           "takes no baseline")
+    reject(platform, event(create_assay("d", model="classifier", field="label",
+                                        metric="rmse", baseline=PERFORMANCE)),
+           "first_window_start is missing")

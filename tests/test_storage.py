@@ -95,7 +95,7 @@ def test_migrations_are_applied_once(storage: Storage) -> None:
     )
     assert [t["name"] for t in tables] == [
         "assay_results", "inference_log_blocks", "inference_log_rows", "inference_logs",
-        "schema_version", "task_run_logs", "task_runs"]
+        "labelled_logs", "labels", "schema_version", "task_run_logs", "task_runs"]
 
 
 def test_logs_stored_before_the_blocks_stay_readable(storage: Storage) -> None:
@@ -108,7 +108,7 @@ def test_logs_stored_before_the_blocks_stay_readable(storage: Storage) -> None:
                                            "applied_at": T0}])
     records, positions = batch(3)
     storage.insert("inference_logs", log_rows(records, positions))
-    assert migrate(storage) == [4]
+    assert migrate(storage) == [4, 5]
     engines = {t["name"]: t["engine"] for t in storage.query(
         "SELECT name, engine FROM system.tables WHERE database = currentDatabase()")}
     assert engines["inference_logs"] == "View"

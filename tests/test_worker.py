@@ -14,8 +14,11 @@ import pytest
 from agents.records.formats import avro_input
 from agents.runtimes import load_model
 from control.kafka import producer, read_until_end
+from schemas.codec import codec
 from schemas.errors import Rejected
+from sinks.access import RemoteReader
 from sinks.log_batches import decode_logs
+from sinks.reads import LabelledLogs
 from tests.helpers import wait_until
 from tests.worker_platform import Platform, json_records, rows, serving
 
@@ -252,3 +255,33 @@ def test_records_for_an_undeployed_pipeline_wait_for_the_next_deploy(
     # Counted records, not end offsets: a transaction's commit marker takes an offset too.
     wait_until(lambda: len(list(read_until_end(platform.settings, output))) - before == 5, 60,
                "the waiting records served")
+
+
+def test_labels_reach_clickhouse_and_join_the_logs(platform: Platform) -> None:
+    """Labels published to a pipeline's labels topic, as JSON and as Avro, are stored by the
+    worker's label sink and joined to the inference logs; a text label is dead-lettered."""
+    platform.pipeline("truth", [{"model": "clf", "version": 1}])
+    platform.deploy("truth")
+    records = json_records(5, start=100)
+    assert all(r.ok for r in platform.client.infer("truth", records))
+    s = platform.settings
+    topic = s.pipeline_topic("lab", "truth", "labels")
+    p = producer(s)
+    for i in range(3):  # JSON, the id in the value and the key
+        p.produce(topic, key=f"r{100 + i}".encode(),
+                  value=json.dumps({"id": f"r{100 + i}", "label": i % 2}).encode())
+    p.produce(topic, key=b"r100", value=b'{"id": "r100", "label": "setosa"}')
+    p.flush(10)
+    assert platform.client.send_labels("truth", {"r103": 2, "r104": 2}) == 2  # as Avro Labels
+
+    reader = RemoteReader(platform.workers[0].url)  # the worker owns the chDB folder
+    args = LabelledLogs(workspace="lab", pipeline="truth")
+    joined = wait_until(lambda: len(rows := reader.read("labelled_logs", args)) == 5 and rows,
+                        60, "five labelled logs")
+    assert sorted((r["record_id"], r["label"]) for r in joined) == [
+        ("r100", 0.0), ("r101", 1.0), ("r102", 0.0), ("r103", 2.0), ("r104", 2.0)]
+    assert all(r["model"] == "clf" and r["outputs"] for r in joined)
+    letters = wait_until(lambda: [codec("DeadLetter").decode(m.value()) for m in read_until_end(
+        s, s.pipeline_topic("lab", "truth", "dead"))], 30, "a dead-lettered label")
+    assert letters[0]["original"] == b'{"id": "r100", "label": "setosa"}'
+    assert "label 'setosa' is text" in letters[0]["reason"] and letters[0]["topic"] == topic

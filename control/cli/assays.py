@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
@@ -24,12 +24,14 @@ from control.cli.base import (
     when,
 )
 from control.registry.assay_config import AssayConfig
+from control.registry.assay_config import Metric as MetricName
 from control.registry.state import Assay
 from schemas.errors import InferstreamError
 from sinks.assays import AssayResult
 
 assays = typer.Typer(
-    help="Watch a model's inputs or outputs for drift: assays and their results.",
+    help="Watch a model's inputs or outputs for drift, or its predictions against their "
+    "labels: assays and their results.",
     no_args_is_help=True,
 )
 
@@ -45,10 +47,18 @@ class Aggregation(StrEnum):
     cumulative = "cumulative"
 
 
-class Metric(StrEnum):
-    psi = "psi"
-    sumdiff = "sumdiff"
-    maxdiff = "maxdiff"
+Metric = StrEnum("Metric", {m: m for m in get_args(MetricName)})  # type: ignore[misc]
+
+
+class Prediction(StrEnum):
+    value = "value"
+    threshold = "threshold"
+    argmax = "argmax"
+
+
+class Average(StrEnum):
+    class_ = "class"
+    macro = "macro"
 
 
 def _time(name: str, help: str) -> Any:
@@ -86,9 +96,29 @@ Edges = Annotated[list[str] | None, typer.Option(
     help="Provided binning: k+1 edges (or k), comma separated or repeated")]
 AggregationFlag = Annotated[Aggregation | None, typer.Option(
     help="cumulative: score the cumulative densities (default: density)")]
-MetricFlag = Annotated[Metric | None, typer.Option(help="Score (default: psi)")]
-WarningFlag = Annotated[float | None, typer.Option(help="Warn when the score reaches this")]
-AlertFlag = Annotated[float | None, typer.Option(help="Alert when the score reaches this")]
+MetricFlag = Annotated[Metric | None, typer.Option(  # type: ignore[valid-type]
+    help="Score (default: psi). Drift: psi, sumdiff, maxdiff. Against labels (no baseline): "
+    "accuracy, precision, recall, f1, log_loss, roc_auc; mae, rmse, mape")]
+WarningFlag = Annotated[float | None, typer.Option(
+    help="Warn when the score reaches this (falls to it for accuracy, precision, recall, f1, "
+    "roc_auc)")]
+AlertFlag = Annotated[float | None, typer.Option(
+    help="Alert when the score reaches this (falls to it, as for --warning)")]
+PredictionFlag = Annotated[Prediction | None, typer.Option(
+    help="Classification metrics: the predicted class is the element (value), element >= "
+    "--decision-threshold (threshold), or the field's argmax (default: value)")]
+DecisionThreshold = Annotated[float | None, typer.Option(
+    help="With --prediction threshold: the positive-class probability that predicts 1 "
+    "(default: 0.5)")]
+PositiveClass = Annotated[float | None, typer.Option(
+    help="The class precision, recall and f1 score, and the positive label of log_loss and "
+    "roc_auc (default: 1)")]
+AverageFlag = Annotated[Average | None, typer.Option(
+    help="precision, recall, f1: of --positive-class (class) or the mean over classes "
+    "(macro) (default: class)")]
+LabelWait = Annotated[timedelta | None, _duration(
+    "Performance metrics: score a window again as labels arrive, until this long after it "
+    "closed (default: 7d)")]
 Epsilon = Annotated[float | None, typer.Option(
     help="Stands for a zero density in psi (default: 0.005)")]
 FromFlag = Annotated[datetime | None, _time("--from", "Windows starting at or after TIME")]
@@ -145,9 +175,12 @@ def assays_create(
     baseline_values: BaselineValues = None, width: Width = None, interval: Interval = None,
     start: Start = None, binning: BinningFlag = None, bins: Bins = None, edges: Edges = None,
     aggregation: AggregationFlag = None, metric: MetricFlag = None, warning: WarningFlag = None,
-    alert: AlertFlag = None, epsilon: Epsilon = None, json_out: JsonFlag = False,
+    alert: AlertFlag = None, epsilon: Epsilon = None, prediction: PredictionFlag = None,
+    decision_threshold: DecisionThreshold = None, positive_class: PositiveClass = None,
+    average: AverageFlag = None, label_wait: LabelWait = None, json_out: JsonFlag = False,
 ) -> None:
-    """Create an assay: it scores each window of a model's input or output against a baseline."""
+    """Create an assay: it scores each window of a model's input or output against a baseline
+    (drift), or the window's predictions against their labels (performance)."""
     options = _options(dict(locals()))
     missing = [flag for flag, key in [("--pipeline", "pipeline"), ("--model", "model"),
                                       ("--output or --input", "field")] if key not in options]
@@ -194,8 +227,10 @@ def assays_preview(
     width: Width = None, interval: Interval = None, start: Start = None,
     binning: BinningFlag = None, bins: Bins = None, edges: Edges = None,
     aggregation: AggregationFlag = None, metric: MetricFlag = None, warning: WarningFlag = None,
-    alert: AlertFlag = None, epsilon: Epsilon = None, plot: Plot = None, window_at: Window = None,
-    json_out: JsonFlag = False,
+    alert: AlertFlag = None, epsilon: Epsilon = None, prediction: PredictionFlag = None,
+    decision_threshold: DecisionThreshold = None, positive_class: PositiveClass = None,
+    average: AverageFlag = None, label_wait: LabelWait = None, plot: Plot = None,
+    window_at: Window = None, json_out: JsonFlag = False,
 ) -> None:
     """Run an assay over a past range without saving anything: NAME, or the flags of create."""
     options = _options(dict(locals()))
@@ -259,9 +294,11 @@ def _report(results: list[AssayResult], title: str, json_out: bool, plot: Path |
     else:
         metric = "cumulative" if results[0].aggregation == "cumulative" else results[0].metric
         out.print(rows_table(
-            f"{title}: {metric}", ["window start", "window end", "values", "score", "status"],
-            [(when(r.window_start), when(r.window_end), r.window.count, _num(r.score),
-              r.status) for r in results]))
+            f"{title}: {metric}",
+            ["window start", "window end", "values", "labelled", "score", "status"],
+            [(when(r.window_start), when(r.window_end), r.window.count,
+              "-" if r.labelled is None else r.labelled, _num(r.score), r.status)
+             for r in results]))
     if drawn is not None:
         out.print(f"plot written to {drawn}", highlight=False, soft_wrap=True)
 
@@ -279,6 +316,8 @@ def _what(c: AssayConfig) -> str:
 
 
 def _baseline(c: AssayConfig) -> str:
+    if c.performance:
+        return f"labels, re-scored for {format_duration(c.label_wait)}"
     if c.baseline_values is not None:
         return f"{len(c.baseline_values)} given values"
     assert c.baseline_start is not None and c.baseline_end is not None
@@ -291,6 +330,8 @@ def _windows(c: AssayConfig) -> str:
 
 
 def _scoring(c: AssayConfig) -> str:
+    if c.performance:
+        return f"{c.metric} ({'lower' if c.lower_is_worse else 'higher'} is worse)"
     bins = f"{c.binning} {c.bins}" + (f" {list(c.edges)}" if c.edges else "")
     score = "cumulative" if c.aggregation == "cumulative" else c.metric
     return f"{score}, {bins} bins"

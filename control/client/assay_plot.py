@@ -1,4 +1,5 @@
-"""A picture of an assay's results: score over time with its thresholds, and one window's bins.
+"""A picture of an assay's results: score over time with its thresholds, and one window's bins
+(for a performance assay, which has no bins: the labelled records of each window).
 
 Drawn with matplotlib's Agg backend (no display needed), through a Figure of its own
 rather than pyplot, so nothing global is touched.
@@ -10,11 +11,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
-from control.registry.assay_config import bin_labels
+from control.registry.assay_config import DRIFT_METRICS, bin_labels
 from schemas.errors import InferstreamError
 from sinks.assays import AssayResult
 
@@ -57,7 +59,8 @@ def plot_results(results: Sequence[AssayResult], path: Path, title: str,
             score_axes.axhline(value, color=colour, linestyle="--", label=f"{name} {value:g}")
     score_axes.axvline(chosen.window_start, color="gray", linestyle=":",
                        label=f"window {chosen.window_start:%Y-%m-%d %H:%M}")
-    score_axes.set_title(f"{title}: {metric} per window")
+    worse = " (lower is worse)" if chosen.lower_is_worse else ""
+    score_axes.set_title(f"{title}: {metric} per window{worse}")
     score_axes.set_ylabel(metric)
     score_axes.set_xlabel("window start (UTC)")
     score_axes.legend(loc="best")
@@ -65,6 +68,31 @@ def plot_results(results: Sequence[AssayResult], path: Path, title: str,
     score_axes.xaxis.set_major_locator(locator)
     score_axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
 
+    if chosen.metric not in DRIFT_METRICS:
+        _labelled(bins_axes, results, chosen)
+    else:
+        _bins(bins_axes, chosen, metric)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100)
+    return path
+
+
+def _labelled(axes: Axes, results: Sequence[AssayResult], chosen: AssayResult) -> None:
+    """How many labelled records each window's score is over, the chosen one marked."""
+    axes.bar([r.window_start for r in results], [r.labelled or 0 for r in results],
+             width=(chosen.window_end - chosen.window_start) * 0.8, align="edge",
+             color=[STATUS_COLOURS[r.status] for r in results])
+    axes.axvline(chosen.window_start, color="gray", linestyle=":")
+    score = "no data" if chosen.score is None else f"{chosen.metric} {chosen.score:.6f}"
+    axes.set_title(f"labelled records per window; window {chosen.window_start:%Y-%m-%d %H:%M}: "
+                   f"{chosen.labelled or 0} of {chosen.window.count}, {score}, {chosen.status}")
+    axes.set_ylabel("labelled records")
+    locator = AutoDateLocator()
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+
+def _bins(bins_axes: Axes, chosen: AssayResult, metric: str) -> None:
     labels = bin_labels(chosen.edges)
     places = range(len(labels))
     bins_axes.bar([i - 0.2 for i in places], chosen.baseline_densities, width=0.4,
@@ -78,7 +106,3 @@ def plot_results(results: Sequence[AssayResult], path: Path, title: str,
         f"({chosen.window.count} values): {score}, {chosen.status}")
     bins_axes.set_ylabel("density")
     bins_axes.legend()
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100)
-    return path

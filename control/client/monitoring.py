@@ -8,7 +8,7 @@ owns it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from control.registry.assay_config import AssayConfig
 from control.registry.assays import assay_payload
 from control.registry.state import Assay, Registry
+from schemas.codec import codec
 from schemas.errors import InferstreamError, Rejected
 from sinks import reads
 from sinks.access import Credential, Reader, log_pages, open_reader
@@ -24,6 +25,8 @@ from sinks.log_queries import LogFilter
 from sinks.storage import StorageError
 
 if TYPE_CHECKING:
+    from confluent_kafka import Producer
+
     from control.config import Settings
     from control.registry.events import ControlStatus
 
@@ -40,6 +43,28 @@ class Monitoring:
         def registry(self) -> Registry: ...
         def send(self, type: str, payload: Mapping[str, Any], *,
                  workspace: str | None = None) -> ControlStatus: ...
+        def _get_producer(self) -> Producer: ...
+
+    # -- ground truth ------------------------------------------------------------------------
+
+    def send_labels(self, pipeline: str, labels: Mapping[str, float] | Iterable[
+                        tuple[str, float, datetime | None]], *,
+                    workspace: str | None = None) -> int:
+        """Publish ground truth to the pipeline's labels topic: {record id: label}, or
+        (record id, label, time or None) tuples; returns how many. Labels are numbers (class
+        indexes, or regression targets); a later time replaces an earlier label."""
+        items = ([(rid, label, None) for rid, label in labels.items()]
+                 if isinstance(labels, Mapping) else list(labels))
+        topic = self.settings.pipeline_topic(self._ws(workspace), pipeline, "labels")
+        p = self._get_producer()
+        label = codec("Label")
+        for rid, value, when in items:
+            p.produce(topic, key=str(rid).encode(),
+                      value=label.encode({"id": str(rid), "label": float(value), "time": when}))
+        if p.flush(30):
+            raise InferstreamError(f"labels to {topic} not delivered within 30 s: is the "
+                                   "broker reachable?")
+        return len(items)
 
     # -- assays: control events ------------------------------------------------------------
 
@@ -125,6 +150,13 @@ class Monitoring:
         where = self._log_filter(pipeline, start, end, pipeline_version, model, only_failures,
                                  workspace)
         return self._read("logs", reads.Logs(where=where, limit=limit))
+
+    def labelled_logs(self, pipeline: str, limit: int = 100, *,
+                      workspace: str | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` inference logs of a pipeline that have a ground-truth label,
+        with it (label, label_time), oldest first."""
+        return self._read("labelled_logs", reads.LabelledLogs(
+            workspace=self._readable(workspace)[0], pipeline=pipeline, limit=limit))
 
     def count_logs(self, pipeline: str, start: datetime | None = None,
                    end: datetime | None = None, *, pipeline_version: int | None = None,

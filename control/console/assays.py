@@ -80,9 +80,11 @@ def chart_data(assay: Assay, found: list[AssayResult]) -> dict[str, Any]:
         "assay": assay.name, "workspace": assay.workspace,
         "metric": "cumulative" if config.aggregation == "cumulative" else config.metric,
         "warning": config.warning_threshold, "alert": config.alert_threshold,
+        "lower_is_worse": config.lower_is_worse,
         "windows": [{
             "start": r.window_start.timestamp(), "end": r.window_end.timestamp(),
             "score": r.score, "status": r.status, "count": r.window.count,
+            "labelled": r.labelled,
             "labels": bin_labels(r.edges), "baseline": list(r.baseline_densities),
             "window": list(r.window_densities)} for r in found],
     }

@@ -10,8 +10,9 @@ against a broker with SASL/SCRAM and the StandardAuthorizer (tests/test_sasl.py)
   operator's event;
 - operators: write `<ns>.control` and `<ns>.artifacts`, read those, `<ns>.control.status`
   and `<ns>.workers` (heartbeats), and see (describe, not read) the other topics;
-- producers and consumers of a pipeline: one input topic to write, or the output and
-  dead-letter topics to read — per pipeline, since Kafka's prefixes cannot name a suffix.
+- producers and consumers of a pipeline: its input and labels (ground truth) topics to
+  write, or the output and dead-letter topics to read — per pipeline, since Kafka's
+  prefixes cannot name a suffix.
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ def platform_acls(namespace: str, operator: str, worker: str) -> list[list[str]]
 
 def pipeline_acls(namespace: str, workspace: str, pipeline: str, producer: str,
                   consumer: str, consumer_group: str) -> list[list[str]]:
-    """Who may feed one pipeline, and who may read its results and dead letters."""
+    """Who may feed one pipeline (records and their labels), and who may read its results and
+    dead letters."""
     topic = f"{namespace}.{workspace}.{pipeline}"
     return [
         ["--add", "--allow-principal", f"User:{producer}", *_ops("Write", "Describe"),
-         "--topic", f"{topic}.input"],
+         "--topic", f"{topic}.input", "--topic", f"{topic}.labels"],
         ["--add", "--allow-principal", f"User:{consumer}", *_ops("Read", "Describe"),
          "--topic", f"{topic}.output", "--topic", f"{topic}.dead", "--group", consumer_group],
     ]

@@ -1,5 +1,9 @@
 """What an assay is: the monitored field, the baseline, the windows, binning and scores.
 
+A drift metric (psi, sumdiff, maxdiff) scores a window's distribution against a baseline; a
+performance metric scores the window's predictions against their ground-truth labels and
+takes no baseline (docs/assays.md).
+
 `AssayConfig` validates itself, so a definition that cannot work fails when it is made,
 with what is wrong and the offending value, not when its first window runs.
 """
@@ -7,7 +11,7 @@ with what is wrong and the offending value, not when its first window runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, get_args
@@ -17,13 +21,26 @@ from schemas.errors import InferstreamError
 IO = Literal["input", "output"]
 Binning = Literal["quantile", "equal", "provided"]
 Aggregation = Literal["density", "cumulative"]
-Metric = Literal["psi", "sumdiff", "maxdiff"]
+Metric = Literal["psi", "sumdiff", "maxdiff", "accuracy", "precision", "recall", "f1",
+                 "log_loss", "roc_auc", "mae", "rmse", "mape"]
+Prediction = Literal["value", "threshold", "argmax"]
+Average = Literal["class", "macro"]
+
+DRIFT_METRICS = frozenset({"psi", "sumdiff", "maxdiff"})
+CLASS_METRICS = frozenset({"accuracy", "precision", "recall", "f1"})  # of predicted classes
+PROBABILITY_METRICS = frozenset({"log_loss", "roc_auc"})  # of positive-class probabilities
+REGRESSION_METRICS = frozenset({"mae", "rmse", "mape"})
+# A score that falls as the model gets worse: its thresholds are reached from above.
+LOWER_IS_WORSE = frozenset({"accuracy", "precision", "recall", "f1", "roc_auc"})
+LABEL_WAIT = timedelta(days=7)
 
 _CHOICES = {
     "io": get_args(IO),
     "binning": get_args(Binning),
     "aggregation": get_args(Aggregation),
     "metric": get_args(Metric),
+    "prediction": get_args(Prediction),
+    "average": get_args(Average),
 }
 MAX_BINS = 1000
 
@@ -57,6 +74,13 @@ class AssayConfig:
     warning_threshold: float | None = None
     alert_threshold: float | None = None
     epsilon: float = 0.005  # replaces a zero density in the psi term
+    # Performance metrics: how a prediction becomes a class, which class is scored, and how
+    # long after a window closes it is scored again as labels arrive.
+    prediction: Prediction = "value"
+    decision_threshold: float = 0.5
+    positive_class: float = 1.0
+    average: Average = "class"
+    label_wait: timedelta = LABEL_WAIT
 
     def __post_init__(self) -> None:
         if self.interval is None:
@@ -74,6 +98,16 @@ class AssayConfig:
         """How far each window starts after the last (the interval, never None)."""
         assert self.interval is not None
         return self.interval
+
+    @property
+    def performance(self) -> bool:
+        """Whether the metric scores predictions against labels (no baseline, no bins)."""
+        return self.metric not in DRIFT_METRICS
+
+    @property
+    def lower_is_worse(self) -> bool:
+        """Whether a lower score is worse (accuracy...): thresholds are reached from above."""
+        return self.metric in LOWER_IS_WORSE
 
     @property
     def start(self) -> datetime:
@@ -99,24 +133,29 @@ def _validate(c: AssayConfig) -> None:
         if moment is not None and moment.utcoffset() is None:
             fail(f"{name} {moment} has no timezone; give it in UTC")
     ranged = c.baseline_start is not None or c.baseline_end is not None
-    if ranged == (c.baseline_values is not None):
+    if c.performance:
+        _validate_performance(c, fail, ranged or c.baseline_values is not None)
+    elif ranged == (c.baseline_values is not None):
         fail("give the baseline either as a time range (start and end) or as values, not both")
     if ranged:
         if c.baseline_start is None or c.baseline_end is None:
             fail("a baseline time range needs both a start and an end")
         elif c.baseline_start >= c.baseline_end:
             fail(f"baseline start {c.baseline_start} is not before its end {c.baseline_end}")
-    elif not c.baseline_values:
+    elif not c.baseline_values and not c.performance:
         fail("the baseline values are empty; give at least one value")
     if c.first_window_start is None:
-        fail("first_window_start is missing; it is needed when the baseline is given as values")
+        fail("first_window_start is missing; it is needed when the baseline is given as values"
+             " and for a performance metric")
     if c.width <= timedelta(0) or c.step <= timedelta(0):
         fail(f"window width {c.width} and interval {c.interval} must be positive")
     if c.width % timedelta(microseconds=1) or c.step % timedelta(microseconds=1):
         fail("window width and interval must be whole microseconds")
     if not 1 <= c.bins <= MAX_BINS:
         fail(f"bins {c.bins} is outside 1..{MAX_BINS}")
-    if c.binning == "provided":
+    if c.performance:
+        pass  # no bins: binning, bins and edges keep their defaults and mean nothing
+    elif c.binning == "provided":
         if c.edges is None or len(c.edges) not in (c.bins, c.bins + 1):
             given = "no edges" if c.edges is None else f"{len(c.edges)} edges"
             fail(
@@ -132,10 +171,36 @@ def _validate(c: AssayConfig) -> None:
         if value is not None and not value >= 0:
             fail(f"{name} {value} must be a number >= 0")
     w, a = c.warning_threshold, c.alert_threshold
-    if w is not None and a is not None and w > a:
+    if w is not None and a is not None and c.lower_is_worse and w < a:
+        fail(f"warning threshold {w} is below alert threshold {a}; a lower {c.metric} is "
+             "worse, so the warning comes first, above the alert")
+    elif w is not None and a is not None and not c.lower_is_worse and w > a:
         fail(f"warning threshold {w} is above alert threshold {a}")
     if not 0 < c.epsilon < 1:
         fail(f"epsilon {c.epsilon} must be between 0 and 1")
+
+
+def _validate_performance(c: AssayConfig, fail: Callable[[str], None], baseline: bool) -> None:
+    if baseline:
+        fail(f"metric {c.metric!r} scores predictions against their labels and takes no "
+             "baseline; leave the baseline out, or pick a drift metric (psi, sumdiff, maxdiff)")
+    if c.aggregation != "density":
+        fail(f"aggregation {c.aggregation!r} is for drift metrics; leave it out for {c.metric!r}")
+    if c.metric in PROBABILITY_METRICS and c.prediction == "threshold":
+        fail(f"{c.metric} scores the probability itself; prediction 'threshold' is for "
+             "accuracy, precision, recall and f1")
+    if c.metric == "roc_auc" and c.prediction == "argmax":
+        fail("roc_auc is binary here: monitor the positive-class probability (prediction "
+             "'value'), not the argmax of the field")
+    if c.metric in REGRESSION_METRICS and c.prediction != "value":
+        fail(f"{c.metric} compares the predicted value with the label; prediction "
+             f"{c.prediction!r} is for classifiers")
+    if not 0 <= c.decision_threshold <= 1:
+        fail(f"decision threshold {c.decision_threshold} must be a probability in [0, 1]")
+    if not math.isfinite(c.positive_class):
+        fail(f"positive class {c.positive_class} must be a finite number (a class index)")
+    if c.label_wait < timedelta(0) or c.label_wait % timedelta(seconds=1):
+        fail(f"label wait {c.label_wait} must be a whole number of seconds >= 0")
 
 
 def bin_labels(edges: Sequence[float]) -> list[str]:

@@ -28,8 +28,11 @@ Handler = Callable[[Registry, ControlEvent, Mapping[str, Any]], Registry]
 
 def assay_payload(name: str, config: AssayConfig) -> dict[str, Any]:
     """The CreateAssay payload that makes an assay `name` of `config` (its id is ignored)."""
+    baseline: tuple[str, dict[str, Any]] | None
     if config.baseline_values is not None:
         baseline = (NAMESPACE + "BaselineValues", {"values": list(config.baseline_values)})
+    elif config.baseline_start is None and config.baseline_end is None:
+        baseline = None  # a performance metric: predictions against labels
     else:
         baseline = (NAMESPACE + "BaselineRange",
                     {"start": config.baseline_start, "end": config.baseline_end})
@@ -43,19 +46,24 @@ def assay_payload(name: str, config: AssayConfig) -> dict[str, Any]:
         "aggregation": config.aggregation, "metric": config.metric,
         "warning_threshold": config.warning_threshold,
         "alert_threshold": config.alert_threshold, "epsilon": config.epsilon,
+        "prediction": config.prediction, "decision_threshold": config.decision_threshold,
+        "positive_class": config.positive_class, "average": config.average,
+        "label_wait_s": _whole_seconds(config.label_wait, "label wait"),
     }
 
 
 def config_of(workspace: str, assay_id: str, p: Mapping[str, Any]) -> AssayConfig:
     """The AssayConfig a CreateAssay payload describes; AssayError says what cannot work."""
-    kind, baseline = p["baseline"]
+    # A CreateAssay written before performance metrics has a baseline and none of their
+    # fields: the defaults below are what it always meant.
+    kind, baseline = p["baseline"] or ("", None)
     ranged = kind.rsplit(".", 1)[-1] == "BaselineRange"
     return AssayConfig(
         assay_id=assay_id, workspace=workspace, pipeline=p["pipeline"], model=p["model"],
         field=p["field"], index=p["index"], io=p["io"],
         baseline_start=baseline["start"] if ranged else None,
         baseline_end=baseline["end"] if ranged else None,
-        baseline_values=None if ranged else tuple(baseline["values"]),
+        baseline_values=None if ranged or baseline is None else tuple(baseline["values"]),
         width=_seconds(assay_id, "window width", p["width_s"]),
         interval=None if p["interval_s"] is None else _seconds(
             assay_id, "window interval", p["interval_s"]),
@@ -63,7 +71,10 @@ def config_of(workspace: str, assay_id: str, p: Mapping[str, Any]) -> AssayConfi
         edges=None if p["edges"] is None else tuple(p["edges"]),
         aggregation=p["aggregation"], metric=p["metric"],
         warning_threshold=p["warning_threshold"], alert_threshold=p["alert_threshold"],
-        epsilon=p["epsilon"],
+        epsilon=p["epsilon"], prediction=p.get("prediction", "value"),
+        decision_threshold=p.get("decision_threshold", 0.5),
+        positive_class=p.get("positive_class", 1.0), average=p.get("average", "class"),
+        label_wait=_seconds(assay_id, "label wait", p.get("label_wait_s", 604_800)),
     )
 
 

@@ -58,6 +58,10 @@
     scoreChart(scoreEl, data);
     const densityEl = document.getElementById("density-chart");
     const pick = document.getElementById("window-pick");
+    if (!densityEl || !pick) {  // a performance assay: no bins to draw
+      scoreEl.dataset.drawn = String(data.windows.length);
+      return;
+    }
     data.windows.forEach((w, i) => {
       const option = document.createElement("option");
       option.value = String(i);
