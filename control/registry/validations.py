@@ -202,7 +202,7 @@ def _check_nodes(tree: ast.expr, what: str, expression: str) -> None:
                            f"'is nan', x[i] and {', '.join(FUNCTIONS)}")
 
 
-def _problem(node: ast.AST) -> str | None:  # noqa: PLR0911 - one case a node type
+def _problem(node: ast.AST) -> str | None:
     """Why node may not be in a check, or None."""
     match node:
         case ast.BoolOp(op=op) if isinstance(op, _BOOL_OPS):
