@@ -66,19 +66,21 @@ def logs(
 
 
 def _table(title: str, rows: list[dict[str, Any]]) -> Table:
-    """Time, record and model stay whole; outputs and errors wrap in what width is left."""
+    """Time, record and model stay whole; outputs, anomalies (when a row has any: the
+    validations its record failed) and errors wrap in what width is left."""
     table = Table(title=title)
+    flagged = any(r.get("anomalies") for r in rows)
     for name, wrap in [("time", False), ("record", False), ("version", False),
                        ("model", False), ("outputs", True), ("ms", False),
-                       ("anomalies", True), ("error", True)]:
+                       *([("anomalies", True)] if flagged else []), ("error", True)]:
         table.add_column(name, no_wrap=not wrap, overflow="fold")
     for r in rows:
         model = f"{r['step']}:{r['model']}:v{r['model_version']}"
+        anomalies = [escape(", ".join(r.get("anomalies") or ()))] if flagged else []
         table.add_row(
             r["time"].strftime("%Y-%m-%d %H:%M:%S"), r["record_id"],
             str(r["pipeline_version"]), model + (" shadow" if r["shadow"] else ""),
-            outputs_text(r, 60),
-            f"{r['elapsed_us'] / 1000:.1f}", escape(", ".join(r.get("anomalies") or ())),
+            outputs_text(r, 60), f"{r['elapsed_us'] / 1000:.1f}", *anomalies,
             r["error"] or "")
     return table
 
