@@ -98,10 +98,18 @@ class Checks:
                 report.errors[check.name] = text[:500]
                 continue
             report.flagged[check.name] = int(flags[k].sum())
-        names = self.names
-        report.anomalies = [tuple(names[k] for k in np.flatnonzero(row)) if row.any() else ()
-                            for row in flags.T]
+        report.anomalies = self._named(flags)
         return report
+
+    def _named(self, flags: np.ndarray) -> list[tuple[str, ...]]:
+        """Each record's failed checks: a bit per check, one tuple per combination that
+        occurs (a batch has few), not one per record."""
+        codes = np.zeros(flags.shape[1], dtype=np.int64)
+        for k, row in enumerate(flags):  # MAX_VALIDATIONS bits fit an int64
+            codes |= row.astype(np.int64) << k
+        combos = {int(code): tuple(name for k, name in enumerate(self.names) if code >> k & 1)
+                  for code in np.unique(codes)}
+        return [combos[code] for code in codes.tolist()]
 
 
 def stacked(arrays: Sequence[np.ndarray]) -> Values:
