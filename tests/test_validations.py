@@ -192,6 +192,9 @@ def test_a_bad_check_refuses_the_version_with_its_reason(fraud: Registry) -> Non
            "['label']")
     reject(fraud, version(("evil", "__import__('os') == 1")), "validation 'evil'",
            "only the functions")
+    # A tensor of several values a row is read one value at a time.
+    reject(fraud, version(("whole", "label > 0.9")), "validation 'whole'",
+           "'label' holds 4 values a row", "label[0]")
 
 
 def test_a_version_written_before_validations_folds_as_it_did(fraud: Registry) -> None:

@@ -59,10 +59,12 @@ class Ref:
     name: str
 
 
-def check_validations(given: Iterable[Mapping[str, str]], outputs: Outputs
-                      ) -> tuple[Validation, ...]:
+def check_validations(given: Iterable[Mapping[str, str]], outputs: Outputs,
+                      widths: Mapping[Ref, int | None] | None = None) -> tuple[Validation, ...]:
     """A new version's validations, judged: names unique and well-formed, expressions that
-    parse, use only what is allowed and name only what the chain gives. Raises Rejected."""
+    parse, use only what is allowed and name only what the chain gives, and (widths: values
+    a row of each, None when unknown) never use a tensor of several values a row without an
+    index. Raises Rejected."""
     checks = tuple(Validation(v["name"], v["expression"]) for v in given)
     if len(checks) > MAX_VALIDATIONS:
         raise Rejected(f"{len(checks)} validations is more than {MAX_VALIDATIONS} a version may "
@@ -76,7 +78,9 @@ def check_validations(given: Iterable[Mapping[str, str]], outputs: Outputs
             raise Rejected(f"validation name {check.name!r} is given twice; name each check once")
         seen.add(check.name)
         try:
-            refs(parse(check.expression, check.name), outputs, check.name)
+            tree = parse(check.expression, check.name)
+            refs(tree, outputs, check.name)
+            _check_widths(tree, outputs, widths or {}, check.name)
         except (RecursionError, MemoryError) as exc:  # the fold must refuse, never crash
             raise Rejected(f"validation {check.name!r}: the expression is too complex to judge "
                            f"({type(exc).__name__}); write a simpler one") from None
@@ -93,6 +97,36 @@ def chain_outputs(version_of: Callable[[ModelStep], ModelVersion], steps: Sequen
         sets = [frozenset(o.name for o in version_of(m).outputs) for m in returned(step)]
         given[n] = frozenset.intersection(*sets)
     return given
+
+
+def chain_widths(version_of: Callable[[ModelStep], ModelVersion], steps: Sequence[Step]
+                 ) -> dict[Ref, int | None]:
+    """How many values a row each step's tensors hold (None: unknown, or routes differ)."""
+    found: dict[Ref, set[int | None]] = {}
+    first = returned(steps[0])[0]
+    for spec in version_of(first).inputs:
+        found.setdefault(Ref(INPUT_STEP, spec.name), set()).add(_width(spec.shape))
+    for n, step in enumerate(steps, 1):
+        for m in returned(step):
+            for spec in version_of(m).outputs:
+                found.setdefault(Ref(n, spec.name), set()).add(_width(spec.shape))
+    return {ref: next(iter(w)) if len(w) == 1 else None for ref, w in found.items()}
+
+
+def _width(shape: Sequence[int]) -> int | None:
+    row = shape[1:]  # the first axis holds a record's rows
+    return math.prod(row) if all(d > 0 for d in row) else None
+
+
+def _check_widths(tree: ast.expr, outputs: Outputs, widths: Mapping[Ref, int | None],
+                  name: str) -> None:
+    indexed = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Subscript)}
+    for node in _operands(tree):
+        width = widths.get(resolve(node, outputs, name))
+        if id(node) not in indexed and width is not None and width > 1:
+            text = ast.unparse(node)
+            raise Rejected(f"validation {name!r}: {text!r} holds {width} values a row; a check "
+                           f"reads one of them, e.g. {text}[0]")
 
 
 def parse(expression: str, name: str = "") -> ast.expr:
