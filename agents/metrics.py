@@ -10,8 +10,10 @@ GET /metrics/stages (bench/ reads it) with the counts of records, micro-batches 
 transactions.
 
 PipelineMetrics: records in, out and dead-lettered, batch latency, consumer lag, model load
-failures and the deployed version, labelled by workspace and pipeline; served in Prometheus'
-text format on GET /metrics and summarised in the worker's heartbeat (agents.heartbeat).
+failures and the deployed version, labelled by workspace and pipeline; records each validation
+flagged and the batches it could not be evaluated in, labelled by check too (counted when the
+batch is evaluated); served in Prometheus' text format on GET /metrics and summarised in the
+worker's heartbeat (agents.heartbeat).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +89,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A micro-batch takes from about a millisecond (small models, small batches) to seconds.
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LABELS = ("workspace", "pipeline")
+CHECK_LABELS = (*LABELS, "check")
 # Which sample of the exposition feeds which field of a pipeline's snapshot.
 _SNAPSHOT = {
     "inferstream_records_in_total": "in",
@@ -137,6 +140,13 @@ class PipelineMetrics:
                           registry=r)
         self._version = Gauge("inferstream_deployed_version",
                               "The pipeline version this worker serves", LABELS, registry=r)
+        self._anomalies = Counter("inferstream_anomalies",
+                                  "Records a validation flagged (its expression was true)",
+                                  CHECK_LABELS, registry=r)
+        self._check_errors = Counter("inferstream_validation_errors",
+                                     "Micro-batches in which a validation could not be "
+                                     "evaluated (it flagged none of their records)",
+                                     CHECK_LABELS, registry=r)
         self._counters: dict[tuple[str, str], _Counters] = {}
 
     def _of(self, workspace: str, pipeline: str) -> _Counters:
@@ -157,6 +167,14 @@ class PipelineMetrics:
 
     def dead_lettered(self, workspace: str, pipeline: str, n: int) -> None:
         self._of(workspace, pipeline).dead.inc(n)
+
+    def checked(self, workspace: str, pipeline: str, flagged: Mapping[str, int],
+                errors: Iterable[str]) -> None:
+        """A batch's validations: records each flagged, and the checks that failed to run."""
+        for check, n in flagged.items():
+            self._anomalies.labels(workspace, pipeline, check).inc(n)
+        for check in errors:
+            self._check_errors.labels(workspace, pipeline, check).inc()
 
     def batch_seconds(self, workspace: str, pipeline: str, seconds: float) -> None:
         """One micro-batch served in `seconds`."""

@@ -49,6 +49,7 @@ SCHEMA = pa.schema([
         ("names", _NAMES), ("dtypes", _NAMES), ("shapes", pa.list_(pa.list_(pa.int64()))),
         ("values", pa.list_(pa.list_(pa.list_(pa.float32())))),
         ("values64", pa.list_(pa.list_(pa.list_(pa.float64())))))),
+    ("record_anomalies", pa.list_(_NAMES)),
     ("kafka_topic", pa.string()), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
 ])
 
@@ -72,6 +73,9 @@ def decode_block(value: bytes) -> Block:
         raise DecodeError(f"InferenceLogBlock record_id_ends do not cut its {len(ids)} bytes "
                           "of record ids: they must rise to the last byte")
     n = len(ends)
+    if len(block.get("anomalies") or ()) not in (0, n):
+        raise DecodeError(f"InferenceLogBlock anomalies has {len(block['anomalies'])} items "
+                          f"for {n} records; expected one a record, or none")
     for io in _IO:
         for column in block[io]:
             dtype = DTYPES.get(column["dtype"])
@@ -111,7 +115,8 @@ def block_logs(block: Block) -> list[dict[str, Any]]:
     ids = record_ids(block)
     shared = {k: block[k] for k in SHARED}
     tensors = {io: [(c, values(c, len(ids)).tolist()) for c in block[io]] for io in _IO}
-    return [{**shared, "record_id": record_id, "error": None,
+    anomalies = block.get("anomalies") or [[] for _ in ids]
+    return [{**shared, "record_id": record_id, "error": None, "anomalies": anomalies[i],
              **{io: [{"name": c["name"], "dtype": c["dtype"], "shape": c["shape"],
                       "values": rows[i], "strings": []} for c, rows in tensors[io]]
                 for io in _IO}}
@@ -132,6 +137,8 @@ def block_table(blocks: Sequence[tuple[Block, KafkaPosition]]) -> pa.Table:
             blocks, io, [n if e else 0 for n, e in zip(counts, exact, strict=True)], _FLOAT32)
         columns[f"{prefix}_values64"] = _record_major(
             blocks, io, [0 if e else n for n, e in zip(counts, exact, strict=True)], _FLOAT64)
+    # An empty list when no record of the block failed a check: the view pads it.
+    columns["record_anomalies"] = [block.get("anomalies") or [] for block, _ in blocks]
     for i, part in enumerate(("topic", "partition", "offset")):
         columns[f"kafka_{part}"] = [position[i] for _, position in blocks]
     return pa.Table.from_arrays([columns[f.name] if isinstance(columns[f.name], pa.Array)

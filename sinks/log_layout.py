@@ -19,7 +19,7 @@ _READ_AS = {
     "pipeline": "String", "pipeline_version": "Int32", "step": "Int32", "model": "String",
     "model_version": "Int32", "shadow": "Bool", "inputs": f"Array({TENSOR})",
     "outputs": f"Array({TENSOR})", "elapsed_us": "Int64", "worker": "String",
-    "error": "Nullable(String)",
+    "error": "Nullable(String)", "anomalies": "Array(String)",
 }
 # Where a log was read from: the sink's idempotence rests on it.
 POSITION = (("kafka_topic", "String"), ("kafka_partition", "Int32"), ("kafka_offset", "Int64"))
@@ -40,7 +40,7 @@ def _fields() -> tuple[str, ...]:
 FIELDS = _fields()  # in the schema's order
 READ_AS = tuple((name, _READ_AS[name]) for name in FIELDS)
 # What an InferenceLogBlock writes once for all its logs (the rest is per record, or a column).
-SHARED = tuple(f for f in FIELDS if f not in ("record_id", "error", *TENSORS))
+SHARED = tuple(f for f in FIELDS if f not in ("record_id", "error", "anomalies", *TENSORS))
 # The columns of `inference_logs`, a row per log, in reading order: what readers see.
 COLUMNS = tuple(
     column

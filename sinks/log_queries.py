@@ -28,7 +28,7 @@ Name = Field(min_length=1, max_length=256)
 
 class LogFilter(BaseModel):
     """Which logs: one pipeline of one workspace, optionally in [start, end), of one version or
-    model, or only failed inferences."""
+    model, only failed inferences, only records that failed a validation (any, or `anomaly`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -39,6 +39,8 @@ class LogFilter(BaseModel):
     pipeline_version: int | None = Field(None, ge=0, le=2**32 - 1)
     model: str | None = Field(None, min_length=1, max_length=256)
     only_failures: bool = False
+    only_anomalies: bool = False
+    anomaly: str | None = Field(None, min_length=1, max_length=256)
 
     def model_post_init(self, _: Any) -> None:
         if self.start is not None and self.end is not None and self.end <= self.start:
@@ -121,6 +123,7 @@ def _select(where: LogFilter) -> tuple[str, dict[str, Any]]:
         ("pipeline_version", where.pipeline_version,
          "pipeline_version = {pipeline_version:UInt32}"),
         ("model", where.model, "model = {model:String}"),
+        ("anomaly", where.anomaly, "has(anomalies, {anomaly:String})"),
     ]
     for name, value, clause in optional:
         if value is not None:
@@ -128,6 +131,8 @@ def _select(where: LogFilter) -> tuple[str, dict[str, Any]]:
             params[name] = value
     if where.only_failures:
         clauses.append("error IS NOT NULL")
+    if where.only_anomalies:
+        clauses.append("notEmpty(anomalies)")
     return f"FROM inference_logs WHERE {' AND '.join(clauses)}", params
 
 

@@ -155,6 +155,17 @@ FROM {LOG_ROWS} FINAL
 """
 
 
+# Migration 6: the view of migration 4 with each log's failed validations (the block's
+# record_anomalies is empty when none of its records failed one, or from before: padded).
+INFERENCE_LOGS_VIEW_ANOMALIES = (
+    INFERENCE_LOGS_VIEW
+    .replace("AS error,\n", "AS error,\n       record_anomaly AS anomalies,\n")
+    .replace("AS record_outputs\n", "AS record_outputs,\n           arrayResize("
+             "record_anomalies, length(record_ids)) AS record_anomaly\n")
+    .replace("output_strings, elapsed_us, worker, error, kafka_topic",
+             "output_strings, elapsed_us, worker, error, anomalies, kafka_topic"))
+
+
 def _rename_log_rows(storage: Storage) -> None:
     """Migration 1's `inference_logs` table becomes `inference_log_rows`, once: after that,
     `inference_logs` is the view."""
@@ -240,6 +251,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         INFERENCE_LOGS.replace("inference_logs", LOG_ROWS), INFERENCE_LOGS_VIEW)),
     Migration(5, "labels and performance assays", (
         LABELS, LABELLED_LOGS_VIEW, *ASSAY_RESULTS_LABELLED)),
+    Migration(6, "validations: anomalies of inference logs", (
+        f"ALTER TABLE {LOG_ROWS} ADD COLUMN IF NOT EXISTS anomalies Array(String) AFTER error",
+        f"ALTER TABLE {LOG_BLOCKS} ADD COLUMN IF NOT EXISTS record_anomalies "
+        "Array(Array(String)) AFTER output_values64",
+        INFERENCE_LOGS_VIEW_ANOMALIES)),
 )
 
 
@@ -313,6 +329,7 @@ def log_rows(
                 "elapsed_us": record["elapsed_us"],
                 "worker": record["worker"],
                 "error": record.get("error"),
+                "anomalies": list(record.get("anomalies") or ()),  # none before validations
                 "kafka_topic": position.topic if position else "",
                 "kafka_partition": position.partition if position else -1,
                 "kafka_offset": position.offset if position else -1,

@@ -192,12 +192,14 @@ def create_pipeline(name: str, description: str | None = None) -> Action:
 
 
 def create_pipeline_version(pipeline: str, *steps: dict | UnionItem,
-                            result_steps: Sequence[int] = (), rules: int = 1) -> Action:
+                            result_steps: Sequence[int] = (), rules: int = 1,
+                            validations: dict[str, str] | None = None) -> Action:
     """A pipeline version; a plain dict step is a ModelStep. rules 1: as written before typed
-    chain checks (control/registry/chains.py)."""
+    chain checks (control/registry/chains.py); validations: name -> expression."""
     items = [(NAMESPACE + "ModelStep", s) if isinstance(s, dict) else s for s in steps]
-    return "CreatePipelineVersion", {"pipeline": pipeline, "steps": items,
-                                     "result_steps": list(result_steps), "rules": rules}
+    return "CreatePipelineVersion", {
+        "pipeline": pipeline, "steps": items, "result_steps": list(result_steps), "rules": rules,
+        "validations": [{"name": n, "expression": e} for n, e in (validations or {}).items()]}
 
 
 # -- deployments -----------------------------------------------------------------------------

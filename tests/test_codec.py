@@ -39,7 +39,7 @@ def inference_result(**fields: object) -> dict:
             tensor("score", [0.25, 0.75], [2, 1]),
             {"name": "label", "dtype": "string", "shape": [2], "values": [], "strings": ["a", "b"]},
         ],
-        "elapsed_us": 1234, "time": T_MICROS, "worker": "worker-1",
+        "elapsed_us": 1234, "time": T_MICROS, "worker": "worker-1", "anomalies": ["high-risk"],
     } | fields
 
 
@@ -49,7 +49,7 @@ def inference_log(**fields: object) -> dict:
         "pipeline_version": 2, "step": 1, "model": "clf", "model_version": 3, "shadow": True,
         "inputs": [tensor("x", [1.0, 2.0, 3.0, 4.0], [1, 4])],
         "outputs": [tensor("score", [0.5], [1, 1])],
-        "elapsed_us": 99, "worker": "worker-1", "error": None,
+        "elapsed_us": 99, "worker": "worker-1", "error": None, "anomalies": [],
     } | fields
 
 

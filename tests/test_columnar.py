@@ -22,7 +22,14 @@ from agents.serving.dataplane import DataPlane, Serving
 from agents.serving.deployments import DeploymentManager
 from control.config import Settings
 from control.local.demo_models import TARGET_OPSET, iris_rows, train_iris_classifier
-from control.registry.state import Deployment, ModelStep, PipelineVersion, RandomSplit, Step
+from control.registry.state import (
+    Deployment,
+    ModelStep,
+    PipelineVersion,
+    RandomSplit,
+    Step,
+    Validation,
+)
 from control.registry.tensors import STRING, TensorSpec
 from schemas.codec import decode
 from sinks.log_batches import decode_logs
@@ -103,8 +110,9 @@ CHAIN = (ModelStep("a", 1), ModelStep("b", 1, {"float_input": "features"}),
 
 
 def _serving(manager: DeploymentManager, runtimes: dict, steps: tuple[Step, ...],
-             result_steps: tuple[int, ...] = ()) -> Serving:
-    version = PipelineVersion("ws", "p", 1, steps, "ann", NOW, result_steps)
+             result_steps: tuple[int, ...] = (),
+             validations: tuple[Validation, ...] = ()) -> Serving:
+    version = PipelineVersion("ws", "p", 1, steps, "ann", NOW, result_steps, validations)
     deployment = Deployment("ws", "p", 1, True, 512, 10, (1,), "ann", NOW)
     return manager.serving(deployment, version, runtimes)
 
@@ -157,6 +165,26 @@ def test_results_of_several_steps_are_the_record_paths_too(
     result = decode("InferenceResult", fast[0][2])
     assert [t["name"] for t in result["outputs"]] == [
         "label", "probabilities", "step1.label", "step1.probabilities", "step1.features"]
+
+
+def test_validations_flag_the_same_records_on_both_paths(
+        manager: DeploymentManager, runtimes: dict, frozen: None) -> None:
+    checks = (Validation("wide", "step1.features[0] > 6"),
+              Validation("middle", "probabilities[1] > 0.5 and step2.label != 0"),
+              Validation("named", 'id == "r3" or key == "k4"'),
+              Validation("broken", "step1.features[7] > 0"))
+    serving = _serving(manager, runtimes, CHAIN, validations=checks)
+    assert serving.columnar is not None
+    messages = [Message(_record(serving, i), f"k{i}".encode(), i) for i in range(60)]
+    fast, slow, counts = _both(manager, serving, messages)
+    assert counts == (60, 0) and fast == slow
+    results = [decode("InferenceResult", m[2]) for m in fast if m[0] == serving.output_topic]
+    flags = {r["record_id"]: r["anomalies"] for r in results}
+    assert "named" in flags["r3"] and "named" in flags["r4"] and "named" not in flags["r5"]
+    assert {f for fs in flags.values() for f in fs} == {"wide", "middle", "named"}
+    logs = [log for m in fast if m[0] != serving.output_topic for log in decode_logs(m[2])]
+    assert {log["record_id"]: log["anomalies"] for log in logs if log["step"] == 3} == flags
+    assert all(log["anomalies"] == [] for log in logs if log["step"] != 3)
 
 
 def _odd_ones(serving: Serving) -> dict[str, bytes]:

@@ -107,14 +107,17 @@ def test_logs_stored_before_the_blocks_stay_readable(storage: Storage) -> None:
         storage.insert("schema_version", [{"version": migration.version, "name": migration.name,
                                            "applied_at": T0}])
     records, positions = batch(3)
-    storage.insert("inference_logs", log_rows(records, positions))
-    assert migrate(storage) == [4, 5]
+    # Rows as that release wrote them: without the anomalies column (migration 6).
+    storage.insert("inference_logs", [{k: v for k, v in row.items() if k != "anomalies"}
+                                      for row in log_rows(records, positions)])
+    assert migrate(storage) == [4, 5, 6]
     engines = {t["name"]: t["engine"] for t in storage.query(
         "SELECT name, engine FROM system.tables WHERE database = currentDatabase()")}
     assert engines["inference_logs"] == "View"
     assert engines[LOG_ROWS] == "ReplacingMergeTree"
-    rows = storage.query("SELECT record_id FROM inference_logs ORDER BY record_id")
-    assert [r["record_id"] for r in rows] == ["r0", "r1", "r2"]
+    rows = storage.query("SELECT record_id, anomalies FROM inference_logs ORDER BY record_id")
+    assert [(r["record_id"], r["anomalies"]) for r in rows] == [
+        ("r0", []), ("r1", []), ("r2", [])]
 
 
 def test_one_element_of_one_field_is_selectable(storage: Storage) -> None:

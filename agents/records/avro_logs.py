@@ -18,6 +18,7 @@ from agents.records.avro_writer import (
     LastLongs,
     dims,
     long,
+    names,
     string,
     tensors,
 )
@@ -58,21 +59,22 @@ class LogWriter:
 
     def encode(self, time_us: int, record_id: str, step: int, model: str, model_version: int,
                shadow: bool, inputs: Mapping[str, np.ndarray],
-               outputs: Mapping[str, np.ndarray], elapsed_us: int, error: str | None) -> bytes:
+               outputs: Mapping[str, np.ndarray], elapsed_us: int, error: str | None,
+               anomalies: tuple[str, ...] = ()) -> bytes:
         """One single-object encoded InferenceLog."""
         return self._prefix + self.body(time_us, record_id, step, model, model_version, shadow,
-                                        inputs, outputs, elapsed_us, error)
+                                        inputs, outputs, elapsed_us, error, anomalies)
 
     def body(self, time_us: int, record_id: str, step: int, model: str, model_version: int,
              shadow: bool, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
-             elapsed_us: int, error: str | None) -> bytes:
+             elapsed_us: int, error: str | None, anomalies: tuple[str, ...] = ()) -> bytes:
         """One InferenceLog's Avro body."""
         longs = self._longs
         return b"".join((
             longs.time(time_us), string(record_id), self._pipeline,
             self._served_by(step, model, model_version, shadow),
             tensors(inputs), tensors(outputs), longs.elapsed(elapsed_us), self._worker,
-            EMPTY if error is None else SECOND_BRANCH + string(error)))
+            EMPTY if error is None else SECOND_BRANCH + string(error), names(anomalies)))
 
     def _served_by(self, step: int, model: str, model_version: int, shadow: bool) -> bytes:
         which = (step, model, model_version, shadow)
@@ -89,7 +91,8 @@ class LogWriter:
     def bodies(self, time_us: int, entries: Sequence[InferenceLogEntry]) -> list[bytes]:
         """The bodies of a batch's logs, in order."""
         return [self.body(time_us, e.record_id, e.step, e.model, e.model_version, e.shadow,
-                          e.inputs, e.outputs, e.elapsed_us, e.error) for e in entries]
+                          e.inputs, e.outputs, e.elapsed_us, e.error, e.anomalies)
+                for e in entries]
 
     def messages(self, time_us: int, entries: Sequence[InferenceLogEntry]) -> list[bytes]:
         """A batch's logs as messages of the logs topic: a block per predict call that can be
@@ -106,7 +109,7 @@ class LogWriter:
             blocks = None if first.call is None else self.blocks(
                 time_us, first.step, first.model, first.model_version, first.shadow,
                 first.elapsed_us, first.call, [e.record_id for e in group],
-                [e.row for e in group])
+                [e.row for e in group], [e.anomalies for e in group])
             if blocks is None:
                 rows += group
             else:
@@ -132,11 +135,12 @@ class LogWriter:
 
     def blocks(self, time_us: int, step: int, model: str, model_version: int, shadow: bool,
                elapsed_us: int, call: Call, record_ids: Sequence[str],
-               records: Sequence[int] | None = None) -> list[bytes] | None:
+               records: Sequence[int] | None = None,
+               anomalies: Sequence[tuple[str, ...]] | None = None) -> list[bytes] | None:
         """The logs of one predict call that served no error, as InferenceLogBlock messages
         (more than one only past LOG_MESSAGE_BYTES): record_ids[i] owns the call's record
-        records[i] (every record in order when None). None unless its tensors are numbers
-        with as many rows per record."""
+        records[i] (every record in order when None) and failed the checks anomalies[i]
+        (none when None). None unless its tensors are numbers with as many rows per record."""
         ins = _tensor_columns(call.inputs, call.input_offsets, records)
         outs = (None if ins is None
                 else _tensor_columns(call.outputs, call.output_offsets, records))
@@ -148,9 +152,12 @@ class LogWriter:
         # Record ids are short: 64 bytes a record bounds a block's share of them.
         per_record = 64 + sum(matrix[0].nbytes for _, matrix in ins + outs if len(matrix))
         size = max(1, (LOG_MESSAGE_BYTES - len(head)) // per_record)
+        flagged = anomalies is not None and any(anomalies)
         return [b"".join((head, _record_ids(record_ids[at:at + size]),
                           _tensor_column_array(ins, at, at + size),
-                          _tensor_column_array(outs, at, at + size)))
+                          _tensor_column_array(outs, at, at + size),
+                          _anomalies(anomalies[at:at + size]) if flagged  # type: ignore[index]
+                          else EMPTY))
                 for at in range(0, len(record_ids), size)]
 
 
@@ -190,6 +197,11 @@ def _tensor_column_array(columns: list[_TensorColumn], start: int, end: int) -> 
         parts += (head, long(len(data)), data)
     parts.append(EMPTY)
     return b"".join(parts)
+
+
+def _anomalies(flags: Sequence[tuple[str, ...]]) -> bytes:
+    """A block's anomalies: an array of each record's array of check names."""
+    return long(len(flags)) + b"".join(names(f) for f in flags) + EMPTY if flags else EMPTY
 
 
 def _record_ids(ids: Sequence[str]) -> bytes:

@@ -41,6 +41,12 @@ def string(text: str) -> bytes:
     return long(len(data)) + data
 
 
+@lru_cache(maxsize=1024)
+def names(items: tuple[str, ...]) -> bytes:
+    """An Avro array of strings: a record's anomalies (few combinations, so cached)."""
+    return long(len(items)) + b"".join(string(s) for s in items) + EMPTY if items else EMPTY
+
+
 def dims(shape: tuple[int, ...]) -> bytes:
     """A shape as an Avro array of longs."""
     return long(len(shape)) + b"".join(long(d) for d in shape) + EMPTY if shape else EMPTY
@@ -137,14 +143,14 @@ class ResultWriter:
 
     def encode(self, record_id: str, key: bytes | None,
                models: Sequence[tuple[int, str, int, str]], outputs: Mapping[str, np.ndarray],
-               elapsed_us: int, time_us: int) -> bytes:
+               elapsed_us: int, time_us: int, anomalies: tuple[str, ...] = ()) -> bytes:
         """One single-object encoded InferenceResult."""
         used = self._used(models)
         return b"".join((
             self._prefix, string(record_id),
             EMPTY if key is None else SECOND_BRANCH + long(len(key)) + key,
             self._pipeline, used, tensors(outputs), self._longs.elapsed(elapsed_us),
-            self._longs.time(time_us), self._worker))
+            self._longs.time(time_us), self._worker, names(anomalies)))
 
     def _used(self, models: Sequence[tuple[int, str, int, str]]) -> bytes:
         which = tuple(tuple(m) for m in models)
@@ -157,9 +163,11 @@ class ResultWriter:
 
     def encode_rows(self, record_ids: Sequence[str], keys: Sequence[bytes | None],
                     models: Sequence[tuple[int, str, int, str]], outputs: Mapping[str, np.ndarray],
-                    elapsed_us: int, time_us: int) -> list[bytes] | None:
+                    elapsed_us: int, time_us: int,
+                    anomalies: Sequence[tuple[str, ...]] | None = None) -> list[bytes] | None:
         """The results of records that own one row each of outputs, in order, as encode()
-        writes them; None unless the outputs are numbers."""
+        writes them (anomalies: each record's, none when None); None unless the outputs are
+        numbers."""
         n = len(record_ids)
         columns = _columns(outputs, list(range(n + 1)) if n > 1 else None)
         if columns is None:
@@ -168,9 +176,10 @@ class ResultWriter:
         tail = self._longs.elapsed(elapsed_us) + self._longs.time(time_us) + self._worker
         fixed, width = _matrix(n, [self._pipeline + used, *_tensor_segments(columns), tail])
         prefix, no_key = self._prefix, EMPTY
+        flags = [EMPTY] * n if anomalies is None else [names(a) for a in anomalies]
         return [b"".join((prefix, string(record_id),
                           no_key if key is None else SECOND_BRANCH + long(len(key)) + key,
-                          fixed[r * width:(r + 1) * width]))
+                          fixed[r * width:(r + 1) * width], flags[r]))
                 for r, (record_id, key) in enumerate(zip(record_ids, keys, strict=True))]
 
 

@@ -95,6 +95,8 @@ class ResultMeta:
     elapsed_us: int
     worker: str
     time_us: int | None = None  # when the result was made; now when None
+    # The validations the record failed; None: its version has none (JSON omits the key).
+    anomalies: tuple[str, ...] | None = None
 
 
 # -- decoding --------------------------------------------------------------------------------
@@ -276,7 +278,7 @@ def encode_result(record: InputRecord, outputs: dict[str, np.ndarray], meta: Res
         return _result_writer(meta.workspace, meta.pipeline, meta.pipeline_version,
                               meta.worker).encode(
             record.record_id, record.key, meta.models, outputs, meta.elapsed_us,
-            meta.time_us or time.time_ns() // 1000)
+            meta.time_us or time.time_ns() // 1000, meta.anomalies or ())
     if any(a.dtype.kind == "M" for a in outputs.values()):  # times: the text Avro writes too
         outputs = {k: np.reshape(timestamp_texts(a), a.shape) if a.dtype.kind == "M" else a
                    for k, a in outputs.items()}
@@ -290,14 +292,21 @@ def encode_result(record: InputRecord, outputs: dict[str, np.ndarray], meta: Res
                          "datatype": _V2_NAMES.get(a.dtype.name, "BYTES")}
                         for name, a in outputs.items()],
             "parameters": {"key": key, "workspace": meta.workspace, "models": models,
-                           "elapsed_ms": meta.elapsed_us / 1000, "worker": meta.worker}})
+                           "elapsed_ms": meta.elapsed_us / 1000, "worker": meta.worker,
+                           **_flagged(meta)}})
     answer = {"id": record.record_id}
     if record.row_ids:  # a list of rows: each row's id, in the order of the outputs' rows
         answer["ids"] = record.row_ids
     return _dumps({
         **answer, "key": key, "workspace": meta.workspace,
         "pipeline": meta.pipeline, "pipeline_version": meta.pipeline_version, "models": models,
-        "outputs": outputs, "elapsed_ms": meta.elapsed_us / 1000, "worker": meta.worker})
+        "outputs": outputs, "elapsed_ms": meta.elapsed_us / 1000, "worker": meta.worker,
+        **_flagged(meta)})
+
+
+def _flagged(meta: ResultMeta) -> dict[str, list[str]]:
+    # JSON results of a version with validations always carry the key; others as before.
+    return {} if meta.anomalies is None else {"anomalies": list(meta.anomalies)}
 
 
 @lru_cache(maxsize=256)

@@ -35,7 +35,7 @@ class InferenceLogEntry:
     first read: writers of many logs read the call's whole arrays instead (`call`, `row`).
     """
 
-    __slots__ = ("_inputs", "_outputs", "call", "elapsed_us", "error", "model",
+    __slots__ = ("_inputs", "_outputs", "anomalies", "call", "elapsed_us", "error", "model",
                  "model_version", "record_id", "row", "shadow", "step")
 
     def __init__(self, record_id: str, step: int, model: str, model_version: int,
@@ -46,6 +46,8 @@ class InferenceLogEntry:
         self.model_version, self.shadow, self.elapsed_us = model_version, shadow, elapsed_us
         self.error, self.call, self.row = error, call, row
         self._inputs, self._outputs = inputs, outputs
+        # The validations the record failed: set by the runner on its last step's log only.
+        self.anomalies: tuple[str, ...] = ()
 
     @property
     def inputs(self) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from agents.records.inference import Call, InferenceLogEntry, ModelUsed
 from agents.runtimes.base import ModelRuntime, Retries, retrying
 from control.registry.chains import result_name
 from schemas.errors import InferstreamError
+
+if TYPE_CHECKING:
+    from agents.serving.validations import CheckReport
 
 MODEL, ROUTE, CHAMPION, CHALLENGER = "model", "route", "champion", "challenger"
 
@@ -42,6 +45,7 @@ class RecordResult(Generic[R]):
     outputs: dict[str, np.ndarray]  # the result steps' outputs, this record's rows
     models: list[ModelUsed]
     elapsed_us: int
+    anomalies: tuple[str, ...] = ()  # the version's validations this record failed
 
 
 @dataclass(slots=True)
@@ -55,6 +59,7 @@ class BatchOutcome(Generic[R]):
     results: list[RecordResult[R]] = field(default_factory=list)
     failures: list[Failure[R]] = field(default_factory=list)
     logs: list[InferenceLogEntry] = field(default_factory=list)
+    checks: CheckReport | None = None  # the validations' findings, when the version has any
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,9 @@ class BatchRun(Generic[R]):
         # Before step 1 every record is a block of its own; None once a record has failed.
         self.where: list[Position | None] = [(Block(r.tensors, None), 0) for r in records]
         self.used: list[list[ModelUsed]] = [[] for _ in records]
+        # Each record's log of the last step that served it (shadows aside): where the
+        # validations it failed are logged.
+        self.logged: list[InferenceLogEntry | None] = [None] * len(records)
         self.outcome: BatchOutcome[R] = BatchOutcome()
 
     def at(self, i: int) -> Position:
@@ -152,10 +160,13 @@ class BatchRun(Generic[R]):
                 for j, i in enumerate(attempt):
                     served[i] = (block, j)
                     self.used[i].append(used)
-                    logs.append(InferenceLogEntry(
+                    entry = InferenceLogEntry(
                         records[i].record_id, model.step, model.model, model.version, shadow,
                         None, None, elapsed_us, None, call, j,
-                    ))
+                    )
+                    logs.append(entry)
+                    if not shadow:
+                        self.logged[i] = entry
         return served
 
     def predict(

@@ -16,7 +16,7 @@ model that raises or returns another number of rows. Both paths write the same b
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,7 +28,9 @@ from agents.records.avro_logs import LogWriter
 from agents.records.avro_writer import ResultWriter, long
 from agents.serving.batch_run import result_outputs
 from agents.serving.runner import MODEL, BoundModel, Call, PipelineRunner
+from agents.serving.validations import CheckReport, Checks, texts
 from control.registry.tensors import STRING, TensorSpec
+from control.registry.validations import INPUT_STEP, RECORD, Ref
 from schemas.codec import MARKER
 
 if TYPE_CHECKING:
@@ -62,8 +64,9 @@ class Columnar:
     def __init__(self, models: tuple[BoundModel, ...], inputs: tuple[_Input, ...], frame: bytes,
                  prefix: bytes, results: ResultWriter, logs: LogWriter,
                  output_topic: str, logs_topic: str, max_bytes: int,
-                 carried: tuple[int, ...] = ()) -> None:
+                 carried: tuple[int, ...] = (), checks: Checks | None = None) -> None:
         self.models = models
+        self.checks = checks
         self.carried = carried or (len(models),)  # the result steps, as the record path's
         self.inputs = inputs
         self.prefix = prefix  # the single-object header of the input schema
@@ -111,12 +114,13 @@ class Columnar:
                                  size))
             frame += head + bytes(size) + tail
         return cls(models, tuple(inputs), frame, MARKER + avro.fingerprint, results, logs,
-                   output_topic, logs_topic, max_bytes, runner.version.returned_steps)
+                   output_topic, logs_topic, max_bytes, runner.version.returned_steps,
+                   runner.checks)
 
-    def serve(self, messages: Sequence[Message], out: Outgoing, metrics: StageMetrics
-              ) -> int | None:
+    def serve(self, messages: Sequence[Message], out: Outgoing, metrics: StageMetrics,
+              checked: Callable[[CheckReport], None] | None = None) -> int | None:
         """Serve the batch into out and return its number of results, or None (nothing sent)
-        when it is not the common case."""
+        when it is not the common case; checked gets what the validations found."""
         started = time.perf_counter_ns()
         decoded = self._decode(messages)
         if decoded is None:
@@ -127,14 +131,20 @@ class Columnar:
         if calls is None:
             return None
         elapsed_us = sum(e for _, e in calls)
+        report = None if self.checks is None else self._check(ids, keys, arrays, calls)
         started = metrics.add("infer", started)
         now_us = time.time_ns() // 1000
+        flags = None if report is None else report.anomalies
         results = self.results.encode_rows(ids, keys, self._used, self._outputs(calls),
-                                           elapsed_us, now_us)
-        logs = [self.logs.blocks(now_us, m.step, m.model, m.version, False, e, call, ids)
+                                           elapsed_us, now_us, flags)
+        last = len(self.models)
+        logs = [self.logs.blocks(now_us, m.step, m.model, m.version, False, e, call, ids, None,
+                                 flags if m.step == last else None)
                 for m, (call, e) in zip(self.models, calls, strict=True)]
         if results is None or any(blocks is None for blocks in logs):
             return None
+        if report is not None and checked is not None:
+            checked(report)
         send, output = out.send, self.output_topic
         for key, value in zip(keys, results, strict=True):
             send(output, key, value)
@@ -144,6 +154,20 @@ class Columnar:
                 send(topic, None, value)
         metrics.add("encode", started)
         return len(ids)
+
+    def _check(self, ids: list[str], keys: list[bytes | None], arrays: dict[str, np.ndarray],
+               calls: list[tuple[Call, int]]) -> CheckReport:
+        """The validations over the batch's columns: one row a record, as they are."""
+        assert self.checks is not None
+        n = len(ids)
+
+        def values(ref: Ref) -> np.ndarray:
+            if ref.step == RECORD:
+                return texts(ids if ref.name == "id" else keys)
+            source = arrays if ref.step == INPUT_STEP else calls[ref.step - 1][0].outputs
+            return source[ref.name].reshape(n, -1)
+
+        return self.checks.evaluate(values, n)
 
     def _outputs(self, calls: list[tuple[Call, int]]) -> dict[str, np.ndarray]:
         """The result steps' outputs, named as PipelineRunner names them."""

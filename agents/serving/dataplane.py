@@ -9,6 +9,7 @@ stream, the outbox for HTTP. Batch tasks decode and run through it too
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,11 +30,13 @@ from agents.records.formats import (
 from agents.serving.columnar import Columnar, Outgoing
 from agents.serving.outbox import Outbox
 from agents.serving.runner import BatchOutcome, PipelineRunner, RecordResult
+from agents.serving.validations import CheckReport
 from control.config import Settings
 from control.registry.state import Deployment, PipelineVersion
 from control.registry.tensors import TensorSpec
 
 Key = tuple[str, str]  # (workspace, pipeline)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,7 +86,8 @@ class DataPlane:
         metrics = self.metrics
         began = started = time.perf_counter_ns()
         if serving.columnar is not None:
-            served = serving.columnar.serve(messages, out, metrics)
+            served = serving.columnar.serve(messages, out, metrics,
+                                            lambda report: self.checked(serving, report))
             if served is not None:
                 self.pipeline_metrics.batch_seconds(*serving.key,
                                                     (time.perf_counter_ns() - began) / 1e9)
@@ -93,6 +97,7 @@ class DataPlane:
         results = 0
         if records:
             outcome = serving.runner.run(records)
+            self.checked(serving, outcome.checks)
             started = metrics.add("infer", started)
             send, output = out.send, serving.output_topic
             for result in outcome.results:
@@ -137,12 +142,24 @@ class DataPlane:
             sources[id(record)] = m
         return records, sources, dead
 
+    def checked(self, serving: Serving, report: CheckReport | None) -> None:
+        """Count what a batch's validations found; log each one that could not run, once."""
+        if report is None:
+            return
+        self.pipeline_metrics.checked(*serving.key, report.flagged, report.errors)
+        d = serving.deployment
+        for check, error in report.errors.items():
+            log.warning("pipeline %s/%s v%d: validation %r could not be evaluated over a batch "
+                        "(it flagged none of its records; the results went out): %s",
+                        d.workspace, d.pipeline, d.version, check, error)
+
     def meta(self, serving: Serving, result: RecordResult) -> ResultMeta:
         d = serving.deployment
         return ResultMeta(
             pipeline=d.pipeline, pipeline_version=d.version, workspace=d.workspace,
             models=[(m.step, m.model, m.version, m.role) for m in result.models],
             elapsed_us=result.elapsed_us, worker=self.worker,
+            anomalies=result.anomalies if serving.runner.checks is not None else None,
         )
 
     def publish_logs(self, serving: Serving, outcome: BatchOutcome, out: Outgoing) -> None:
@@ -175,6 +192,7 @@ class DataPlane:
             return Answer(400, str(exc))
         outcome = await asyncio.get_running_loop().run_in_executor(
             None, serving.runner.run, [record])
+        self.checked(serving, outcome.checks)
         shipment = self.outbox.shipment()
         self.publish_logs(serving, outcome, shipment)
         await shipment.delivered()

@@ -17,6 +17,8 @@
   challenger appears only in the logs, with its error.
 - RecordResult.outputs holds the outputs of the version's result steps: the last step's by
   their own names, an earlier step's as 'step<N>.<output>' (control/registry/chains.py).
+- The version's validations run once per batch over the served records (validations.py);
+  RecordResult.anomalies and the log of the step that made the result name the failed ones.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from agents.serving.batch_run import (
     RecordResult,
     result_outputs,
 )
+from agents.serving.validations import Checks, Values, stacked, texts
 from control.registry.state import (
     KeySplit,
     ModelStep,
@@ -55,6 +58,7 @@ from control.registry.state import (
     Step,
     step_models,
 )
+from control.registry.validations import INPUT_STEP, RECORD, Ref
 from schemas.errors import InferstreamError
 
 # What the serving modules import from here, wherever it is defined.
@@ -99,6 +103,17 @@ class PipelineRunner:
         self._stages = [_stage(n, step, runtimes, {r for s, r in paused_routes if s == n})
                         for n, step in enumerate(version.steps, 1)]
         self._carried = set(version.returned_steps)
+        self.checks = Checks(version.validations, self.given()) if version.validations else None
+
+    def given(self) -> dict[int, frozenset[str]]:
+        """What each step gives a check (0: the inputs), from the loaded runtimes."""
+        first = self._stages[0].models[0].runtime
+        given = {INPUT_STEP: frozenset(s.name for s in first.inputs)}
+        for n, stage in enumerate(self._stages, 1):
+            models = stage.models[:1] if isinstance(stage.step, ShadowStep) else stage.models
+            given[n] = frozenset.intersection(
+                *(frozenset(s.name for s in m.runtime.outputs) for m in models))
+        return given
 
     def chain(self) -> tuple[BoundModel, ...] | None:
         """The models in order when every step runs one model (no split, no shadow)."""
@@ -111,6 +126,8 @@ class PipelineRunner:
         start = time.perf_counter_ns()
         batch = BatchRun(records)
         carried: list[tuple[int, list[Position | None]]] = []  # result steps: where rows are
+        checked: dict[int, list[Position | None]] = {}  # steps the validations read
+        wanted = self.checks.steps if self.checks is not None else ()
         for n, stage in enumerate(self._stages, 1):
             alive = [i for i, p in enumerate(batch.where) if p is not None]
             if not alive:
@@ -135,13 +152,41 @@ class PipelineRunner:
             batch.where = [served.get(i) for i in range(len(records))]
             if n in self._carried:
                 carried.append((n, batch.where))
+            if n in wanted:
+                checked[n] = batch.where
         elapsed_us = (time.perf_counter_ns() - start) // 1000
         for i, position in enumerate(batch.where):
             if position is not None:
                 # Copies of the rows' dict: the log entries hold the same rows, callers may edit.
                 batch.outcome.results.append(RecordResult(
                     records[i], self._outputs(i, carried), batch.used[i], elapsed_us))
+        if self.checks is not None and batch.outcome.results:
+            self._check(batch, checked)
         return batch.outcome
+
+    def _check(self, batch: BatchRun[R], checked: dict[int, list[Position | None]]) -> None:
+        """Run the validations over the served records; flag their results and last logs."""
+        assert self.checks is not None
+        served = [i for i, p in enumerate(batch.where) if p is not None]
+        records = batch.records
+
+        def values(ref: Ref) -> Values:
+            if ref.step == RECORD:
+                return texts([records[i].record_id if ref.name == "id" else records[i].key
+                              for i in served])
+            if ref.step == INPUT_STEP:
+                return stacked([records[i].tensors[ref.name] for i in served])
+            where = checked[ref.step]
+            return stacked([where[i][0].rows(where[i][1])[ref.name]  # type: ignore[index]
+                            for i in served])
+
+        report = self.checks.evaluate(values, len(served))
+        for result, i, flags in zip(batch.outcome.results, served, report.anomalies, strict=True):
+            result.anomalies = flags
+            entry = batch.logged[i]
+            if entry is not None:
+                entry.anomalies = flags
+        batch.outcome.checks = report
 
     def _outputs(self, i: int, carried: list[tuple[int, list[Position | None]]]
                  ) -> dict[str, np.ndarray]:

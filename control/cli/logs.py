@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
@@ -32,6 +33,11 @@ def logs(
     model: Annotated[str | None, typer.Option(help="Only this model's inferences")] = None,
     failures: Annotated[bool, typer.Option(
         "--failures", help="Only failed inferences (error set)")] = False,
+    anomalies: Annotated[bool, typer.Option(
+        "--anomalies", help="Only records that failed a validation (the logs of the step that "
+        "made their results)")] = False,
+    anomaly: Annotated[str | None, typer.Option(
+        metavar="CHECK", help="Only records that failed the validation CHECK")] = None,
     export: Annotated[Path | None, typer.Option(
         help=f"Write the logs to a file ({', '.join(FORMATS)}) instead of printing them")
     ] = None,
@@ -43,7 +49,8 @@ def logs(
     """Show a pipeline's inference logs, oldest first (the newest --limit of them)."""
     client = client_of(ctx)
     filters: dict[str, Any] = {"pipeline_version": version, "model": model,
-                               "only_failures": failures}
+                               "only_failures": failures, "only_anomalies": anomalies,
+                               "anomaly": anomaly}
     if export is not None:
         _export(client, pipeline, start, end, limit, filters, export, split_rows, json_out)
         return
@@ -59,18 +66,22 @@ def logs(
 
 
 def _table(title: str, rows: list[dict[str, Any]]) -> Table:
-    """Time, record and model stay whole; outputs and errors wrap in what width is left."""
+    """Time, record and model stay whole; outputs, anomalies (when a row has any: the
+    validations its record failed) and errors wrap in what width is left."""
     table = Table(title=title)
+    flagged = any(r.get("anomalies") for r in rows)
     for name, wrap in [("time", False), ("record", False), ("version", False),
-                       ("model", False), ("outputs", True), ("ms", False), ("error", True)]:
+                       ("model", False), ("outputs", True), ("ms", False),
+                       *([("anomalies", True)] if flagged else []), ("error", True)]:
         table.add_column(name, no_wrap=not wrap, overflow="fold")
     for r in rows:
         model = f"{r['step']}:{r['model']}:v{r['model_version']}"
+        anomalies = [escape(", ".join(r.get("anomalies") or ()))] if flagged else []
         table.add_row(
             r["time"].strftime("%Y-%m-%d %H:%M:%S"), r["record_id"],
             str(r["pipeline_version"]), model + (" shadow" if r["shadow"] else ""),
-            outputs_text(r, 60),
-            f"{r['elapsed_us'] / 1000:.1f}", r["error"] or "")
+            outputs_text(r, 60), f"{r['elapsed_us'] / 1000:.1f}", *anomalies,
+            r["error"] or "")
     return table
 
 

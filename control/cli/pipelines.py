@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from control.cli.base import JsonFlag, client_of, err, out, rows_table, show, when
 from control.cli.rules import step_route
 from control.registry.chains import RULES
 from control.registry.events import ControlStatus
-from control.registry.state import Deployment
+from control.registry.state import Deployment, Validation
 from control.registry.steps import parse_model_ref, step_to_json, version_from_json
 from schemas.errors import InferstreamError
 
@@ -46,11 +47,15 @@ def pipelines_version(
     result_steps: Annotated[str | None, typer.Option(
         help="Steps whose outputs results carry, e.g. 1,3 (default: the last); an earlier "
              "step's output is named step<N>.<output>")] = None,
+    validation: Annotated[list[str] | None, typer.Option(
+        help="A check NAME=EXPR, repeatable: a record whose EXPR is true carries NAME in its "
+             "result's anomalies, e.g. 'high-risk=risk > 0.95' (docs/data-plane.md)")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Create a new immutable version of a pipeline from its steps."""
     if bool(step) == bool(steps_file):
         raise typer.BadParameter("give either --step (one or more) or --steps-file")
+    checks = _validations(validation or [])
     client = client_of(ctx)
     carried = _step_numbers(result_steps) if result_steps else []
     if steps_file:
@@ -69,11 +74,31 @@ def pipelines_version(
             return found.latest.version
 
         specs = [parse_model_ref(s, latest) for s in step or []]
-    v = client.create_pipeline_version(name, specs, result_steps=carried)
+    v = client.create_pipeline_version(name, specs, result_steps=carried, validations=checks)
     carries = ("" if v.returned_steps == (len(v.steps),)
                else f"; results carry steps {list(v.returned_steps)}")
+    checked = f"; checks {_checks(v.validations)}" if v.validations else ""
     show(v, json_out, message=f"pipeline [bold]{name}[/] version [bold]{v.version}[/]: "
-         + " → ".join(json.dumps(step_to_json(s)) for s in v.steps) + carries)
+         + " → ".join(json.dumps(step_to_json(s)) for s in v.steps) + carries + checked)
+
+
+def _validations(given: list[str]) -> dict[str, str]:
+    """--validation NAME=EXPR options by name, in order; the registry judges the rest."""
+    checks: dict[str, str] = {}
+    for text in given:
+        name, sep, expression = text.partition("=")
+        if not sep or not name.strip() or not expression.strip():
+            raise typer.BadParameter(f"--validation {text!r}: give NAME=EXPR, e.g. "
+                                     "'high-risk=risk > 0.95'")
+        if name.strip() in checks:
+            raise typer.BadParameter(f"--validation {name.strip()!r} is given twice")
+        checks[name.strip()] = expression.strip()
+    return checks
+
+
+def _checks(validations: tuple[Validation, ...]) -> str:
+    # Escaped: an expression's text (e.g. '"[red]"') is the user's, not Rich markup.
+    return escape("; ".join(f"{v.name}: {v.expression}" for v in validations))
 
 
 def _step_numbers(text: str) -> list[int]:
@@ -115,9 +140,11 @@ def pipelines_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> 
     client = client_of(ctx)
     p = client.pipeline(name)
     show(p, json_out, lambda: rows_table(
-        f"pipeline {name}", ["version", "steps", "results from steps", "by", "created"],
+        f"pipeline {name}", ["version", "steps", "results from steps", "validations", "by",
+                             "created"],
         [(v.version, " → ".join(json.dumps(step_to_json(s)) for s in v.steps),
-          ", ".join(map(str, v.returned_steps)), v.created_by, when(v.created_at))
+          ", ".join(map(str, v.returned_steps)), _checks(v.validations) or "-", v.created_by,
+          when(v.created_at))
          for v in p.versions]))
     d = next((d for d in client.deployments() if d.pipeline == name), None)
     if not json_out and d is not None and d.active:

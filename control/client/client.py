@@ -236,9 +236,11 @@ class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, RuleClient, 
 
     def create_pipeline_version(self, pipeline: str, steps: Sequence[StepLike],
                                 workspace: str | None = None,
-                                result_steps: Sequence[int] = ()) -> PipelineVersion:
+                                result_steps: Sequence[int] = (),
+                                validations: Mapping[str, str] | None = None) -> PipelineVersion:
         """A new version of a pipeline from steps (dataclasses or their JSON form); its results
-        carry the outputs of result_steps (numbers from 1; default: the last step)."""
+        carry the outputs of result_steps (numbers from 1; default: the last step) and the names
+        of the validations (name -> expression, docs/data-plane.md) each record failed."""
         ws, registry = self._readable(workspace)
 
         def latest(model: str) -> int:
@@ -251,6 +253,7 @@ class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, RuleClient, 
         status = self.send("CreatePipelineVersion", {
             "pipeline": pipeline, "steps": [step_to_avro(s) for s in parsed],
             "result_steps": list(result_steps), "rules": RULES,
+            "validations": [{"name": n, "expression": e} for n, e in (validations or {}).items()],
         }, workspace=ws)
         return self.pipeline(pipeline, ws).versions[int(status.result["version"]) - 1]
 

@@ -44,6 +44,7 @@ _PARQUET_TYPES = dict([
     ("elapsed_us", pa.int64()),
     ("worker", pa.string()),
     ("error", pa.string()),
+    ("anomalies", _STRINGS),
     ("kafka_topic", pa.string()),
     ("kafka_partition", pa.int32()),
     ("kafka_offset", pa.int64()),

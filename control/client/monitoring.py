@@ -142,13 +142,15 @@ class Monitoring:
     def logs(self, pipeline: str, start: datetime | None = None, end: datetime | None = None,
              limit: int | None = 100, *, pipeline_version: int | None = None,
              model: str | None = None, only_failures: bool = False,
+             only_anomalies: bool = False, anomaly: str | None = None,
              workspace: str | None = None) -> list[dict[str, Any]]:
         """The newest `limit` inference logs of a pipeline in [start, end), oldest first.
 
-        Filters: pipeline version, model, and only failed inferences (error set).
+        Filters: pipeline version, model, only failed inferences (error set), only records
+        that failed a validation (only_anomalies) or the validation named `anomaly`.
         """
         where = self._log_filter(pipeline, start, end, pipeline_version, model, only_failures,
-                                 workspace)
+                                 workspace, only_anomalies, anomaly)
         return self._read("logs", reads.Logs(where=where, limit=limit))
 
     def labelled_logs(self, pipeline: str, limit: int = 100, *,
@@ -161,16 +163,18 @@ class Monitoring:
     def count_logs(self, pipeline: str, start: datetime | None = None,
                    end: datetime | None = None, *, pipeline_version: int | None = None,
                    model: str | None = None, only_failures: bool = False,
+                   only_anomalies: bool = False, anomaly: str | None = None,
                    workspace: str | None = None) -> int:
         """How many inference logs match (for a progress bar, or before an export)."""
         where = self._log_filter(pipeline, start, end, pipeline_version, model, only_failures,
-                                 workspace)
+                                 workspace, only_anomalies, anomaly)
         return self._read("count_logs", reads.CountLogs(where=where))
 
     def iter_logs(self, pipeline: str, start: datetime | None = None,
                   end: datetime | None = None, limit: int | None = None, *,
                   pipeline_version: int | None = None, model: str | None = None,
-                  only_failures: bool = False, page_size: int = 10_000,
+                  only_failures: bool = False, only_anomalies: bool = False,
+                  anomaly: str | None = None, page_size: int = 10_000,
                   workspace: str | None = None) -> Iterator[list[dict[str, Any]]]:
         """The logs `logs()` would return, any number of them, in pages, oldest first.
 
@@ -180,17 +184,19 @@ class Monitoring:
         if page_size <= 0:
             raise InferstreamError(f"page size {page_size} must be positive")
         where = self._log_filter(pipeline, start, end, pipeline_version, model, only_failures,
-                                 workspace)
+                                 workspace, only_anomalies, anomaly)
         with self._reader() as reader:
             yield from log_pages(reader, where, limit, page_size)
 
     def _log_filter(self, pipeline: str, start: datetime | None, end: datetime | None,
                     pipeline_version: int | None, model: str | None, only_failures: bool,
-                    workspace: str | None) -> LogFilter:
+                    workspace: str | None, only_anomalies: bool = False,
+                    anomaly: str | None = None) -> LogFilter:
         # Logs are rows of one workspace: members (and administrators) read them.
         return LogFilter(workspace=self._readable(workspace)[0], pipeline=pipeline, start=start,
                          end=end, pipeline_version=pipeline_version, model=model,
-                         only_failures=only_failures)
+                         only_failures=only_failures, only_anomalies=only_anomalies,
+                         anomaly=anomaly)
 
     def _read(self, name: str, args: reads.Args, reader: Reader | None = None) -> Any:
         """One typed read, through `reader` or one opened for it."""

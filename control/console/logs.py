@@ -1,5 +1,6 @@
-"""Inference logs of a pipeline: filtered (time range, version, model, failures), newest first,
-a page at a time, and exported to CSV or Parquet as `inferstream logs --export` writes them.
+"""Inference logs of a pipeline: filtered (time range, version, model, failures, anomalies),
+newest first, a page at a time, and exported to CSV or Parquet as `inferstream logs --export`
+writes them.
 
 Every page is two bounded reads in ClickHouse (the page's first row by position, then the
 page), and the count stops at COUNT_CAP, so a million logs cost what a hundred do.
@@ -89,7 +90,8 @@ def log_filter(request: web.Request, choice: Choice) -> LogFilter:
         return LogFilter(workspace=choice.workspace, pipeline=choice.pipeline,
                          start=_time(q.get("from"), "from"), end=_time(q.get("to"), "to"),
                          pipeline_version=None if version is None else int(version),
-                         model=model, only_failures=q.get("failures") == "on")
+                         model=model, only_failures=q.get("failures") == "on",
+                         only_anomalies=q.get("anomalies") == "on")
     except (InferstreamError, ValidationError) as exc:
         raise web.HTTPBadRequest(text=str(exc)[:500]) from None
 

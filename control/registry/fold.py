@@ -40,6 +40,7 @@ from control.registry.state import (
 )
 from control.registry.tensors import TensorSpec, interface_changes
 from control.registry.users import USER_HANDLERS
+from control.registry.validations import chain_outputs, chain_widths, check_validations
 from control.registry.workloads import WORKLOAD_HANDLERS
 from schemas.errors import Rejected
 
@@ -284,9 +285,15 @@ def _create_pipeline_version(
     )
     carried = result_steps(p.get("result_steps") or (), len(steps))
     _check_chain(state, ws.name, steps, carried, p.get("rules", NAMES_ONLY))
+    def version_of(s: ModelStep) -> ModelVersion:
+        return state.models[(ws.name, s.model)].versions[s.version - 1]
+
+    # Written before validations existed: none, and nothing more to judge.
+    checks = check_validations(p["validations"], chain_outputs(version_of, steps),
+                               chain_widths(version_of, steps)) if p.get("validations") else ()
     version = PipelineVersion(
         ws.name, pipeline.name, len(pipeline.versions) + 1, steps, event.actor, event.time,
-        carried,
+        carried, checks,
     )
     pipeline = replace(pipeline, versions=(*pipeline.versions, version))
     return replace(state, pipelines={**state.pipelines, (ws.name, pipeline.name): pipeline})

@@ -135,6 +135,15 @@ def step_models(step: Step) -> tuple[ModelStep, ...]:
 
 
 @dataclass(frozen=True)
+class Validation:
+    """A named row-level check of a pipeline version: a record whose expression is true is
+    flagged with the name (control/registry/validations.py says what an expression may hold)."""
+
+    name: str
+    expression: str
+
+
+@dataclass(frozen=True)
 class PipelineVersion:
     workspace: str
     pipeline: str
@@ -143,6 +152,7 @@ class PipelineVersion:
     created_by: str
     created_at: datetime
     result_steps: tuple[int, ...] = ()  # whose outputs its results carry; () = the last
+    validations: tuple[Validation, ...] = ()  # the checks each record's result is flagged by
 
     @property
     def returned_steps(self) -> tuple[int, ...]:
