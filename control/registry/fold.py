@@ -1,7 +1,7 @@
 """The registry as a pure fold over control events: apply(state, event) -> state.
 
 Who may send an event is checked first (security.py: signature, replay, role); the rules of
-what it does live here (models, pipelines, deployments), in users.py, assays.py, workloads.py,
+what it does live here (pipelines, deployments), in models.py, users.py, assays.py, workloads.py,
 api_keys.py and alert_rules.py (rules that act on alerts, route pauses); the checks they
 share are in rules.py. A broken rule raises Rejected with a reason a person can act on, and
 the caller keeps the state it had. No I/O.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
@@ -22,13 +21,12 @@ from control.registry.api_keys import API_KEY_HANDLERS
 from control.registry.assays import ASSAY_HANDLERS
 from control.registry.chains import NAMES_ONLY, check_chain, result_steps
 from control.registry.events import EVENT_TYPES, ControlEvent
+from control.registry.models import MODEL_HANDLERS
 from control.registry.rules import check_name, member, pipeline_of
 from control.registry.security import authenticate, authorize
 from control.registry.state import (
-    ArtifactRef,
     Deployment,
     KeySplit,
-    Model,
     ModelStep,
     ModelVersion,
     Pipeline,
@@ -38,13 +36,11 @@ from control.registry.state import (
     ShadowStep,
     Step,
 )
-from control.registry.tensors import TensorSpec, interface_changes
 from control.registry.users import USER_HANDLERS
 from control.registry.validations import chain_outputs, chain_widths, check_validations
 from control.registry.workloads import WORKLOAD_HANDLERS
 from schemas.errors import Rejected
 
-SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_BATCH_SIZE = 10_000  # the default of Settings.max_batch_size (INFERSTREAM_MAX_BATCH_SIZE)
 MAX_BATCH_WAIT_MS = 60_000
 
@@ -128,70 +124,6 @@ def _made(after: Registry, event: ControlEvent) -> dict[str, str]:
 def _payload_name(event: ControlEvent) -> str:
     p = event.payload
     return p.get("pipeline") or p.get("name") or p.get("user") or ""
-
-
-# -- models ----------------------------------------------------------------------------------
-
-
-def _artifact(p: Mapping[str, Any], what: str) -> ArtifactRef:
-    ref = ArtifactRef.from_record(p)
-    if not SHA256.fullmatch(ref.sha256):
-        raise Rejected(f"{what}: sha256 {ref.sha256!r} is not 64 lowercase hex digits")
-    if ref.size <= 0 or ref.chunks <= 0:
-        raise Rejected(f"{what}: empty artifact (size {ref.size}, {ref.chunks} chunks)")
-    return ref
-
-
-def _specs(records: Iterable[Mapping[str, Any]], what: str) -> tuple[TensorSpec, ...]:
-    specs = tuple(TensorSpec(r["name"], r["dtype"], tuple(r["shape"])) for r in records)
-    if not specs:
-        raise Rejected(f"the model declares no {what}; is the artifact a model?")
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise Rejected(f"the model declares duplicate {what}: {names}")
-    return specs
-
-
-def _upload_model(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
-    ws = member(state, event)
-    check_name("model", p["name"])
-    key = (ws.name, p["name"])
-    artifact = _artifact(p["artifact"], f"model {p['name']!r}")
-    files = tuple((f["name"], _artifact(f["artifact"], f"file {f['name']!r}")) for f in p["files"])
-    if len({name for name, _ in files}) != len(files):
-        raise Rejected(f"model {p['name']!r}: two extra files have the same name")
-    model = state.models.get(key) or Model(ws.name, p["name"], ())
-    for earlier in model.versions:
-        if earlier.artifact.sha256 == artifact.sha256 and set(earlier.files) == set(files):
-            raise Rejected(
-                f"model {p['name']!r} version {earlier.version} has this very artifact "
-                f"(sha256 {artifact.sha256[:12]}…); upload a changed file to make a new version"
-            )
-    version = ModelVersion(
-        workspace=ws.name, model=model.name, version=len(model.versions) + 1,
-        framework=p["framework"], artifact=artifact, files=files,
-        inputs=_specs(p["inputs"], "inputs"), outputs=_specs(p["outputs"], "outputs"),
-        description=p["description"], created_by=event.actor, created_at=event.time,
-    )
-    # None: written before the field existed. Such uploads were accepted whatever their
-    # interface, and a replay must fold them the same; every client of now writes a boolean.
-    if model.versions and p.get("allow_interface_change") is False:
-        _check_interface(model.latest, version)
-    model = replace(model, versions=(*model.versions, version))
-    return replace(state, models={**state.models, key: model})
-
-
-def _check_interface(latest: ModelVersion, new: ModelVersion) -> None:
-    """Steps and consumers read a model's inputs and outputs by name: a new version keeps them."""
-    changes = [*interface_changes(latest.inputs, new.inputs, "input"),
-               *interface_changes(latest.outputs, new.outputs, "output")]
-    if changes:
-        raise Rejected(
-            f"model {new.model!r} version {new.version} would change the interface of version "
-            f"{latest.version}: {'; '.join(changes)}. Pipeline steps and the consumers of "
-            "results read these names, dtypes and shapes; export the model with the same "
-            "ones, upload it as another model, or allow the change (--allow-interface-change)"
-        )
 
 
 # -- pipelines -------------------------------------------------------------------------------
@@ -394,7 +326,7 @@ def _handlers(limits: Limits) -> dict[str, Handler]:
 
 _HANDLERS: dict[str, Handler] = {
     **USER_HANDLERS,
-    "UploadModel": _upload_model,
+    **MODEL_HANDLERS,
     "CreatePipeline": _create_pipeline,
     "CreatePipelineVersion": _create_pipeline_version,
     "Deploy": _deploy,
