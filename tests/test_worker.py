@@ -221,7 +221,11 @@ def test_two_workers_share_the_partitions(platform: Platform) -> None:
         workers.update(r.body["worker"] for r in replies)
         return set(workers) == {"w1", "w2"}
 
-    wait_until(both_served, 120, "records served by both workers")
+    try:
+        wait_until(both_served, 120, "records served by both workers")
+    finally:  # w2 has a chDB folder of its own: the module's later tests read w1's
+        second.stop()
+        platform.workers.remove(second)
 
 
 def test_a_version_that_cannot_load_is_refused_and_the_old_one_serves(
