@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartitio
 from control.config import Settings
 from control.kafka import consumer, ensure_topics, platform_topics, producer
 from control.registry.events import ControlEvent, ControlStatus
-from control.registry.fold import LIMITS, Limits, apply, result_of
+from control.registry.fold import LIMITS, Limits, apply, cause_result, result_of
 from control.registry.state import Registry
 from schemas.errors import DecodeError, Rejected
 
@@ -45,7 +45,8 @@ def judge(registry: Registry, msg: Message, limits: Limits = LIMITS
     try:
         after = apply(registry, event, limits)
     except Rejected as exc:
-        return registry, _bounded(replace(status, accepted=False, reason=str(exc)))
+        return registry, _bounded(replace(status, accepted=False, reason=str(exc),
+                                          result=cause_result(event)))
     return after, _bounded(replace(status, result=result_of(registry, after, event)))
 
 

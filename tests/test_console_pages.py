@@ -23,6 +23,7 @@ from control.console.dead_letters import SHOWN_BYTES, shown
 from control.kafka import producer
 from control.local.demo_models import build_onnx_classifier, iris_rows
 from control.local.worker_process import WorkerProcess
+from control.registry.alert_rules import describe
 from sinks.access import read_owner
 from sinks.log_queries import LogFilter, count_upto
 from sinks.storage import Storage
@@ -39,7 +40,8 @@ from tests.browser import (  # noqa: F401
 from tests.helpers import wait_until
 from tests.worker_platform import Namespace, json_records, own_settings
 
-PAGES = {"logs": "/logs", "dead-letters": "/dead-letters", "assays": "/assays", "runs": "/runs"}
+PAGES = {"logs": "/logs", "dead-letters": "/dead-letters", "assays": "/assays", "rules": "/rules",
+         "runs": "/runs"}
 SCRIPT = b'<script>document.title="owned"</script>'
 NOT_UTF8 = SCRIPT + b"\xff\xfe\x80 not utf-8"
 GOOD = 130  # records inferred: two pages of logs
@@ -127,6 +129,9 @@ class Lab(Namespace):
         wait_until(lambda: c.count_logs("p") >= GOOD + 24, 60, "the logs are stored")
         # Windows of the past, over logs already stored: the worker backfills them with data.
         first = min(r["time"] for r in c.logs("p", limit=None)).replace(microsecond=0)
+        # A rule made before the assay sees its warnings; p has no older version to go back
+        # to, so each rollback it publishes is refused, with the alert in the audit.
+        c.create_rule("guard", "p", "rollback", on=("warning", "alert"))
         c.create_assay("drift", pipeline="p", model="clf", field="probabilities", index=1,
                        baseline_values=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], width=timedelta(seconds=1),
                        first_window_start=first, binning="equal", bins=4,
@@ -284,6 +289,24 @@ def test_runs_show_the_clients_counts_and_log_lines(lab, page) -> None:
     assert lines and page.locator("#run-log span").count() == len(lines)
     assert all(line["message"] in page.inner_text("#run-log") for line in lines)
     screenshot(page, "run")
+
+
+@browser_test
+def test_rules_show_each_rule_and_the_actions_it_took(lab, page) -> None:
+    platform, url = lab
+    c = platform.client
+    actions = wait_until(lambda: c.rule_actions("guard"), 60, "the rule acted on a warning")
+    page.goto(url + "/rules")
+    row = page.locator('#rules tr[data-rule="lab/guard"]')
+    assert row.locator('[data-field="action"]').inner_text() == "rollback to the version before"
+    assert row.locator('[data-field="fired"]').inner_text() == "0"  # refused: nothing fired
+    first = page.locator(f'#actions tr[data-event="{actions[0].event_id}"]')
+    assert "rejected: pipeline 'p' has no deployed version older than 1" in first.locator(
+        '[data-field="outcome"]').inner_text()
+    cause = first.locator('[data-field="cause"]').inner_text()
+    assert cause == describe(actions[0].payload["cause"])
+    assert cause.startswith(f"{actions[0].payload['cause']['status']} of assay drift-")
+    screenshot(page, "rules")
 
 
 # -- a secured platform (tests/test_console.py's): a viewer sees only lab ----------------------

@@ -16,7 +16,17 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from control.config import Settings
-from control.console import assays, audit, dead_letters, logs, models, overview, pipelines, runs
+from control.console import (
+    assays,
+    audit,
+    dead_letters,
+    logs,
+    models,
+    overview,
+    pipelines,
+    rules,
+    runs,
+)
 from control.console.auth import Sessions
 from control.console.feeds import Feeds
 from control.console.web import FEEDS, NAV, VIEWER, feeds_of, render
@@ -27,7 +37,7 @@ STATIC = Path(__file__).parent / "static"
 COOKIE = "inferstream_console"
 SESSIONS = web.AppKey("sessions", Sessions)
 # Each: TITLE, PATH, ROUTES; in the bar's order.
-PAGES = (overview, models, pipelines, logs, dead_letters, assays, runs, audit)
+PAGES = (overview, models, pipelines, logs, dead_letters, assays, rules, runs, audit)
 PUBLIC = ("/login", "/logout", "/healthz", "/static/")
 # Only our own files: no inline script or style, nothing from elsewhere (the console is offline).
 SECURITY_HEADERS = {

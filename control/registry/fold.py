@@ -92,9 +92,17 @@ def fold(events: Iterable[ControlEvent], state: Registry | None = None,
 def result_of(before: Registry, after: Registry, event: ControlEvent) -> dict[str, str]:
     """What an accepted event made, for its status record (e.g. the new version number); for
     a rule's action also why (the audit log shows it)."""
-    made = _made(after, event)
+    return {**_made(after, event), **cause_result(event)}
+
+
+def cause_result(event: ControlEvent) -> dict[str, str]:
+    """For an action a rule published, its rule and why, for its status accepted or not (the
+    audit log shows what an alert did, and why an action did nothing); else nothing."""
     cause = event.payload.get("cause")
-    return made if cause is None else {**made, "rule": cause["rule"], "cause": describe(cause)}
+    try:
+        return {} if not cause else {"rule": str(cause["rule"]), "cause": describe(cause)}
+    except (KeyError, TypeError, AttributeError, ValueError):  # a hand-built payload
+        return {}
 
 
 def _made(after: Registry, event: ControlEvent) -> dict[str, str]:
