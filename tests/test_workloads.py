@@ -95,6 +95,27 @@ def test_run_once_chains_two_pipelines_into_a_clickhouse_table(lab: Lab) -> None
     assert "succeeded: 150 in" in c.run_logs(task.event_id)[-1]["message"]
 
 
+def test_destinations_carry_the_validations_each_row_failed(lab: Lab) -> None:
+    c = lab.client
+    c.create_pipeline("checked")
+    c.create_pipeline_version("checked", [{"model": "clf"}],
+                              validations={"virginica": "label == 2"})
+    c.deploy("checked", worker_wait=60)
+    c.create_connection("iris-all", "file", {"path": str(iris_parquet(lab.tmp / "all.parquet"))})
+    want = load_model("onnx", lab.clf).predict({"float_input": iris_rows()})["label"] == 2
+    assert 0 < want.sum() < len(want)
+    for mode in ("topics", "in-process"):
+        out = lab.tmp / f"checked-{mode}-{{run_id}}.jsonl"
+        c.create_connection(f"checked-{mode}", "file", {"path": str(out)})
+        c.create_orchestration(f"checked-{mode}", source="iris-all", pipelines=["checked"],
+                               destination=f"checked-{mode}", carry=["id"], mode=mode)
+        run = c.wait_for_run(c.create_task(f"checked-{mode}", f"checked-{mode}").event_id, 120)
+        assert run.status == "succeeded", run
+        rows = sorted((json.loads(line) for line in Path(str(out).replace(
+            "{run_id}", run.run_id)).read_text().splitlines()), key=lambda r: r["id"])
+        assert [r["anomalies"] for r in rows] == [["virginica"] if w else [] for w in want]
+
+
 def test_bad_rows_end_partially_succeeded_with_reasons(lab: Lab) -> None:
     c = lab.client
     source = iris_parquet(lab.tmp / "some-bad.parquet", 30, bad=(4, 17))

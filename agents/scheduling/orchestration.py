@@ -131,6 +131,7 @@ def _in_process(plane: DataPlane, stages: Sequence[tuple[PipelineRunner, Any]],
                                       f"{run_id}:{offset + i}")
         except BadRecord as exc:
             bad.append((i, f"{runner0.version.pipeline}: {exc}"))
+    flags: dict[int, list[str]] = {}
     for n, (runner, _) in enumerate(stages):
         if n:  # the previous pipeline's outputs are this one's inputs
             records = {i: InputRecord(r.record_id, None, r.format, outputs, r.fields, b"")
@@ -140,9 +141,13 @@ def _in_process(plane: DataPlane, stages: Sequence[tuple[PipelineRunner, Any]],
         for failure in outcome.failures:
             bad.append((index[id(failure.record)], f"{runner.version.pipeline}: {failure.reason}"))
         records = {index[id(r.record)]: (r.record, r.outputs) for r in outcome.results}
+        if runner.checks is not None:
+            for r in outcome.results:
+                flags.setdefault(index[id(r.record)], []).extend(
+                    _flagged(runner.version.pipeline, r.anomalies, len(stages)))
     good = [(i, {k: _single(np.asarray(v).tolist()) for k, v in outputs.items()})
             for i, (_, outputs) in sorted(records.items())]
-    return good, sorted(bad)
+    return _with_anomalies(good, flags, any(r.checks is not None for r, _ in stages)), sorted(bad)
 
 
 def _through_topics(settings: Settings, orch: OrchestrationVersion, batch: list[Row],
@@ -150,6 +155,8 @@ def _through_topics(settings: Settings, orch: OrchestrationVersion, batch: list[
     alive = {i: {**row, "id": f"{run_id}:{offset + i}"} for i, row in enumerate(batch)}
     bad: list[tuple[int, str]] = []
     outputs: dict[int, Row] = {}
+    flags: dict[int, list[str]] = {}
+    checked = False
     for name in orch.pipelines:
         order = sorted(alive)
         replies = infer_through_topics(settings, orch.workspace, name, [
@@ -158,11 +165,29 @@ def _through_topics(settings: Settings, orch: OrchestrationVersion, batch: list[
         for i, reply in zip(order, replies, strict=True):
             if reply.ok:
                 outputs[i] = reply.body["outputs"]
+                if "anomalies" in reply.body:  # the version has validations
+                    checked = True
+                    flags.setdefault(i, []).extend(
+                        _flagged(name, reply.body["anomalies"], len(orch.pipelines)))
             else:
                 bad.append((i, f"{name}: {reply.body['reason']}"))
         alive = {i: {**o, **_carried(alive[i], ("id",))} for i, o in outputs.items()}
     good = [(i, {k: _single(v) for k, v in o.items()}) for i, o in sorted(outputs.items())]
-    return good, sorted(bad)
+    return _with_anomalies(good, flags, checked), sorted(bad)
+
+
+def _flagged(pipeline: str, anomalies: Sequence[str], pipelines: int) -> list[str]:
+    """A record's failed validations as a destination row names them: by their own names, or
+    as `pipeline/check` when the orchestration chains several pipelines."""
+    return list(anomalies) if pipelines == 1 else [f"{pipeline}/{a}" for a in anomalies]
+
+
+def _with_anomalies(good: list[tuple[int, Row]], flags: Mapping[int, list[str]],
+                    checked: bool) -> list[tuple[int, Row]]:
+    """Rows with an `anomalies` column when a pipeline of the chain has validations."""
+    if not checked:
+        return good
+    return [(i, {**row, "anomalies": flags.get(i, [])}) for i, row in good]
 
 
 def _deployed_versions(registry: Registry, ws: str, orch: OrchestrationVersion
