@@ -60,6 +60,17 @@ class ReplayState:
     retry_at: float = 0.0
 
 
+def next_replay(registry: Registry, known: dict[Key, ReplayState], now: float
+                ) -> Replay | None:
+    """The oldest running replay not done here, and not waiting after a failure (`now` on
+    the monotonic clock); None when there is none."""
+    for replay in sorted(registry.replays.values(), key=lambda r: r.created_at):
+        state = known.get((replay.workspace, replay.replay_id))
+        if replay.running and (state is None or (not state.done and state.retry_at <= now)):
+            return replay
+    return None
+
+
 class ReplayRunner:
     """Runs the registry's running replays, one at a time, in a thread of its own."""
 
@@ -102,13 +113,7 @@ class ReplayRunner:
                             "progress", *key, state.error, RETRY_S)
 
     def _next(self) -> Replay | None:
-        """The oldest running replay not done here, and not waiting after a failure."""
-        now = time.monotonic()
-        for replay in sorted(self.registry_of().replays.values(), key=lambda r: r.created_at):
-            state = self.known.get((replay.workspace, replay.replay_id))
-            if replay.running and (state is None or (not state.done and state.retry_at <= now)):
-                return replay
-        return None
+        return next_replay(self.registry_of(), self.known, time.monotonic())
 
     def _running(self, replay: Replay) -> bool:
         found = self.registry_of().replays.get((replay.workspace, replay.replay_id))
