@@ -6,6 +6,7 @@ and compare with the live results as numpy does; live log reads leave the replay
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from control.kafka import consumer, end_offsets, producer, read_until_end
 from control.local.demo_models import build_onnx_classifier
 from control.local.worker_process import WorkerProcess
 from sinks.access import read_owner
+from tests.browser import console_at
 from tests.helpers import wait_until
 from tests.worker_platform import Namespace, json_records, own_settings, rows
 
@@ -137,9 +139,8 @@ def test_a_replay_rescored_exactly_once_through_a_kill_and_a_stop(
         "records_compared"] == N and c, 90, "the replay's logs are stored and compared")
     live = load_model("onnx", lab.paths[0]).predict({"float_input": x})
     outputs = {o["output"]: o for o in found["outputs"]}
-    label = outputs["label"]
-    assert label["labels"] and [e["changed"] for e in label["elements"]] == [
-        int((live["label"] != want["label"]).sum())]
+    label, changed = outputs["label"], int((live["label"] != want["label"]).sum())
+    assert label["labels"] and [e["changed"] for e in label["elements"]] == [changed]
     diff = np.abs(live["probabilities"].astype(np.float64)
                   - want["probabilities"].astype(np.float64)).reshape(N, -1)
     probabilities = outputs["probabilities"]["elements"]
@@ -160,3 +161,14 @@ def test_a_replay_rescored_exactly_once_through_a_kill_and_a_stop(
     shown = json.loads(lab.cli(capsys, "pipelines", "compare", "scoring", "--replay", "r1",
                                "--json"))
     assert shown["records_compared"] == N
+
+    # The pipeline's console page lists the replay and shows the same comparison.
+    with console_at(s, lab.tmp / "console") as url:
+        def page() -> str:
+            with urllib.request.urlopen(f"{url}/pipelines?workspace=lab&pipeline=scoring"
+                                        "&replay=r1", timeout=30) as answer:
+                return answer.read().decode()
+        html = wait_until(lambda: 'data-replay="r1"' in (h := page()) and h, 60,
+                          "the console shows the replay")
+    assert f"{N} records compared" in html
+    assert f'<td class="changed">{changed}</td>' in html
