@@ -78,6 +78,7 @@ def test_a_replay_is_started_with_its_fixed_ranges(platform: Registry) -> None:
     (start_replay("r1", "fraud", ranges=((0, 0, 3), (0, 3, 4))), "one range"),
     (start_replay("r1", "fraud", to_topic="ns.ws.fraud.output"), "live topic"),
     (start_replay("r1", "fraud", to_topic="bad topic!"), "invalid side topic"),
+    (start_replay("r1", "fraud", to_topic="ns.logs"), "platform's own topics"),
 ])
 def test_a_replay_that_cannot_work_is_refused(platform: Registry, action: tuple,
                                               mention: str) -> None:

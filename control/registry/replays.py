@@ -21,6 +21,8 @@ from schemas.errors import Rejected
 # Kafka's own rule for topic names.
 TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 LIVE_KINDS = ("input", "output", "dead", "labels")
+# The platform's own topics (control/kafka.py platform_topics), by their last part.
+PLATFORM = ("control", "control.status", "artifacts", "logs", "alerts", "workers")
 MAX_PARTITIONS = 10_000
 
 Handler = Callable[[Registry, ControlEvent, Mapping[str, Any]], Registry]
@@ -68,6 +70,9 @@ def _check_topic(topic: str, workspace: str, pipeline: str) -> None:
                        "'-'")
     # The suffix is enough: the fold does not know the namespace, and no side topic may look
     # like a live topic of the pipeline in any namespace.
+    if any(topic.endswith(f".{name}") or topic == name for name in PLATFORM):
+        raise Rejected(f"the side topic {topic!r} looks like one of the platform's own topics "
+                       f"({', '.join(PLATFORM)}); name another topic, or none for the default")
     if any(topic.endswith(f".{workspace}.{pipeline}.{kind}") for kind in LIVE_KINDS):
         raise Rejected(f"the side topic {topic!r} is a live topic of pipeline {pipeline!r}; "
                        "a replay never writes there: name another topic, or none for "
