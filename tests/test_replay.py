@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,7 @@ def test_a_replay_rescored_exactly_once_through_a_kill_and_a_stop(
     client.deploy("scoring", 1, batch_size=500, worker_wait=30)
     lab.w1.wait_ready("lab/scoring")
     records = json_records(N)
+    before = datetime.now(UTC) - timedelta(seconds=1)
     p = producer(s)
     input_topic = s.pipeline_topic("lab", "scoring", "input")
     for r in records:
@@ -103,6 +105,14 @@ def test_a_replay_rescored_exactly_once_through_a_kill_and_a_stop(
                "the live traffic is served")
     wait_until(lambda: client.count_logs("scoring") == N, 60, "its logs are stored")
     live_offsets, live_output = committed(lab, live_group, input_topic), end_offsets(s, output)
+
+    # Times become offsets once, with offsets_for_times: the whole topic, or nothing yet.
+    ends = end_offsets(s, input_topic)
+    assert names.ranges_of(s, input_topic, before, None) == [(x, 0, e) for x, e in
+                                                             sorted(ends.items())]
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert names.ranges_of(s, input_topic, later, None) == [(x, e, e) for x, e in
+                                                            sorted(ends.items())]
 
     replay = client.start_replay("scoring", 2, replay_id="r1")
     assert replay.records == N and replay.running
@@ -156,8 +166,15 @@ def test_a_replay_rescored_exactly_once_through_a_kill_and_a_stop(
     np.testing.assert_allclose(histogram["counts"], want_counts, atol=2)
     # Live reads leave the replay's logs out; they are there for the asking.
     assert client.count_logs("scoring") == N
+    # The CLI: a replay of offsets 0..10 of every partition, waited for; then the list.
+    shown = json.loads(lab.cli(capsys, "pipelines", "replay", "scoring", "--version", "1",
+                               "--from-offset", "0", "--to-offset", "10", "--id", "r2",
+                               "--json"))
+    assert (shown["state"], shown["done"], shown["records"]) == ("done", 40, 40)
+    assert len(list(read_until_end(s, shown["side_topic"]))) == 40
     listed = json.loads(lab.cli(capsys, "replays", "list", "--json"))
-    assert [(r["replay"], r["state"], r["done"]) for r in listed] == [("r1", "done", N)]
+    assert [(r["replay"], r["state"], r["done"]) for r in listed] == [
+        ("r1", "done", N), ("r2", "done", 40)]
     shown = json.loads(lab.cli(capsys, "pipelines", "compare", "scoring", "--replay", "r1",
                                "--json"))
     assert shown["records_compared"] == N
