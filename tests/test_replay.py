@@ -120,7 +120,7 @@ def test_a_replay_rescored_exactly_once_through_a_kill_and_a_stop(
     lab.w1.kill()  # kill -9, mid-replay
     assert 0 < names.progress(s, replay).done < N
     client.stop_replay("r1")
-    lab.worker("w2")  # the same data folder: it takes over the storage, schedules and replays
+    w2 = lab.worker("w2")  # the same data folder: it takes over the storage, schedules and replays
     stopped_at = names.progress(s, replay).done
     assert client.replay_status("r1").state == "stopped"
     assert names.progress(s, replay).done == stopped_at  # a stopped replay stays where it was
@@ -140,9 +140,15 @@ def test_a_replay_rescored_exactly_once_through_a_kill_and_a_stop(
     np.testing.assert_allclose(got_p.reshape(want["probabilities"].shape),
                                want["probabilities"], rtol=1e-6)
     assert list(read_until_end(s, names.dead_topic(s, replay))) == []
-    # The live output and the live group's offsets are untouched.
+    # The live output, the live group's offsets and the live metrics are untouched: w2
+    # served no live record, and the 9,950 or so replayed ones are not counted as such.
     assert end_offsets(s, output) == live_output
     assert committed(lab, live_group, input_topic) == live_offsets
+    with urllib.request.urlopen(f"{w2.url}/metrics", timeout=10) as answer:
+        series = [line for line in answer.read().decode().splitlines() if line.startswith((
+            "inferstream_records_in_total{", "inferstream_records_out_total{",
+            "inferstream_batch_seconds_count{")) and 'pipeline="scoring"' in line]
+    assert all(float(line.rsplit(" ", 1)[1]) == 0 for line in series), series
 
     # Compare, from ClickHouse, against numpy over the same rows (v1 live, v2 replayed).
     found = wait_until(lambda: (c := client.compare_replay("scoring", "r1"))[
