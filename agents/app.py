@@ -26,6 +26,7 @@ from agents.scheduling.rule_executor import RuleExecutor
 from agents.scheduling.task_scheduler import TaskScheduler
 from agents.serving.dataplane import DataPlane
 from agents.serving.deployments import DeploymentManager
+from agents.serving.replay import ReplayRunner
 from control.config import Settings
 from control.follower import RegistryFollower
 from control.kafka import (
@@ -149,6 +150,20 @@ def create_app(settings: Settings) -> faust.App:
         storage = await loop.run_in_executor(None, sink.open)
         await loop.run_in_executor(None, tasks[0].tick, storage, lambda: follower.registry)
 
+    replays: list[ReplayRunner] = []  # running while this worker runs the schedules
+
+    @app.timer(settings.replay_tick_s)
+    async def run_replays() -> None:
+        # One worker at a time runs replays: the one that runs schedules. A hand-over is safe:
+        # the next one's transactional id is the replay's, which fences the last one's writes.
+        follower = scheduling()
+        if follower is not None and not replays:
+            replays.append(ReplayRunner(settings, name, manager.cache,
+                                        lambda: follower.registry).start())
+        elif follower is None and replays:
+            runner = replays.pop()
+            await asyncio.get_running_loop().run_in_executor(None, runner.stop)
+
     @app.timer(RETRY_TICK_S)
     async def retry_refused() -> None:
         follower = getattr(app, "inferstream_follower", None)
@@ -205,6 +220,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_before_shutdown.connect
     def leave(app: faust.App, **_: object) -> None:
         manager.close()  # leaves the serving group at once: the others take its partitions
+        for runner in replays:
+            runner.stop()
         rules = getattr(app, "inferstream_rules", None)
         if rules is not None:
             rules.stop()  # leaves the rules group: another worker reads the alerts

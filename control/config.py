@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         60.0, ge=0, description="how often a performance assay's windows still within their "
         "label wait are scored again as late labels arrive")
     task_tick_s: float = Field(2.0, description="how often a worker looks for task runs to start")
+    replay_tick_s: float = Field(
+        1.0, gt=0, description="how often the worker that runs schedules looks for replays to "
+        "run, and how long a replay batch waits for records")
+    replay_batch_size: int = Field(
+        1000, gt=0, le=100_000, description="records a replay serves in one transaction "
+        "(one micro-batch of the version's runner)")
     heartbeat_s: float = Field(
         5.0, description="how often a worker publishes its heartbeat (`inferstream status`)")
     task_stale_s: float = Field(

@@ -49,6 +49,7 @@ SCORES = """arrayMap(c -> c / n, counts) AS window_densities,
 def logged_values(io: str) -> str:
     """Time and value of the monitored element in the logs of one model, over [lo, hi).
 
+    Live traffic only: a replay's logs (pipelines replay) are not the pipeline's traffic.
     Rows whose field is missing or shorter than the index are left out: reading past the
     end of a ClickHouse array gives 0, which would be counted as a real value.
     """
@@ -59,6 +60,7 @@ def logged_values(io: str) -> str:
         WHERE workspace = {{workspace:String}}
           AND pipeline = {{pipeline:String}}
           AND model = {{model:String}}
+          AND replay = ''
           AND time >= {{lo:DateTime64(6, 'UTC')}}
           AND time < {{hi:DateTime64(6, 'UTC')}}
           AND length({column}[{{field:String}}]) > {{index:UInt32}}"""

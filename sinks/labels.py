@@ -52,6 +52,7 @@ SETTINGS non_replicated_deduplication_window = 10000
 """
 
 # Every inference log that has a label, with it: what performance assays and analysts read.
+# Migration 7 keeps it to live traffic (LABELLED_LIVE_LOGS_VIEW).
 LABELLED_LOGS_VIEW = """
 CREATE OR REPLACE VIEW labelled_logs AS
 SELECT logs.time AS time, logs.record_id AS record_id, logs.workspace AS workspace,
@@ -64,6 +65,7 @@ INNER JOIN (SELECT workspace, pipeline, record_id, label, time FROM labels FINAL
     ON logs.workspace = truth.workspace AND logs.pipeline = truth.pipeline
    AND logs.record_id = truth.record_id
 """
+LABELLED_LIVE_LOGS_VIEW = LABELLED_LOGS_VIEW + "WHERE logs.replay = ''\n"
 
 
 class BadLabel(InferstreamError):

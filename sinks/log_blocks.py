@@ -41,7 +41,7 @@ _SHARED_TYPES = {
     "time": pa.timestamp("us", "UTC"), "workspace": pa.string(), "pipeline": pa.string(),
     "pipeline_version": pa.uint32(), "step": pa.uint16(), "model": pa.string(),
     "model_version": pa.uint32(), "shadow": pa.bool_(), "elapsed_us": pa.int64(),
-    "worker": pa.string(),
+    "worker": pa.string(), "replay": pa.string(),
 }
 SCHEMA = pa.schema([
     *((name, _SHARED_TYPES[name]) for name in SHARED), ("record_ids", _NAMES),

@@ -19,7 +19,7 @@ _READ_AS = {
     "pipeline": "String", "pipeline_version": "Int32", "step": "Int32", "model": "String",
     "model_version": "Int32", "shadow": "Bool", "inputs": f"Array({TENSOR})",
     "outputs": f"Array({TENSOR})", "elapsed_us": "Int64", "worker": "String",
-    "error": "Nullable(String)", "anomalies": "Array(String)",
+    "error": "Nullable(String)", "anomalies": "Array(String)", "replay": "String",
 }
 # Where a log was read from: the sink's idempotence rests on it.
 POSITION = (("kafka_topic", "String"), ("kafka_partition", "Int32"), ("kafka_offset", "Int64"))

@@ -40,6 +40,7 @@ class LogFilter(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=256)
     only_failures: bool = False
     only_anomalies: bool = False
+    replay: str = Field("", max_length=256)  # "": live traffic; a replay id: its logs
     anomaly: str | None = Field(None, min_length=1, max_length=256)
 
     def model_post_init(self, _: Any) -> None:
@@ -115,8 +116,11 @@ def page(storage: Storage, where: LogFilter, size: int, after: LogPosition | Non
 
 def _select(where: LogFilter) -> tuple[str, dict[str, Any]]:
     """`FROM inference_logs WHERE ...` and its parameters."""
-    clauses = ["workspace = {workspace:String}", "pipeline = {pipeline:String}"]
-    params: dict[str, Any] = {"workspace": where.workspace, "pipeline": where.pipeline}
+    # Live traffic unless a replay is named: a replay's logs never mix with the live ones.
+    clauses = ["workspace = {workspace:String}", "pipeline = {pipeline:String}",
+               "replay = {replay:String}"]
+    params: dict[str, Any] = {"workspace": where.workspace, "pipeline": where.pipeline,
+                              "replay": where.replay}
     optional: list[tuple[str, datetime | int | str | None, str]] = [
         ("lo", where.start, f"time >= {{lo:{_TIME}}}"),
         ("hi", where.end, f"time < {{hi:{_TIME}}}"),

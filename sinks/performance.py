@@ -81,7 +81,8 @@ def score_expression(config: AssayConfig) -> str:
 
 
 def labelled_values(io: str) -> str:
-    """Time, field, element and label (if any) of the monitored model's logs over [lo, hi)."""
+    """Time, field, element and label (if any) of the monitored model's live logs (no
+    replay's) over [lo, hi)."""
     column = {"input": "inputs", "output": "outputs"}[io]
     return f"""
         SELECT logs.time AS time, logs.{column}[{{field:String}}] AS row,
@@ -94,6 +95,7 @@ def labelled_values(io: str) -> str:
         WHERE logs.workspace = {{workspace:String}}
           AND logs.pipeline = {{pipeline:String}}
           AND logs.model = {{model:String}}
+          AND logs.replay = ''
           AND logs.time >= {{lo:DateTime64(6, 'UTC')}}
           AND logs.time < {{hi:DateTime64(6, 'UTC')}}
           AND length(logs.{column}[{{field:String}}]) > {{index:UInt32}}"""

@@ -20,6 +20,7 @@ from sinks import log_queries
 from sinks.assays import last_done, load_results, preview, result_row
 from sinks.labels import labelled_logs
 from sinks.log_queries import MAX_ROWS, LogFilter, LogPosition
+from sinks.replays import compare
 from sinks.runs import run_by_id, run_logs, runs
 
 if TYPE_CHECKING:
@@ -81,6 +82,13 @@ class LabelledLogs(Args):
     workspace: str = Name
     pipeline: str = Name
     limit: int = Field(100, ge=1, le=MAX_ROWS)
+
+
+class CompareReplay(Args):
+    workspace: str = Name
+    pipeline: str = Name
+    replay: str = Name
+    bins: int = Field(10, ge=1, le=1000)
 
 
 class Runs(Args):
@@ -173,6 +181,10 @@ READS: dict[str, Read] = {
     "labelled_logs": Read(
         LabelledLogs,
         lambda s, a, t: labelled_logs(s, a.workspace, a.pipeline, a.limit, t),
+        lambda s, a: a.workspace),
+    "compare_replay": Read(
+        CompareReplay,
+        lambda s, a, t: compare(s, a.workspace, a.pipeline, a.replay, a.bins, t),
         lambda s, a: a.workspace),
     "runs": Read(Runs, lambda s, a, t: [asdict(r) for r in runs(s, a.workspace, a.task,
                                                                 a.limit)],

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from typing import Any, NamedTuple
 
-from sinks.labels import LABELLED_LOGS_VIEW, LABELS
+from sinks.labels import LABELLED_LIVE_LOGS_VIEW, LABELLED_LOGS_VIEW, LABELS
 from sinks.runs import TASK_RUN_LOGS, TASK_RUNS
 from sinks.storage import Storage
 
@@ -166,6 +166,15 @@ INFERENCE_LOGS_VIEW_ANOMALIES = (
              "output_strings, elapsed_us, worker, error, anomalies, kafka_topic"))
 
 
+# Migration 7: the view of migration 6 with the replay that made each log ('' for live
+# traffic): live reads and assays keep to replay = ''.
+INFERENCE_LOGS_VIEW_REPLAYS = (
+    INFERENCE_LOGS_VIEW_ANOMALIES
+    .replace("record_anomaly AS anomalies,\n", "record_anomaly AS anomalies, replay,\n")
+    .replace("error, anomalies, kafka_topic", "error, anomalies, replay, kafka_topic"))
+LIVE = "replay = ''"  # the condition every live read of inference_logs carries
+
+
 def _rename_log_rows(storage: Storage) -> None:
     """Migration 1's `inference_logs` table becomes `inference_log_rows`, once: after that,
     `inference_logs` is the view."""
@@ -256,6 +265,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"ALTER TABLE {LOG_BLOCKS} ADD COLUMN IF NOT EXISTS record_anomalies "
         "Array(Array(String)) AFTER output_values64",
         INFERENCE_LOGS_VIEW_ANOMALIES)),
+    Migration(7, "replays: the replay that made an inference log", (
+        # A replay's log of a record must not replace the live one: the rows table is keyed
+        # by the inference, so the replay joins the key (allowed in the ALTER adding it,
+        # without a default expression: a String's own default is '').
+        f"ALTER TABLE {LOG_ROWS} ADD COLUMN IF NOT EXISTS replay LowCardinality(String) "
+        "AFTER anomalies, MODIFY ORDER BY "
+        "(workspace, pipeline, model, record_id, step, shadow, replay)",
+        f"ALTER TABLE {LOG_BLOCKS} ADD COLUMN IF NOT EXISTS replay LowCardinality(String) "
+        "DEFAULT '' AFTER worker",
+        INFERENCE_LOGS_VIEW_REPLAYS, LABELLED_LIVE_LOGS_VIEW)),
 )
 
 
@@ -330,6 +349,7 @@ def log_rows(
                 "worker": record["worker"],
                 "error": record.get("error"),
                 "anomalies": list(record.get("anomalies") or ()),  # none before validations
+                "replay": record.get("replay") or "",  # live traffic, and logs before replays
                 "kafka_topic": position.topic if position else "",
                 "kafka_partition": position.partition if position else -1,
                 "kafka_offset": position.offset if position else -1,

@@ -232,6 +232,24 @@ def resume_route(pipeline: str, step: int, route: int) -> Action:
     return "ResumeRoute", {"pipeline": pipeline, "step": step, "route": route}
 
 
+def start_replay(replay_id: str, pipeline: str, version: int = 1,
+                 ranges: tuple[tuple[int, int, int], ...] = ((0, 0, 10),),
+                 to_topic: str | None = None, from_time: datetime | None = None,
+                 to_time: datetime | None = None) -> Action:
+    return "StartReplay", {"replay_id": replay_id, "pipeline": pipeline, "version": version,
+                           "ranges": [{"partition": p, "start": s, "end": e}
+                                      for p, s, e in ranges],
+                           "to_topic": to_topic, "from_time": from_time, "to_time": to_time}
+
+
+def stop_replay(replay_id: str) -> Action:
+    return "StopReplay", {"replay_id": replay_id}
+
+
+def resume_replay(replay_id: str) -> Action:
+    return "ResumeReplay", {"replay_id": replay_id}
+
+
 # -- assays ----------------------------------------------------------------------------------
 
 HOUR_S = 3600
@@ -430,6 +448,10 @@ def every_action() -> list[Action]:
         delete_rule("pause-b"),
         pause_route("fraud", 2, 1, cause=action_cause("pause-b", "pause-b-0000abcd")),
         resume_route("fraud", 2, 1),
+        start_replay("r1", "fraud", 2, ((0, 5, 10), (1, 0, 3)), to_topic="side",
+                     from_time=T0, to_time=T0),
+        stop_replay("r1"),
+        resume_replay("r1"),
     ]
 
 

@@ -49,7 +49,7 @@ def inference_log(**fields: object) -> dict:
         "pipeline_version": 2, "step": 1, "model": "clf", "model_version": 3, "shadow": True,
         "inputs": [tensor("x", [1.0, 2.0, 3.0, 4.0], [1, 4])],
         "outputs": [tensor("score", [0.5], [1, 1])],
-        "elapsed_us": 99, "worker": "worker-1", "error": None, "anomalies": [],
+        "elapsed_us": 99, "worker": "worker-1", "error": None, "anomalies": [], "replay": "",
     } | fields
 
 

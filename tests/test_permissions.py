@@ -34,12 +34,15 @@ from registry_events import (
     reject,
     remove_member,
     resume_assay,
+    resume_replay,
     resume_route,
     resume_rule,
     revoke_api_key,
     rollback,
     secured_user,
     signed,
+    start_replay,
+    stop_replay,
     undeploy,
     upload_model,
 )
@@ -89,6 +92,9 @@ TABLE = {
     "DeleteRule": (delete_rule("rule"), WRITERS),
     "PauseRoute": (pause_route("split", 1, 1), WRITERS),
     "ResumeRoute": (resume_route("split", 1, 2), WRITERS),
+    "StartReplay": (start_replay("new-replay", "fraud"), WRITERS),
+    "StopReplay": (stop_replay("replay"), WRITERS),
+    "ResumeReplay": (resume_replay("stopped-replay"), WRITERS),
 }
 # What a refusal says, by what the event needs and who was refused.
 REASONS = {
@@ -127,7 +133,9 @@ def platform() -> Registry:
             create_pipeline("split"), create_pipeline_version("split", random_split(
                 (1.0, model_step("scaler")), (1.0, model_step("scaler")),
                 (1.0, model_step("scaler")))),
-            deploy("split"), pause_route("split", 1, 2)),
+            deploy("split"), pause_route("split", 1, 2),
+            start_replay("replay", "fraud"), start_replay("stopped-replay", "fraud"),
+            stop_replay("stopped-replay")),
     )
 
 

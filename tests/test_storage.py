@@ -107,17 +107,21 @@ def test_logs_stored_before_the_blocks_stay_readable(storage: Storage) -> None:
         storage.insert("schema_version", [{"version": migration.version, "name": migration.name,
                                            "applied_at": T0}])
     records, positions = batch(3)
-    # Rows as that release wrote them: without the anomalies column (migration 6).
-    storage.insert("inference_logs", [{k: v for k, v in row.items() if k != "anomalies"}
+    # Rows as that release wrote them: without the anomalies (migration 6) and replay (7)
+    # columns.
+    storage.insert("inference_logs", [{k: v for k, v in row.items()
+                                       if k not in ("anomalies", "replay")}
                                       for row in log_rows(records, positions)])
-    assert migrate(storage) == [4, 5, 6]
+    assert migrate(storage) == [4, 5, 6, 7]
     engines = {t["name"]: t["engine"] for t in storage.query(
         "SELECT name, engine FROM system.tables WHERE database = currentDatabase()")}
     assert engines["inference_logs"] == "View"
     assert engines[LOG_ROWS] == "ReplacingMergeTree"
-    rows = storage.query("SELECT record_id, anomalies FROM inference_logs ORDER BY record_id")
-    assert [(r["record_id"], r["anomalies"]) for r in rows] == [
-        ("r0", []), ("r1", []), ("r2", [])]
+    rows = storage.query("SELECT record_id, anomalies, replay FROM inference_logs "
+                         "ORDER BY record_id")
+    # Logs from before replays are live traffic.
+    assert [(r["record_id"], r["anomalies"], r["replay"]) for r in rows] == [
+        ("r0", [], ""), ("r1", [], ""), ("r2", [], "")]
 
 
 def test_one_element_of_one_field_is_selectable(storage: Storage) -> None:

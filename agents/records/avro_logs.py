@@ -41,6 +41,7 @@ LOG_MESSAGE_BYTES = 900_000
 class LogWriter:
     """InferenceLog records of one pipeline version served by one worker.
 
+    `replay` names the replay (pipelines replay) whose logs these are; '' for live traffic.
     A served batch's logs go to the logs topic (messages): the logs of each predict call whose
     tensors are numbers with as many rows per record as one InferenceLogBlock (blocks), the
     others packed into InferenceLogBatch messages (pack); either kind is at most
@@ -48,12 +49,14 @@ class LogWriter:
     sits in a batch; encode() writes one standalone log.
     """
 
-    def __init__(self, workspace: str, pipeline: str, pipeline_version: int, worker: str) -> None:
+    def __init__(self, workspace: str, pipeline: str, pipeline_version: int, worker: str,
+                 replay: str = "") -> None:
         self._prefix = MARKER + codec("InferenceLog").fingerprint
         self._batch_prefix = MARKER + codec("InferenceLogBatch").fingerprint
         self._block_prefix = MARKER + codec("InferenceLogBlock").fingerprint
         self._pipeline = string(workspace) + string(pipeline) + long(pipeline_version)
         self._worker = string(worker)
+        self._replay = string(replay)  # '' for live traffic: a replay's logs name the replay
         self._models: dict[tuple[int, str, int, bool], bytes] = {}
         self._longs = LastLongs()
 
@@ -74,7 +77,8 @@ class LogWriter:
             longs.time(time_us), string(record_id), self._pipeline,
             self._served_by(step, model, model_version, shadow),
             tensors(inputs), tensors(outputs), longs.elapsed(elapsed_us), self._worker,
-            EMPTY if error is None else SECOND_BRANCH + string(error), names(anomalies)))
+            EMPTY if error is None else SECOND_BRANCH + string(error), names(anomalies),
+            self._replay))
 
     def _served_by(self, step: int, model: str, model_version: int, shadow: bool) -> bytes:
         which = (step, model, model_version, shadow)
@@ -157,7 +161,7 @@ class LogWriter:
                           _tensor_column_array(ins, at, at + size),
                           _tensor_column_array(outs, at, at + size),
                           _anomalies(anomalies[at:at + size]) if flagged  # type: ignore[index]
-                          else EMPTY))
+                          else EMPTY, self._replay))
                 for at in range(0, len(record_ids), size)]
 
 

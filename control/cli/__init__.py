@@ -20,6 +20,7 @@ from control.cli.logs import logs
 from control.cli.models import models
 from control.cli.pipelines import pipelines
 from control.cli.platform import acls, broker, infer, registrar, up, worker
+from control.cli.replays import replays
 from control.cli.rules import rules
 from control.cli.status import status
 from control.cli.users import bootstrap, login, users, whoami, workspaces
@@ -38,6 +39,7 @@ app.add_typer(connections, name="connections")
 app.add_typer(orchestrations, name="orchestrations")
 app.add_typer(tasks, name="tasks")
 app.add_typer(rules, name="rules")
+app.add_typer(replays, name="replays")
 app.add_typer(api_keys, name="api-keys")
 app.add_typer(broker, name="broker")
 app.command("logs")(logs)

@@ -45,6 +45,7 @@ _PARQUET_TYPES = dict([
     ("worker", pa.string()),
     ("error", pa.string()),
     ("anomalies", _STRINGS),
+    ("replay", pa.string()),
     ("kafka_topic", pa.string()),
     ("kafka_partition", pa.int32()),
     ("kafka_offset", pa.int64()),

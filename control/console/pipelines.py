@@ -1,5 +1,6 @@
-"""Pipelines: each version's steps drawn as a chain (splits and shadows as branches), and the
-deployment history (deploys, undeploys, rollbacks: who and when)."""
+"""Pipelines: each version's steps drawn as a chain (splits and shadows as branches), the
+deployment history (deploys, undeploys, rollbacks: who and when), and the pipeline's replays;
+?replay= compares one with the live results (`pipelines compare`, docs/replay.md)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from control.console.reading import read
 from control.console.web import context, feeds_of, render
 from control.registry.state import KeySplit, ModelStep, RandomSplit, ShadowStep, Step
+from sinks import reads
 
 TITLE, PATH = "Pipelines", "/pipelines"
 
@@ -72,8 +75,18 @@ async def page(request: web.Request) -> web.Response:
     chains = {(p.workspace, p.name, v.version): [link_of(i, s) for i, s in
                                                  enumerate(v.steps, 1)]
               for p in found for v in p.versions}
+    replays = {(p.workspace, p.name): sorted(
+        (r for (ws, _), r in ctx.registry.replays.items()
+         if ws == p.workspace and r.pipeline == p.name), key=lambda r: r.created_at)
+        for p in found}
+    compared = None
+    chosen = request.query.get("replay")
+    if chosen and len(found) == 1 and any(r.replay_id == chosen
+                                          for r in replays[(found[0].workspace, wanted)]):
+        compared = await read(request, "compare_replay", reads.CompareReplay(
+            workspace=found[0].workspace, pipeline=found[0].name, replay=chosen))
     return render(request, "pipelines.html", ctx=ctx, pipelines=found, history=history,
-                  chains=chains)
+                  chains=chains, replays=replays, compared=compared)
 
 
 ROUTES = [web.get(PATH, page)]

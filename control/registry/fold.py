@@ -22,6 +22,7 @@ from control.registry.assays import ASSAY_HANDLERS
 from control.registry.chains import NAMES_ONLY, check_chain, result_steps
 from control.registry.events import EVENT_TYPES, ControlEvent
 from control.registry.models import MODEL_HANDLERS
+from control.registry.replays import REPLAY_HANDLERS
 from control.registry.rules import check_name, member, pipeline_of
 from control.registry.security import authenticate, authorize
 from control.registry.state import (
@@ -126,6 +127,10 @@ def _made(after: Registry, event: ControlEvent) -> dict[str, str]:
         case "CreateRule":
             name = event.payload["name"]
             return {"rule": name, "rule_id": after.alert_rules[(key[0], name)].rule_id}
+        case "StartReplay":
+            found = after.replays[(key[0], event.payload["replay_id"])]
+            return {"replay": found.replay_id, "pipeline": found.pipeline,
+                    "version": str(found.version), "records": str(found.records)}
     return {}
 
 
@@ -347,4 +352,5 @@ _HANDLERS: dict[str, Handler] = {
     "CreateTask": caused(WORKLOAD_HANDLERS["CreateTask"], "CreateTask"),
     **API_KEY_HANDLERS,
     **RULE_HANDLERS,
+    **REPLAY_HANDLERS,
 }

@@ -329,6 +329,32 @@ class AlertRule:
     last_alert: str | None = None  # the identity of the alert that fired it last
 
 
+@dataclass(frozen=True)
+class Replay:
+    """A past range of `pipeline`'s input topic scored again with `version` into a side topic
+    (control/registry/replays.py). `ranges`: (partition, start, end) offsets, end exclusive,
+    fixed when it was asked for. Whether it is done is Kafka's to say (its group's committed
+    offsets against the ranges), not the registry's: the registry knows only running or
+    stopped."""
+
+    workspace: str
+    replay_id: str
+    pipeline: str
+    version: int
+    ranges: tuple[tuple[int, int, int], ...]
+    to_topic: str | None  # None: the default side topic (control/replays.py)
+    from_time: datetime | None
+    to_time: datetime | None
+    running: bool
+    created_by: str
+    created_at: datetime
+
+    @property
+    def records(self) -> int:
+        """How many offsets the ranges span (transaction markers among them are no records)."""
+        return sum(end - start for _, start, end in self.ranges)
+
+
 Key = tuple[str, str]  # (workspace, name)
 
 
@@ -347,6 +373,7 @@ class Registry:
     tasks: Mapping[Key, Task] = field(default_factory=dict)
     api_keys: Mapping[str, ApiKey] = field(default_factory=dict)  # by key id
     alert_rules: Mapping[Key, AlertRule] = field(default_factory=dict)
+    replays: Mapping[Key, Replay] = field(default_factory=dict)  # by (workspace, replay id)
     # Bootstrapped with a key: every event must be signed by its actor, every user has a key.
     secured: bool = False
     applied: AppliedEvents = field(default_factory=AppliedEvents)
