@@ -20,7 +20,7 @@ import faust
 
 from agents import heartbeat, web
 from agents.http_guard import Guard
-from agents.scheduling.assay_scheduler import AssayScheduler
+from agents.scheduling.assay_scheduler import AssayScheduler, alerts_topic
 from agents.scheduling.orchestration import RunExecutor
 from agents.scheduling.rule_executor import RuleExecutor
 from agents.scheduling.task_scheduler import TaskScheduler
@@ -34,7 +34,6 @@ from control.kafka import (
     ensure_topics,
     faust_broker_options,
     platform_topics,
-    producer,
     replication_factor,
 )
 from control.registrar import Registrar
@@ -114,11 +113,7 @@ def create_app(settings: Settings) -> faust.App:
             # Ground truth from every pipeline's labels topic, by the same storage owner.
             label_sink.start(settings, sink)
 
-    alerts_producer = producer(settings)
-    scheduler = AssayScheduler(
-        lambda key, value: alerts_producer.produce(settings.topic("alerts"), key=key,
-                                                   value=value),
-        timedelta(seconds=settings.assay_rescore_s))
+    scheduler = AssayScheduler(alerts_topic(settings), timedelta(seconds=settings.assay_rescore_s))
 
     def scheduling() -> RegistryFollower | None:
         """The registry follower when this worker runs schedules: with chDB the worker whose
@@ -134,7 +129,6 @@ def create_app(settings: Settings) -> faust.App:
         loop = asyncio.get_running_loop()
         storage = await loop.run_in_executor(None, sink.open)
         await loop.run_in_executor(None, scheduler.tick, storage, follower.registry)
-        alerts_producer.flush(10)
 
     tasks: list[TaskScheduler] = []  # made on first use: it needs the broker's claims topic
 

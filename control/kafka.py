@@ -319,6 +319,18 @@ def delivery_error(err: KafkaError | None, msg: Message) -> None:
         raise BrokerError(f"delivery to {msg.topic()} failed: {err}")
 
 
+def deliver(p: Producer, topic: str, key: bytes | None, value: bytes,
+            timeout: float = 30.0) -> str | None:
+    """Produce one message and wait until the broker has it: None then, else why not (a
+    caller that must not lose it keeps it, and tries again)."""
+    errors: list[str] = []
+    p.produce(topic, key=key, value=value,
+              on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+    if p.flush(timeout):
+        return f"not delivered to {topic} within {timeout:g} s"
+    return f"delivery to {topic} failed: {errors[0]}" if errors else None
+
+
 def faust_broker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of faust.App that reach the brokers as every other client does.
 

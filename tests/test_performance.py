@@ -24,6 +24,7 @@ from control.console.assays import chart_data
 from control.registry.assay_config import AssayConfig, AssayError
 from control.registry.state import Assay, Registry
 from schemas.codec import codec
+from schemas.errors import BrokerError
 from sinks.assays import load_results, preview, status_of
 from sinks.label_sink import LabelMessage, LabelSink
 from sinks.labels import BadLabel, decode_label, labels_topic_pattern, pipeline_of_topic
@@ -226,6 +227,13 @@ def test_a_late_label_rescores_the_window_and_alerts_once(chdb: Storage) -> None
     assert scheduler.tick(chdb, registry, now + timedelta(minutes=1)) == []  # nothing new
 
     send_labels(sink, "late", [(rid, 0) for rid in ids[4:7]], 100)  # 4 of 7: alert
+    # The broker does not take the alert: the window stays as stored, to alert next tick.
+    publish = scheduler.publish
+    scheduler.publish = _refused
+    assert scheduler.tick(chdb, registry, now + timedelta(minutes=2)) == []
+    [kept] = load_results(chdb, "fraud", "acc")
+    assert (kept.labelled, kept.status, kept.alerted, sent) == (4, "ok", (), [])
+    scheduler.publish, scheduler._rescored = publish, {}
     [again] = scheduler.tick(chdb, registry, now + timedelta(minutes=2))
     assert (again.score, again.labelled, again.status) == (pytest.approx(4 / 7), 7, "alert")
     [stored] = load_results(chdb, "fraud", "acc")
@@ -242,6 +250,10 @@ def test_a_late_label_rescores_the_window_and_alerts_once(chdb: Storage) -> None
     later = scheduler.tick(chdb, registry, beyond)
     assert T1 not in [r.window_start for r in later] and len(later) == 25  # the new windows
     assert load_results(chdb, "fraud", "acc")[0].labelled == 9
+
+
+def _refused(key: bytes, value: bytes) -> None:
+    raise BrokerError("alert not published (not delivered to alerts within 30 s)")
 
 
 def test_thresholds_of_a_lower_is_worse_metric() -> None:

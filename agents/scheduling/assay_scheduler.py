@@ -9,8 +9,10 @@ Performance assays are scored again while their labels arrive: at most every `re
 assay's label wait (default 7 days), and a window whose labelled count or score changed is
 stored again (the new result replaces the old, keyed by window start). A window publishes
 an alert when it reaches a status worse than any it published before, so once per (assay,
-window, status); the alert is published before its result is stored, so a crash between
-the two may publish it twice, never not at all.
+window, status); the alert is published, and the broker has it, before its result is stored:
+a crash between the two may publish it twice (a rule fires once per alert anyway), never not
+at all, and an alert the broker does not take leaves the window unstored, to run again at
+the next tick.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from control.config import Settings
+from control.kafka import deliver, producer
 from control.registry.state import Registry
 from schemas.codec import codec
+from schemas.errors import BrokerError
 from sinks.assays import (
     AssayConfig,
     AssayResult,
@@ -42,7 +47,20 @@ from sinks.storage import Storage
 
 log = logging.getLogger(__name__)
 MAX_WINDOWS_PER_TICK = 50  # a long backfill proceeds a slice per tick, so the worker stays live
-Publish = Callable[[bytes, bytes], None]  # key, value -> the alerts topic
+Publish = Callable[[bytes, bytes], None]  # key, value -> the alerts topic; raises if not taken
+
+
+def alerts_topic(settings: Settings) -> Publish:
+    """Publish to the alerts topic and wait for the broker: BrokerError if it did not take the
+    alert, so its window is not stored and alerts again at the next tick."""
+    p = producer(settings)
+
+    def publish(key: bytes, value: bytes) -> None:
+        problem = deliver(p, settings.topic("alerts"), key, value)
+        if problem:
+            raise BrokerError(f"alert not published ({problem}); its window runs again")
+
+    return publish
 
 
 class AssayScheduler:

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry, Counter
 
 from control.config import Settings, read_private_key
-from control.kafka import consumer, producer
+from control.kafka import consumer, deliver, producer
 from control.registry.alert_rules import (
     action_event_id,
     action_of,
@@ -185,20 +185,12 @@ class RuleExecutor:
 
     def _produce(self, p: Any, event: ControlEvent) -> bool:
         """Put the event on the control topic; True once the broker has it."""
-        errors: list[str] = []
-
-        def delivered(err: KafkaError | None, _: Message) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        p.produce(self.settings.topic("control"), key=event.event_id.encode(),
-                  value=event.to_bytes(), on_delivery=delivered)
-        if p.flush(30) or errors:
-            log.warning("action %s %s not delivered (%s); the alert is tried again",
-                        event.type, event.event_id, "; ".join(errors) or "timed out")
-            return False
-        return True
-
+        problem = deliver(p, self.settings.topic("control"), event.event_id.encode(),
+                          event.to_bytes())
+        if problem:
+            log.warning("action %s %s: %s; the alert is tried again", event.type,
+                        event.event_id, problem)
+        return problem is None
 
 def _now_ms() -> datetime:
     """Now at the millisecond precision of an event's time."""
