@@ -22,6 +22,7 @@ from control.registry.assays import ASSAY_HANDLERS
 from control.registry.chains import NAMES_ONLY, check_chain, result_steps
 from control.registry.events import EVENT_TYPES, ControlEvent
 from control.registry.models import MODEL_HANDLERS
+from control.registry.redrives import REDRIVE_HANDLERS, redrive_id
 from control.registry.rules import check_name, member, pipeline_of
 from control.registry.security import authenticate, authorize
 from control.registry.state import (
@@ -118,6 +119,8 @@ def _made(after: Registry, event: ControlEvent) -> dict[str, str]:
         case "CreateRule":
             name = event.payload["name"]
             return {"rule": name, "rule_id": after.alert_rules[(key[0], name)].rule_id}
+        case "Redrive":
+            return {"pipeline": key[1], "redrive_id": redrive_id(key[1], event.event_id)}
     return {}
 
 
@@ -339,4 +342,5 @@ _HANDLERS: dict[str, Handler] = {
     "CreateTask": caused(WORKLOAD_HANDLERS["CreateTask"], "CreateTask"),
     **API_KEY_HANDLERS,
     **RULE_HANDLERS,
+    **REDRIVE_HANDLERS,
 }
