@@ -125,7 +125,7 @@ def test_a_letter_held_back_by_the_limit_is_free_for_a_forced_redrive(
         platform: Registry) -> None:
     state = given(platform, event(redrive("fraud", (0, 0, 10), limit=3)),
                   event(redrive("fraud", (0, 0, 10), limit=None)))
-    limited, forced = redrives(state)
+    _, forced = redrives(state)
     assert decide(forced, earlier_of(state, forced), 0, 1, "boom", 3) == REDRIVE
     assert decide(forced, earlier_of(state, forced), 0, 1, "boom", 2) == ALREADY
 
