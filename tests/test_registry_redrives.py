@@ -1,5 +1,6 @@
-"""Dead-letter redrives in the registry (no Kafka): refusals, overlapping redrives that skip
-what an earlier one took, the reason filter, the redrive limit, and old events folding alike."""
+"""Dead-letter redrives without Kafka: refusals, overlapping redrives that skip what an earlier
+one took, the reason filter, the redrive limit, old events folding alike, and the headers that
+carry a redriven record's origin."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from registry_events import (
     ws_members,
 )
 
+from agents.serving.redriven import COUNT_HEADER, ORIGIN_HEADER, Origin, origin_of
 from control.registry.fold import apply, fold, result_of
 from control.registry.redrives import (
     ALREADY,
@@ -170,3 +172,23 @@ def test_events_before_redrives_fold_as_before(platform: Registry) -> None:
     assert platform.redrives == {}
     later = replace(event(redrive("fraud", (0, 0, 1))), time=T0 + timedelta(hours=1))
     assert apply(platform, later).deployments == platform.deployments
+
+
+class Headed:
+    """What origin_of reads of a confluent_kafka.Message."""
+
+    def __init__(self, headers: list[tuple[str, bytes]] | None) -> None:
+        self._headers = headers
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
+
+
+def test_a_redriven_record_tells_its_origin_through_headers() -> None:
+    origin = Origin("ns.ws.fraud.input", 2, 41, "fraud-0123456789ab", 1)
+    assert origin_of(Headed([("other", b"x"), *origin.headers()])) == origin
+    assert origin.record_id == "ns.ws.fraud.input:2:41"
+    assert origin_of(Headed(None)) is None and origin_of(Headed([])) is None
+    broken = [(k, b"not a number" if k == COUNT_HEADER else v) for k, v in origin.headers()]
+    assert origin_of(Headed(broken)) is None  # then served as the new record it looks like
+    assert origin_of(Headed([(ORIGIN_HEADER, b"a:b")])) is None
