@@ -7,6 +7,7 @@ range sends nothing again."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def predict(batch):
     return {{"doubled": x * 2}}
 '''
 RECORDS, BAD, STILL_BAD = 300, 100, 10  # every third record bad, every 30th still bad in v2
-RATE = 50  # dead letters a second: the redrive takes ~2 s, time to kill the worker in it
+RATE = 25  # dead letters a second: the redrive takes ~4 s, time to kill the worker in it
 
 
 def record(i: int) -> tuple[bytes, bytes]:
@@ -119,6 +120,10 @@ def test_dead_letters_are_redriven_exactly_once_across_a_kill(
         second.wait_ready("lab/fix")
         wait_until(lambda: platform.client.redrive_progress(redrive).finished, 60,
                    "the redrive finished by the second worker")
+        resumed = wait_until(lambda: re.search(
+            rf"redrive {redrive.redrive_id} done: .*'redrive': (\d+)",
+            second.log_path.read_text()), 10, "the second worker's word that it is done")
+        assert resumed and 0 < int(resumed[1]) < BAD, "the kill came after the redrive ended"
 
         # Each dead letter served exactly once (or dead-lettered once more), its id kept.
         fixed_ids = {f"{d['topic']}:{d['partition']}:{d['offset']}" for d in first_letters
