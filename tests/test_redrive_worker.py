@@ -10,6 +10,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,7 +51,9 @@ def record(i: int) -> tuple[bytes, bytes]:
     return f"k{i}".encode(), json.dumps({"id": f"r{i}", "float_input": x}).encode()
 
 
-def run_cli(platform: Platform, capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+def run_cli(platform: Platform, capsys: pytest.CaptureFixture[str], *args: str,
+            parse: bool = True) -> Any:
+    """What the CLI printed: JSON read back, or the text when not parse."""
     s = platform.settings
     with pytest.raises(SystemExit) as exited:
         main(["--bootstrap-servers", s.bootstrap_servers, "--namespace", s.namespace,
@@ -58,7 +61,7 @@ def run_cli(platform: Platform, capsys: pytest.CaptureFixture[str], *args: str) 
         raise SystemExit(0)
     printed = capsys.readouterr()
     assert exited.value.code == 0, printed.err
-    return json.loads(printed.out)
+    return json.loads(printed.out) if parse else " ".join(printed.out.split())
 
 
 def test_dead_letters_are_redriven_exactly_once_across_a_kill(
@@ -158,6 +161,9 @@ def test_dead_letters_are_redriven_exactly_once_across_a_kill(
             [i for i, n in served.items() if n > 1]
         assert fixed_ids <= set(served)
         assert {r["pipeline_version"] for r in results() if r["id"] in fixed_ids} == {2}
+        status = run_cli(platform, capsys, "pipelines", "redrive-status", redrive.redrive_id,
+                         parse=False)
+        assert f"redrove {BAD} of {BAD} dead letters (redrive {redrive.redrive_id})" in status
         listed = run_cli(platform, capsys, "pipelines", "redrives", "fix", "--json")
         assert [r["redrive_id"] for r in listed] == [redrive.redrive_id,
                                                       second_run["redrive_id"]]
