@@ -23,7 +23,13 @@ from registry_events import (
     ws_members,
 )
 
-from agents.serving.redriven import COUNT_HEADER, ORIGIN_HEADER, Origin, origin_of
+from agents.serving.redriven import (
+    COUNT_HEADER,
+    ORIGIN_HEADER,
+    Origin,
+    any_redriven,
+    origin_of,
+)
 from control.registry.fold import apply, fold, result_of
 from control.registry.redrives import (
     ALREADY,
@@ -192,3 +198,6 @@ def test_a_redriven_record_tells_its_origin_through_headers() -> None:
     broken = [(k, b"not a number" if k == COUNT_HEADER else v) for k, v in origin.headers()]
     assert origin_of(Headed(broken)) is None  # then served as the new record it looks like
     assert origin_of(Headed([(ORIGIN_HEADER, b"a:b")])) is None
+    # Only a redriven record leaves the column-wise path; a producer's own headers do not.
+    assert any_redriven([Headed(None), Headed(origin.headers())])
+    assert not any_redriven([Headed(None), Headed([("traceparent", b"00-1-2-01")])])

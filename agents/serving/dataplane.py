@@ -29,7 +29,7 @@ from agents.records.formats import (
 )
 from agents.serving.columnar import Columnar, Outgoing
 from agents.serving.outbox import Outbox
-from agents.serving.redriven import any_headers, origin_of
+from agents.serving.redriven import any_redriven, origin_of
 from agents.serving.runner import BatchOutcome, PipelineRunner, RecordResult
 from agents.serving.validations import CheckReport
 from control.config import Settings
@@ -87,7 +87,7 @@ class DataPlane:
         metrics = self.metrics
         began = started = time.perf_counter_ns()
         # The fast path names records by their position: a redriven one keeps its first id.
-        if serving.columnar is not None and not any_headers(messages):
+        if serving.columnar is not None and not any_redriven(messages):
             served = serving.columnar.serve(messages, out, metrics,
                                             lambda report: self.checked(serving, report))
             if served is not None:

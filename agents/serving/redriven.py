@@ -3,6 +3,7 @@ reads, so a record sent back keeps its record id and its dead letters count the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import Message
@@ -48,6 +49,10 @@ def origin_of(message: Message) -> Origin | None:
         return None
 
 
-def any_headers(messages: object) -> bool:
-    """Whether a batch holds a message with headers (one that may have been redriven)."""
-    return any(m.headers() for m in messages)  # type: ignore[attr-defined]
+def any_redriven(messages: Iterable[Message]) -> bool:
+    """Whether a batch holds a redriven message (a producer's own headers do not count)."""
+    for m in messages:
+        headers = m.headers()  # None for the common message: no list is built
+        if headers and any(k == REDRIVE_HEADER for k, _ in headers):
+            return True
+    return False

@@ -125,6 +125,11 @@ class RedriveClient:
         registry = self.registry()
         if (ws, pipeline) not in registry.pipelines:
             raise Rejected(f"unknown pipeline {pipeline!r} in workspace {ws!r}")
+        deployment = registry.deployments.get((ws, pipeline))
+        if deployment is None or not deployment.active:  # as the registry would refuse it
+            raise Rejected(f"pipeline {pipeline!r} is not deployed: a redrive sends dead "
+                           "letters through the deployed version; deploy the fixed version "
+                           "first")
         return Redrive(
             ws, pipeline, "dry-run", ranges, reason_like,
             None if force else self.settings.redrive_limit, from_time, to_time, "",
