@@ -22,6 +22,7 @@ from agents import heartbeat, web
 from agents.http_guard import Guard
 from agents.scheduling.assay_scheduler import AssayScheduler, alerts_topic
 from agents.scheduling.orchestration import RunExecutor
+from agents.scheduling.redrive import Redriver
 from agents.scheduling.rule_executor import RuleExecutor
 from agents.scheduling.task_scheduler import TaskScheduler
 from agents.serving.dataplane import DataPlane
@@ -158,6 +159,16 @@ def create_app(settings: Settings) -> faust.App:
             runner = replays.pop()
             await asyncio.get_running_loop().run_in_executor(None, runner.stop)
 
+    redriver = Redriver(settings)
+
+    @app.timer(settings.redrive_tick_s)
+    async def run_redrives() -> None:
+        # One worker at a time (the one that runs schedules): each redrive has one producer.
+        follower = scheduling()
+        if follower is not None:
+            await asyncio.get_running_loop().run_in_executor(None, redriver.tick,
+                                                             follower.registry)
+
     @app.timer(RETRY_TICK_S)
     async def retry_refused() -> None:
         follower = getattr(app, "inferstream_follower", None)
@@ -216,6 +227,7 @@ def create_app(settings: Settings) -> faust.App:
         manager.close()  # leaves the serving group at once: the others take its partitions
         for runner in replays:
             runner.stop()
+        redriver.stop.set()  # a redrive stops between transactions; the next owner resumes it
         rules = getattr(app, "inferstream_rules", None)
         if rules is not None:
             rules.stop()  # leaves the rules group: another worker reads the alerts

@@ -156,6 +156,15 @@ class Settings(BaseSettings):
     labels_refresh_s: float = Field(
         5.0, gt=0, description="how often the worker that sinks logs looks for new pipelines' "
         "labels topics (it sinks every one of them into the `labels` table)")
+    redrive_limit: int = Field(
+        3, ge=1, description="a dead letter already redriven this many times is not redriven "
+        "again unless the redrive is forced (`pipelines redrive --force`)")
+    redrive_rate: float = Field(
+        2000.0, gt=0, description="most dead letters a second that a redrive sends back to a "
+        "pipeline's input topic, so that a large redrive does not crowd out live records")
+    redrive_tick_s: float = Field(
+        2.0, gt=0, description="how often the worker that runs schedules looks for redrives "
+        "to carry out")
 
     @property
     def worker_scheme(self) -> str:

@@ -250,6 +250,16 @@ def resume_replay(replay_id: str) -> Action:
     return "ResumeReplay", {"replay_id": replay_id}
 
 
+def redrive(pipeline: str, *ranges: tuple[int, int, int], reason_like: str | None = None,
+            limit: int | None = 3, from_time: datetime | None = None,
+            to_time: datetime | None = None) -> Action:
+    """Redrive the dead letters of `ranges`: (partition, start, end) offsets, end exclusive."""
+    return "Redrive", {
+        "pipeline": pipeline, "ranges": [{"partition": p, "start": s, "end": e}
+                                         for p, s, e in ranges],
+        "from_time": from_time, "to_time": to_time, "reason_like": reason_like, "limit": limit}
+
+
 # -- assays ----------------------------------------------------------------------------------
 
 HOUR_S = 3600
@@ -452,6 +462,8 @@ def every_action() -> list[Action]:
                      from_time=T0, to_time=T0),
         stop_replay("r1"),
         resume_replay("r1"),
+        redrive("fraud", (0, 10, 20), reason_like="missing%field", limit=None, from_time=T0,
+                to_time=T0 + timedelta(hours=1)),
     ]
 
 

@@ -59,6 +59,9 @@ class Message:
     def offset(self) -> int:
         return self._offset
 
+    def headers(self) -> None:  # none: no record here was redriven
+        return None
+
 
 class Collect:
     def __init__(self) -> None:

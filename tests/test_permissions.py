@@ -31,6 +31,7 @@ from registry_events import (
     pause_route,
     pause_rule,
     random_split,
+    redrive,
     reject,
     remove_member,
     resume_assay,
@@ -95,6 +96,7 @@ TABLE = {
     "StartReplay": (start_replay("new-replay", "fraud"), WRITERS),
     "StopReplay": (stop_replay("replay"), WRITERS),
     "ResumeReplay": (resume_replay("stopped-replay"), WRITERS),
+    "Redrive": (redrive("fraud", (0, 0, 10)), WRITERS),
 }
 # What a refusal says, by what the event needs and who was refused.
 REASONS = {

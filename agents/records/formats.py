@@ -331,7 +331,8 @@ def tensor_records(arrays: Mapping[str, np.ndarray]) -> list[dict]:
 def dead_letter(raw: bytes | None, key: bytes | None, reason: str | BaseException, pipeline: str,
                 pipeline_version: int | None, topic: str, partition: int, offset: int, *,
                 workspace: str | None = None, time_us: int | None = None,
-                max_bytes: int = DEAD_LETTER_BYTES) -> bytes:
+                max_bytes: int = DEAD_LETTER_BYTES, redrive_count: int = 0,
+                redrive_id: str | None = None) -> bytes:
     """An Avro DeadLetter for the dead-letter topic: the reason and the original bytes.
 
     A record near the broker's message size makes a letter over it, which would never be
@@ -343,7 +344,8 @@ def dead_letter(raw: bytes | None, key: bytes | None, reason: str | BaseExceptio
         text = f"{text[:_REASON_CHARS]}… ({len(text)} characters)"
     letter = {"time": time_us or time.time_ns() // 1000, "reason": text, "workspace": workspace,
               "pipeline": pipeline, "pipeline_version": pipeline_version, "topic": topic,
-              "partition": partition, "offset": offset, "key": key, "original": original}
+              "partition": partition, "offset": offset, "key": key, "original": original,
+              "redrive_count": redrive_count, "redrive_id": redrive_id}
     dead = codec("DeadLetter")
     # Room for key and original: the letter without them, and a margin for the note below.
     room = max_bytes - len(dead.encode({**letter, "key": None, "original": b""})) - 200

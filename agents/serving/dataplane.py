@@ -29,6 +29,7 @@ from agents.records.formats import (
 )
 from agents.serving.columnar import Columnar, Outgoing
 from agents.serving.outbox import Outbox
+from agents.serving.redriven import any_redriven, origin_of
 from agents.serving.runner import BatchOutcome, PipelineRunner, RecordResult
 from agents.serving.validations import CheckReport
 from control.config import Settings
@@ -85,7 +86,8 @@ class DataPlane:
         to `out`. Returns (results, dead letters). Runs in the intake's thread."""
         metrics = self.metrics
         began = started = time.perf_counter_ns()
-        if serving.columnar is not None:
+        # The fast path names records by their position: a redriven one keeps its first id.
+        if serving.columnar is not None and not any_redriven(messages):
             served = serving.columnar.serve(messages, out, metrics,
                                             lambda report: self.checked(serving, report))
             if served is not None:
@@ -132,9 +134,11 @@ class DataPlane:
         dead: list[tuple[Message, str]] = []
         specs, avro = serving.specs, serving.avro
         for m in messages:
+            origin = origin_of(m)
+            position = (origin.record_id if origin is not None
+                        else f"{m.topic()}:{m.partition()}:{m.offset()}")
             try:
-                record = self.decode(m.value(), m.key(), specs,
-                                     f"{m.topic()}:{m.partition()}:{m.offset()}", avro)
+                record = self.decode(m.value(), m.key(), specs, position, avro)
             except BadRecord as exc:
                 dead.append((m, str(exc)))
                 continue
@@ -170,9 +174,16 @@ class DataPlane:
 
     def _dead(self, serving: Serving, message: Message, reason: str, out: Outgoing) -> None:
         d = serving.deployment
-        value = dead_letter(message.value(), message.key(), reason, d.pipeline, d.version,
-                            message.topic(), message.partition(), message.offset(),
-                            workspace=d.workspace)
+        origin = origin_of(message)
+        if origin is None:
+            value = dead_letter(message.value(), message.key(), reason, d.pipeline, d.version,
+                                message.topic(), message.partition(), message.offset(),
+                                workspace=d.workspace)
+        else:  # where it first arrived, and how often it was sent back
+            value = dead_letter(message.value(), message.key(), reason, d.pipeline, d.version,
+                                origin.topic, origin.partition, origin.offset,
+                                workspace=d.workspace, redrive_count=origin.count,
+                                redrive_id=origin.redrive_id)
         out.send(serving.dead_topic, message.key(), value)
 
     def decode(self, payload: bytes, key: bytes | None, specs: tuple[TensorSpec, ...],

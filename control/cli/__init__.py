@@ -20,6 +20,7 @@ from control.cli.logs import logs
 from control.cli.models import models
 from control.cli.pipelines import pipelines
 from control.cli.platform import acls, broker, infer, registrar, up, worker
+from control.cli.redrive import pipelines_redrive  # noqa: F401 - registers its commands
 from control.cli.replays import replays
 from control.cli.rules import rules
 from control.cli.status import status

@@ -30,6 +30,7 @@ from control.client.http import HttpClient
 from control.client.keys import read_private_key
 from control.client.models import ModelClient
 from control.client.monitoring import Monitoring
+from control.client.redrives import RedriveClient
 from control.client.replays import ReplayClient
 from control.client.rules import RuleClient
 from control.client.users import AccessClient
@@ -83,13 +84,14 @@ def _next_status(c: Any, event_id: str, wait: float,
 
 
 class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, RuleClient, ReplayClient,
+             RedriveClient,
              HttpClient):
     """One operator's connection to an inferstream platform.
 
     Users and workspaces come from AccessClient; uploads from ModelClient; assays and logs
     from Monitoring; connections, orchestrations, tasks from WorkloadClient; rules that act on
-    alerts and route pauses from RuleClient; replays from ReplayClient; API keys and requests
-    to workers from HttpClient.
+    alerts and route pauses from RuleClient; replays from ReplayClient; dead-letter
+    redrives from RedriveClient; API keys and requests to workers from HttpClient.
 
     key: the private key (or its PEM file) that signs this user's events; default:
     Settings.key_file, else the key `inferstream login` recorded for the user, else none.

@@ -23,6 +23,7 @@ EVENT_TYPES = (
     "CreateApiKey", "RevokeApiKey",
     "CreateRule", "PauseRule", "ResumeRule", "DeleteRule", "PauseRoute", "ResumeRoute",
     "StartReplay", "StopReplay", "ResumeReplay",
+    "Redrive",
 )
 
 

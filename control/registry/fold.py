@@ -22,6 +22,7 @@ from control.registry.assays import ASSAY_HANDLERS
 from control.registry.chains import NAMES_ONLY, check_chain, result_steps
 from control.registry.events import EVENT_TYPES, ControlEvent
 from control.registry.models import MODEL_HANDLERS
+from control.registry.redrives import REDRIVE_HANDLERS, redrive_id
 from control.registry.replays import REPLAY_HANDLERS
 from control.registry.rules import check_name, member, pipeline_of
 from control.registry.security import authenticate, authorize
@@ -131,6 +132,8 @@ def _made(after: Registry, event: ControlEvent) -> dict[str, str]:
             found = after.replays[(key[0], event.payload["replay_id"])]
             return {"replay": found.replay_id, "pipeline": found.pipeline,
                     "version": str(found.version), "records": str(found.records)}
+        case "Redrive":
+            return {"pipeline": key[1], "redrive_id": redrive_id(key[1], event.event_id)}
     return {}
 
 
@@ -353,4 +356,5 @@ _HANDLERS: dict[str, Handler] = {
     **API_KEY_HANDLERS,
     **RULE_HANDLERS,
     **REPLAY_HANDLERS,
+    **REDRIVE_HANDLERS,
 }

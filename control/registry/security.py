@@ -35,6 +35,7 @@ PERMISSIONS: Mapping[str, str] = {
         "CreateApiKey", "RevokeApiKey",
         "CreateRule", "PauseRule", "ResumeRule", "DeleteRule", "PauseRoute", "ResumeRoute",
         "StartReplay", "StopReplay", "ResumeReplay",
+        "Redrive",
     )},
 }
 

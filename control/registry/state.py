@@ -355,6 +355,28 @@ class Replay:
         return sum(end - start for _, start, end in self.ranges)
 
 
+@dataclass(frozen=True)
+class Redrive:
+    """Dead letters of a pipeline sent back through its deployed version, each once.
+
+    `ranges` are (partition, start, end) offsets of the dead-letter topic, end exclusive.
+    `earlier` names the redrives of the pipeline before it whose ranges overlap its own, in
+    order: a dead letter one of them took is not sent again (control/registry/redrives.py).
+    """
+
+    workspace: str
+    pipeline: str
+    redrive_id: str
+    ranges: tuple[tuple[int, int, int], ...]
+    reason_like: str | None
+    limit: int | None  # skip dead letters redriven this often; None: forced
+    from_time: datetime | None
+    to_time: datetime | None
+    created_by: str
+    created_at: datetime
+    earlier: tuple[str, ...] = ()
+
+
 Key = tuple[str, str]  # (workspace, name)
 
 
@@ -374,6 +396,7 @@ class Registry:
     api_keys: Mapping[str, ApiKey] = field(default_factory=dict)  # by key id
     alert_rules: Mapping[Key, AlertRule] = field(default_factory=dict)
     replays: Mapping[Key, Replay] = field(default_factory=dict)  # by (workspace, replay id)
+    redrives: Mapping[str, Redrive] = field(default_factory=dict)  # by redrive id, in order
     # Bootstrapped with a key: every event must be signed by its actor, every user has a key.
     secured: bool = False
     applied: AppliedEvents = field(default_factory=AppliedEvents)
