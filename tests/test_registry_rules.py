@@ -173,6 +173,22 @@ def test_an_alert_fires_its_rule_once_and_the_rule_records_it(platform: Registry
     assert rule_of(later, "back").fired_count == 2
 
 
+def test_an_alert_of_a_window_before_the_current_deployment_does_not_act(
+        platform: Registry) -> None:
+    """Late labels can alert a window that a version rolled back since was serving: acting on
+    it would roll back the good version too."""
+    state = with_rule(platform, create_rule("back"))
+    state = given(state, acted(rollback("fraud", cause=cause(state, "back"))))  # to v1, LATER
+    older = cause(state, "back", window_start=T0 - HOUR)  # ended at T0, before LATER
+    reject(state, acted(rollback("fraud", cause=older), at=LATER + HOUR),
+           "before version 1 of 'fraud' was deployed", "does not act on it")
+    # A window that saw the current deployment still acts (here: undeploys, by another rule).
+    state = with_rule(state, create_rule("stop", action="undeploy"))
+    fresh = cause(state, "stop", window_start=LATER)
+    assert not given(state, acted(undeploy("fraud", cause=fresh), at=LATER + 2 * HOUR)
+                     ).deployments[("ws", "fraud")].active
+
+
 def test_a_rule_in_its_cool_down_or_paused_does_not_fire(platform: Registry) -> None:
     state = with_rule(platform, create_rule("back", cooldown_s=3600))
     state = given(state, acted(rollback("fraud", cause=cause(state, "back"))),

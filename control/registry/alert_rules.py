@@ -95,6 +95,9 @@ def action_of(rule: AlertRule, cause: Mapping[str, Any]) -> tuple[str, dict[str,
     return EVENT_OF_ACTION[rule.action], {**payload, "cause": dict(cause)}
 
 
+ON_DEPLOYMENT = ("Rollback", "Undeploy", "PauseRoute")  # actions that change what is served
+
+
 def task_name(rule: AlertRule, cause: Mapping[str, Any]) -> str:
     """A run-once task's name: the rule's and a digest of the alert, unique and Kafka-safe."""
     identity = alert_identity(cause["assay_id"], cause["window_start"], cause["status"])
@@ -137,6 +140,19 @@ def check_firing(rule: AlertRule, cause: Mapping[str, Any], at: datetime) -> Non
                            "acted on")
 
 
+def _check_current(state: Registry, rule: AlertRule, cause: Mapping[str, Any]) -> None:
+    """An alert acts on a deployment only if its window saw it: labels that come late can
+    alert a window of a version that has been rolled back (or replaced) since, which says
+    nothing of what is served now."""
+    deployment = state.deployments.get((rule.workspace, rule.pipeline))
+    if deployment is not None and deployment.deployed_at >= cause["window_end"]:
+        raise Rejected(
+            f"the alert's window ended at {cause['window_end'].isoformat()}, before version "
+            f"{deployment.version} of {rule.pipeline!r} was deployed "
+            f"({deployment.deployed_at.isoformat()}): it says nothing of what is served now, "
+            f"so rule {rule.name!r} does not act on it")
+
+
 def caused(handler: Handler, event_type: str) -> Handler:
     """`handler` for events that a rule may publish: with a cause, checked and recorded."""
 
@@ -155,6 +171,8 @@ def caused(handler: Handler, event_type: str) -> Handler:
             raise Rejected(f"rule {rule.name!r} acts on pipeline {rule.pipeline!r}, "
                            f"not on {p['pipeline']!r}")
         check_firing(rule, cause, event.time)
+        if event_type in ON_DEPLOYMENT:
+            _check_current(state, rule, cause)
         after = handler(state, event, p)
         identity = alert_identity(cause["assay_id"], cause["window_start"], cause["status"])
         rule = replace(rule, fired=rule.fired | {identity}, fired_count=rule.fired_count + 1,
