@@ -88,6 +88,9 @@ def test_well_formed_checks_read_what_the_chain_gives(expression: str, reads: se
     ("x is 1", "'is' only tests 'is nan'"),
     ("x in (1, 2)", "comparison In is not allowed"),
     ('country + "x" == "dex"', "text may only be compared"),
+    ('country > "de"', "text may only be compared with '==' and '!='"),
+    ("key is nan", "text may only be compared with '==' and '!='"),
+    ('1 < id <= "z"', "text may only be compared with '==' and '!='"),
     ("label > 1 if x > 0 else True", "IfExp is not allowed"),
     ("round(label) > 1", "only the functions"),
     ("abs(label, 2) > 1", "abs() takes 1..1 arguments"),
@@ -254,6 +257,8 @@ REFERENCE: list[tuple[str, Callable[[Row], bool]]] = [
      lambda r: r["x"][0] ** 2 + r["x"][1] % 3 > 10 - r["label"] // 2),
     ("amount / (x[0] + 5) > 3000", lambda r: divided(r["amount"], r["x"][0] + 5) > 3000),
     ('key == "k0" or id == "r4"', lambda r: r["key"] == "k0" or r["id"] == "r4"),
+    ("(x[0] > 1) + (x[1] > 1) + -(label > 1) >= 2",  # comparisons count as 0 and 1
+     lambda r: (r["x"][0] > 1) + (r["x"][1] > 1) + -(r["label"] > 1) >= 2),
     ("sqrt(abs(amount)) > 100 and log(step1.risk) < -1", lambda r: math.sqrt(abs(r["amount"])) > 100
      and (math.log(r["risk"]) if r["risk"] > 0 else -math.inf) < -1),
 ]

@@ -230,12 +230,14 @@ class _Evaluator(SimpleEval):
 
 
 def _number(value: Any) -> Any:
-    """value, if it is numbers; text is only ever compared."""
-    kind = np.asarray(value).dtype.kind
-    if kind not in "biuf":
-        raise CheckError(f"arithmetic on {_kind(kind)} values; only numbers can be computed "
-                         "with")
-    return value
+    """value as float64, if it is numbers (text is only ever compared): arithmetic is in
+    float64, so a comparison counts as 0 or 1 (numpy's bool `+` would be `or`) and integers
+    neither wrap (`x ** 64`) nor divide by zero into 0."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise CheckError(f"arithmetic on {_kind(array.dtype.kind)} values; only numbers can be "
+                         "computed with")
+    return array.astype(np.float64, copy=False)
 
 
 def _truth(value: Any) -> Any:

@@ -249,13 +249,16 @@ def _problem(node: ast.AST) -> str | None:
             return None
         case ast.BinOp(op=op) if isinstance(op, _BIN_OPS):
             return None
-        case ast.Compare(ops=ops, comparators=comparators):
-            for op, right in zip(ops, comparators, strict=True):
+        case ast.Compare(left=first, ops=ops, comparators=comparators):
+            for op, left, right in zip(ops, (first, *comparators[:-1]), comparators,
+                                       strict=True):
                 if not isinstance(op, _COMPARE_OPS):
                     return f"the comparison {type(op).__name__} is not allowed"
                 if isinstance(op, ast.Is | ast.IsNot) and not (
                         isinstance(right, ast.Name) and right.id == "nan"):
                     return "'is' only tests 'is nan' or 'is not nan'"
+                if not isinstance(op, ast.Eq | ast.NotEq) and (_text(left) or _text(right)):
+                    return "text may only be compared with '==' and '!='"
             return None
         case ast.Call(func=ast.Name(id=fn), args=args, keywords=[]) if fn in FUNCTIONS:
             fewest, most = FUNCTIONS[fn]
@@ -283,6 +286,12 @@ def _problem(node: ast.AST) -> str | None:
         case ast.Load() | ast.operator() | ast.boolop() | ast.unaryop() | ast.cmpop():
             return None
     return f"{type(node).__name__} is not allowed"
+
+
+def _text(node: ast.expr) -> bool:
+    """Whether node is text for sure: a text constant, or the record's own id or key."""
+    return ((isinstance(node, ast.Constant) and type(node.value) is str)
+            or (isinstance(node, ast.Name) and node.id in RECORD_FIELDS))
 
 
 def _bad_identifier(name: str) -> str | None:
