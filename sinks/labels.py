@@ -206,3 +206,11 @@ def labelled_logs(storage: Storage, workspace: str, pipeline: str, limit: int,
         "ORDER BY time DESC, record_id, step LIMIT {limit:UInt64}",
         {"workspace": workspace, "pipeline": pipeline, "limit": limit}, timeout_s)
     return rows[::-1]
+
+
+def labels_stored(storage: Storage, workspace: str, pipeline: str) -> int:
+    """Label rows stored for a pipeline so far (before merges collapse re-sent ones): when it
+    has not changed, no label arrived, and re-scoring a performance assay would find nothing."""
+    rows = storage.query("SELECT count() AS n FROM labels WHERE workspace = {ws:String} "
+                         "AND pipeline = {p:String}", {"ws": workspace, "p": pipeline})
+    return int(rows[0]["n"]) if rows else 0

@@ -43,6 +43,7 @@ from sinks.assays import (
     save_result,
     to_alert,
 )
+from sinks.labels import labels_stored
 from sinks.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class AssayScheduler:
         self.rescore_every = rescore_every
         self._baselines: dict[tuple[str, str], tuple[Any, Baseline]] = {}
         self._rescored: dict[str, datetime] = {}  # assay id -> when its windows were re-scored
+        self._labels_seen: dict[str, int] = {}  # assay id -> labels stored at its last re-score
 
     def tick(self, storage: Storage, registry: Registry, now: datetime | None = None
              ) -> list[AssayResult]:
@@ -117,6 +119,9 @@ class AssayScheduler:
         if last is not None and now - last < self.rescore_every:
             return []
         self._rescored[config.assay_id] = now
+        labels = labels_stored(storage, assay.workspace, config.pipeline)
+        if self._labels_seen.get(config.assay_id) == labels:
+            return []  # no label arrived since: the windows score as they did
         stored = load_results(storage, assay.workspace, config.assay_id,
                               now - config.label_wait - config.width)
         stored = [r for r in stored if r.window_end + config.label_wait >= now]
@@ -131,6 +136,8 @@ class AssayScheduler:
                                                                          result.score)):
                 continue
             changed.append(self._store(storage, assay, _with_alerted(result, old), old))
+        # Only now: a re-score that failed (an alert the broker did not take) runs again.
+        self._labels_seen[config.assay_id] = labels
         return changed
 
     def _baseline(self, storage: Storage, key: tuple[str, str], config: Any) -> Baseline:
