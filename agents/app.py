@@ -21,6 +21,7 @@ import faust
 from agents import heartbeat, web
 from agents.http_guard import Guard
 from agents.scheduling.assay_scheduler import AssayScheduler
+from agents.scheduling.canary_controller import CanaryController
 from agents.scheduling.orchestration import RunExecutor
 from agents.scheduling.rule_executor import RuleExecutor
 from agents.scheduling.task_scheduler import TaskScheduler
@@ -45,7 +46,8 @@ from sinks.storage import StorageError
 
 log = logging.getLogger(__name__)
 
-DEPLOYMENT_EVENTS = {"Deploy", "Undeploy", "Rollback", "UploadModel", "PauseRoute", "ResumeRoute"}
+DEPLOYMENT_EVENTS = {"Deploy", "Undeploy", "Rollback", "UploadModel", "PauseRoute", "ResumeRoute",
+                     "StartCanary", "AdvanceCanary", "RollbackCanary", "AbortCanary"}
 
 
 SWITCH_INTERVAL_S = 0.001
@@ -148,6 +150,21 @@ def create_app(settings: Settings) -> faust.App:
             tasks.append(await loop.run_in_executor(None, TaskScheduler, settings, executor, name))
         storage = await loop.run_in_executor(None, sink.open)
         await loop.run_in_executor(None, tasks[0].tick, storage, lambda: follower.registry)
+
+    canaries: list[CanaryController] = []  # made on first use, by the schedules' owner
+
+    @app.timer(settings.canary_tick_s)
+    async def judge_canaries() -> None:
+        follower = scheduling()
+        if follower is None:
+            return
+        loop = asyncio.get_running_loop()
+        if not canaries:
+            canaries.append(await loop.run_in_executor(
+                None, CanaryController, settings, lambda: follower.registry,
+                follower.wait_caught_up))
+        storage = await loop.run_in_executor(None, sink.open)
+        await loop.run_in_executor(None, canaries[0].tick, storage)
 
     @app.timer(RETRY_TICK_S)
     async def retry_refused() -> None:

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
         60.0, ge=0, description="how often a performance assay's windows still within their "
         "label wait are scored again as late labels arrive")
     task_tick_s: float = Field(2.0, description="how often a worker looks for task runs to start")
+    canary_tick_s: float = Field(
+        1.0, gt=0, description="how often the worker that runs schedules looks for canary "
+        "steps to judge (docs/canary.md)")
     heartbeat_s: float = Field(
         5.0, description="how often a worker publishes its heartbeat (`inferstream status`)")
     task_stale_s: float = Field(

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from confluent_kafka import Message
 
 from agents.metrics import PipelineMetrics, StageMetrics
@@ -27,6 +28,7 @@ from agents.records.formats import (
     decode_record,
     encode_result,
 )
+from agents.serving.canary import CanarySide
 from agents.serving.columnar import Columnar, Outgoing
 from agents.serving.outbox import Outbox
 from agents.serving.runner import BatchOutcome, PipelineRunner, RecordResult
@@ -53,6 +55,7 @@ class Serving:
     output_topic: str
     dead_topic: str
     columnar: Columnar | None = None  # the fast path, when the version is the common case
+    canary: CanarySide | None = None  # while a canary runs: its version and share
 
     @property
     def key(self) -> Key:
@@ -78,11 +81,35 @@ class DataPlane:
         self.metrics = StageMetrics()
         self.pipeline_metrics = PipelineMetrics()
         self.outbox = Outbox(settings)  # what HTTP requests' logs go through
+        self._rng = np.random.default_rng()
 
     def serve_batch(self, serving: Serving, messages: Sequence[Message], out: Outgoing
                     ) -> tuple[int, int]:
         """Serve one micro-batch of input messages: send its results, dead letters and logs
-        to `out`. Returns (results, dead letters). Runs in the intake's thread."""
+        to `out`. Returns (results, dead letters). Runs in the intake's thread.
+
+        While a canary runs, its share of the messages is served by the canary version (its
+        results, logs and dead letters say so), the rest by the current one."""
+        side = serving.canary
+        if side is None:
+            return self._serve_batch(serving, messages, out)
+        current, canary = side.split(messages, lambda m: self._hash_value(serving, m),
+                                     self._rng)
+        served = [self._serve_batch(s, ms, out)
+                  for s, ms in ((serving, current), (side.serving, canary)) if ms]
+        return sum(r for r, _ in served), sum(d for _, d in served)
+
+    def _hash_value(self, serving: Serving, m: Message) -> object:
+        """The canary's hash key field of a message, or None (then it draws at random)."""
+        assert serving.canary is not None and serving.canary.hash_key is not None
+        try:
+            record = self.decode(m.value(), m.key(), serving.specs, "", serving.avro)
+        except BadRecord:
+            return None
+        return record.fields.get(serving.canary.hash_key)
+
+    def _serve_batch(self, serving: Serving, messages: Sequence[Message], out: Outgoing
+                     ) -> tuple[int, int]:
         metrics = self.metrics
         began = started = time.perf_counter_ns()
         if serving.columnar is not None:

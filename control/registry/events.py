@@ -22,6 +22,7 @@ EVENT_TYPES = (
     "CreateConnection", "DeleteConnection", "CreateOrchestration", "CreateTask", "KillTask",
     "CreateApiKey", "RevokeApiKey",
     "CreateRule", "PauseRule", "ResumeRule", "DeleteRule", "PauseRoute", "ResumeRoute",
+    "StartCanary", "AdvanceCanary", "HoldCanary", "RollbackCanary", "AbortCanary",
 )
 
 
