@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from confluent_kafka import Message
-
-    from agents.serving.dataplane import Serving
+M = TypeVar("M")
 
 BUCKETS = 10_000
 
@@ -38,21 +34,14 @@ def in_canary(value: Any, share: float, draw: float) -> bool:
     return bucket(value) < share * BUCKETS / 100
 
 
-@dataclass
-class CanarySide:
-    """What serves the canary's share of a deployed pipeline's records."""
-
-    serving: Serving  # the canary version, loaded beside the current one
-    share: int  # percent
-    hash_key: str | None
-
-    def split(self, messages: Sequence[Message], key_of: Callable[[Message], Any],
-              rng: np.random.Generator) -> tuple[list[Message], list[Message]]:
-        """The messages the current version serves, and those the canary serves."""
-        current: list[Message] = []
-        canary: list[Message] = []
-        draws = rng.random(len(messages))
-        for m, draw in zip(messages, draws.tolist(), strict=True):
-            value = key_of(m) if self.hash_key else None
-            (canary if in_canary(value, self.share, draw) else current).append(m)
-        return current, canary
+def split(messages: Sequence[M], share: int, hash_key: str | None,
+          key_of: Callable[[M], Any], rng: np.random.Generator) -> tuple[list[M], list[M]]:
+    """The messages the current version serves, and those the canary serves at `share`
+    percent (by key_of's value of each when a hash key is given)."""
+    current: list[M] = []
+    canary: list[M] = []
+    draws = rng.random(len(messages))
+    for m, draw in zip(messages, draws.tolist(), strict=True):
+        value = key_of(m) if hash_key else None
+        (canary if in_canary(value, share, draw) else current).append(m)
+    return current, canary

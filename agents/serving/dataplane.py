@@ -28,7 +28,7 @@ from agents.records.formats import (
     decode_record,
     encode_result,
 )
-from agents.serving.canary import CanarySide
+from agents.serving.canary import split
 from agents.serving.columnar import Columnar, Outgoing
 from agents.serving.outbox import Outbox
 from agents.serving.runner import BatchOutcome, PipelineRunner, RecordResult
@@ -62,6 +62,15 @@ class Serving:
         return self.deployment.workspace, self.deployment.pipeline
 
 
+@dataclass
+class CanarySide:
+    """What serves the canary's share of a deployed pipeline's records while a canary runs."""
+
+    serving: Serving  # the canary version, loaded beside the current one
+    share: int  # percent
+    hash_key: str | None
+
+
 @dataclass(frozen=True)
 class Answer:
     """What became of one record sent over HTTP: its result (bytes and content type), or why
@@ -93,8 +102,8 @@ class DataPlane:
         side = serving.canary
         if side is None:
             return self._serve_batch(serving, messages, out)
-        current, canary = side.split(messages, lambda m: self._hash_value(serving, m),
-                                     self._rng)
+        current, canary = split(messages, side.share, side.hash_key,
+                                lambda m: self._hash_value(serving, m), self._rng)
         served = [self._serve_batch(s, ms, out)
                   for s, ms in ((serving, current), (side.serving, canary)) if ms]
         return sum(r for r, _ in served), sum(d for _, d in served)

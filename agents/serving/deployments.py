@@ -25,9 +25,8 @@ from agents.records.formats import (
     input_schema_name,
 )
 from agents.runtimes.base import ModelRuntime
-from agents.serving.canary import CanarySide
 from agents.serving.columnar import Columnar
-from agents.serving.dataplane import DataPlane, Key, Serving
+from agents.serving.dataplane import CanarySide, DataPlane, Key, Serving
 from agents.serving.intake import Intake
 from agents.serving.model_cache import ModelCache
 from agents.serving.runner import PipelineRunner

@@ -34,6 +34,7 @@ PERMISSIONS: Mapping[str, str] = {
         "CreateConnection", "DeleteConnection", "CreateOrchestration", "CreateTask", "KillTask",
         "CreateApiKey", "RevokeApiKey",
         "CreateRule", "PauseRule", "ResumeRule", "DeleteRule", "PauseRoute", "ResumeRoute",
+        "StartCanary", "AdvanceCanary", "HoldCanary", "RollbackCanary", "AbortCanary",
     )},
 }
 
