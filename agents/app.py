@@ -225,4 +225,6 @@ def create_app(settings: Settings) -> faust.App:
         rules = getattr(app, "inferstream_rules", None)
         if rules is not None:
             rules.stop()  # leaves the rules group: another worker reads the alerts
+        for controller in canaries:
+            controller.close()
     return app

@@ -28,7 +28,7 @@ from agents.records.formats import (
     decode_record,
     encode_result,
 )
-from agents.serving.canary import split
+from agents.serving.canary import in_canary, split
 from agents.serving.columnar import Columnar, Outgoing
 from agents.serving.outbox import Outbox
 from agents.serving.runner import BatchOutcome, PipelineRunner, RecordResult
@@ -218,14 +218,24 @@ class DataPlane:
                              max_bytes=self.settings.max_record_bytes)
 
     async def serve_request(self, serving: Serving, body: bytes, record_id: str) -> Answer:
-        """One record sent over HTTP: served like a stream record, its logs through the
-        outbox (delivered before the answer), its result in the record's own format."""
+        """One record sent over HTTP: served like a stream record (by the canary version for
+        its share while a canary runs), its logs through the outbox (delivered before the
+        answer), its result in the record's own format."""
         import asyncio
 
         try:
             record = self.decode(body, None, serving.specs, record_id, serving.avro)
         except BadRecord as exc:
             return Answer(400, str(exc))
+        side = serving.canary
+        if side is not None:  # the canary's share of requests, by the same rule as the stream
+            value = record.fields.get(side.hash_key) if side.hash_key else None
+            if in_canary(value, side.share, float(self._rng.random())):
+                serving = side.serving
+                try:
+                    record = self.decode(body, None, serving.specs, record_id, serving.avro)
+                except BadRecord as exc:
+                    return Answer(400, str(exc))
         outcome = await asyncio.get_running_loop().run_in_executor(
             None, serving.runner.run, [record])
         self.checked(serving, outcome.checks)

@@ -111,7 +111,7 @@ class DeploymentManager:
                 about = status if status and (
                     status.workspace, status.result.get("pipeline")) == key else None
                 current = self.served.get(key)
-                if current is not None and current.deployment == deployment:
+                if current is not None and _serves(current.deployment) == _serves(deployment):
                     continue
                 try:
                     serving = await asyncio.get_running_loop().run_in_executor(
@@ -208,3 +208,11 @@ class DeploymentManager:
         self.intake.stop()
         self.plane.close()
         self.cache.close()
+
+
+def _serves(d: Deployment) -> tuple[object, ...]:
+    """What of a deployment decides how it is served: a canary's evidence or a held step
+    change nothing, so its versions are not prepared again for them."""
+    c = d.canary
+    running = (c.canary_id, c.version, c.share, c.hash_key) if c is not None and c.running else None
+    return replace(d, canary=None), running
