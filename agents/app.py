@@ -163,8 +163,7 @@ def create_app(settings: Settings) -> faust.App:
             canaries.append(await loop.run_in_executor(
                 None, CanaryController, settings, lambda: follower.registry,
                 follower.wait_caught_up))
-        storage = await loop.run_in_executor(None, sink.open)
-        await loop.run_in_executor(None, canaries[0].tick, storage)
+        await loop.run_in_executor(None, canaries[0].tick, sink.open)
 
     @app.timer(RETRY_TICK_S)
     async def retry_refused() -> None:

@@ -50,14 +50,17 @@ class CanaryController:
         self._consumer = consumer(settings, **{"enable.partition.eof": True})
         self._said: set[str] = set()
 
-    def tick(self, storage: Storage, now: datetime | None = None) -> list[ControlEvent]:
-        """Judge every due step; returns the events published."""
+    def tick(self, storage_of: Callable[[], Storage], now: datetime | None = None
+             ) -> list[ControlEvent]:
+        """Judge every due step; returns the events published. The storage is opened only
+        when a step is due."""
         now = _ms(now or datetime.now(UTC))
         registry = self.registry_of()
         if not any(_due(d, now) for d in registry.active_deployments()):
             return []
         self.caught_up()  # an earlier run's verdicts must show before judging again
         registry = self.registry_of()
+        storage = storage_of()
         published = []
         for d in registry.active_deployments():
             if not _due(d, now):
