@@ -16,6 +16,7 @@ from registry_events import (
     deploy,
     event,
     given,
+    key_of,
     model_step,
     reject,
     undeploy,
@@ -23,8 +24,11 @@ from registry_events import (
     ws_members,
 )
 
+from agents.scheduling.canary_controller import CanaryController
 from agents.scheduling.canary_gates import Side, judge
+from agents.scheduling.rule_executor import Identity
 from agents.serving.canary import bucket, in_canary, split
+from control.cli.base import canary_line, to_json
 from control.registry.canary import canary_event_id
 from control.registry.events import ControlEvent
 from control.registry.fold import apply, fold, result_of
@@ -230,3 +234,33 @@ def test_gates_hold_with_too_few_records_and_roll_back_on_an_assay(platform: Reg
     assert v.action == "hold" and "v2 had 40 of the 100 needed" in v.text
     v = judge(running(platform), side(1), side(2), ["assay drift is in alert"])
     assert v.action == "rollback" and "drift" in v.text
+
+
+# -- what operators see ---------------------------------------------------------------------------
+
+
+def test_get_and_status_say_where_a_canary_stands(platform: Registry) -> None:
+    state = apply(platform, at(start(), 0))
+    line = canary_line(canary_of(state))
+    assert line.startswith(f"canary {canary_of(state).canary_id} → v2: step 1/3 at 10%")
+    assert "next decision 2024-05-01 12:01:00 UTC" in line
+    hold = ("HoldCanary", {"pipeline": "fraud", "canary_id": canary_of(state).canary_id,
+                           "step": 1, "reason": "too few records to judge"})
+    assert "waiting: too few records to judge" in canary_line(canary_of(apply(state,
+                                                                               at(hold, 60))))
+    ended = apply(state, at(("AbortCanary", {"pipeline": "fraud", "reason": "not today"}), 9))
+    assert canary_line(canary_of(ended)).endswith("aborted at 2024-05-01 12:00:09 UTC: not today")
+    shown = to_json(state.deployments[KEY])
+    assert shown["canary"]["steps"] == [10, 50, 100] and shown["canary"]["gates"][
+        "max_p99_ratio"] == 1.5
+
+
+def test_the_controller_signs_as_the_worker_and_acts_on_an_open_platform_as_the_starter(
+        platform: Registry) -> None:
+    c = running(platform)
+    controller = object.__new__(CanaryController)  # no Kafka clients: only whom it acts as
+    controller.identity = Identity(None, None)
+    assert controller._actor(platform, c) == "ann"
+    assert controller._actor(replace(platform, secured=True), c) is None  # logs why, waits
+    controller.identity = Identity("canary-bot", key_of("canary-bot"))
+    assert controller._actor(replace(platform, secured=True), c) == "canary-bot"
