@@ -21,6 +21,7 @@ import faust
 from agents import heartbeat, web
 from agents.http_guard import Guard
 from agents.scheduling.assay_scheduler import AssayScheduler, alerts_topic
+from agents.scheduling.canary_controller import CanaryController
 from agents.scheduling.orchestration import RunExecutor
 from agents.scheduling.redrive import Redriver
 from agents.scheduling.rule_executor import RuleExecutor
@@ -46,7 +47,8 @@ from sinks.storage import StorageError
 
 log = logging.getLogger(__name__)
 
-DEPLOYMENT_EVENTS = {"Deploy", "Undeploy", "Rollback", "UploadModel", "PauseRoute", "ResumeRoute"}
+DEPLOYMENT_EVENTS = {"Deploy", "Undeploy", "Rollback", "UploadModel", "PauseRoute", "ResumeRoute",
+                     "StartCanary", "AdvanceCanary", "RollbackCanary", "AbortCanary"}
 
 
 SWITCH_INTERVAL_S = 0.001
@@ -169,6 +171,20 @@ def create_app(settings: Settings) -> faust.App:
             await asyncio.get_running_loop().run_in_executor(None, redriver.tick,
                                                              follower.registry)
 
+    canaries: list[CanaryController] = []  # made on first use, by the schedules' owner
+
+    @app.timer(settings.canary_tick_s)
+    async def judge_canaries() -> None:
+        follower = scheduling()
+        if follower is None:
+            return
+        loop = asyncio.get_running_loop()
+        if not canaries:
+            canaries.append(await loop.run_in_executor(
+                None, CanaryController, settings, lambda: follower.registry,
+                follower.wait_caught_up))
+        await loop.run_in_executor(None, canaries[0].tick, sink.open)
+
     @app.timer(RETRY_TICK_S)
     async def retry_refused() -> None:
         follower = getattr(app, "inferstream_follower", None)
@@ -231,4 +247,6 @@ def create_app(settings: Settings) -> faust.App:
         rules = getattr(app, "inferstream_rules", None)
         if rules is not None:
             rules.stop()  # leaves the rules group: another worker reads the alerts
+        for controller in canaries:
+            controller.close()
     return app

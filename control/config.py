@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     replay_batch_size: int = Field(
         1000, gt=0, le=100_000, description="records a replay serves in one transaction "
         "(one micro-batch of the version's runner)")
+    canary_tick_s: float = Field(
+        1.0, gt=0, description="how often the worker that runs schedules looks for canary "
+        "steps to judge (docs/canary.md)")
     heartbeat_s: float = Field(
         5.0, description="how often a worker publishes its heartbeat (`inferstream status`)")
     task_stale_s: float = Field(

@@ -464,6 +464,24 @@ def every_action() -> list[Action]:
         resume_replay("r1"),
         redrive("fraud", (0, 10, 20), reason_like="missing%field", limit=None, from_time=T0,
                 to_time=T0 + timedelta(hours=1)),
+        *canary_actions(),
+    ]
+
+
+def canary_actions() -> list[Action]:
+    """One of each canary event, as a worker or an operator writes them."""
+    return [
+        ("StartCanary", {"pipeline": "fraud", "version": 2, "steps": [5, 25, 100],
+                         "every_s": 600, "hash_key": "user", "max_dead_letter_pp": 1.0,
+                         "max_error_pp": 0.5, "max_p99_ratio": 1.5, "p99_slack_ms": 5.0,
+                         "min_records": 100, "assays": ["drift"]}),
+        ("AdvanceCanary", {"pipeline": "fraud", "canary_id": "fraud-0000abcd", "step": 2,
+                           "evidence": "v2: 120 records"}),
+        ("HoldCanary", {"pipeline": "fraud", "canary_id": "fraud-0000abcd", "step": 2,
+                        "reason": "too few records"}),
+        ("RollbackCanary", {"pipeline": "fraud", "canary_id": "fraud-0000abcd",
+                            "reason": "dead-letter rate"}),
+        ("AbortCanary", {"pipeline": "fraud", "reason": None}),
     ]
 
 

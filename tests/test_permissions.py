@@ -6,9 +6,13 @@ so that a change to the rules has to change this table too. Every event is signe
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from registry_events import (
+    T0,
     add_member,
+    canary_actions,
     create_api_key,
     create_assay,
     create_connection,
@@ -25,6 +29,7 @@ from registry_events import (
     delete_workspace,
     deploy,
     given,
+    key_of,
     kill_task,
     model_step,
     pause_assay,
@@ -48,7 +53,7 @@ from registry_events import (
     upload_model,
 )
 
-from control.registry.events import EVENT_TYPES
+from control.registry.events import EVENT_TYPES, ControlEvent
 from control.registry.security import PERMISSIONS
 from control.registry.state import Registry
 
@@ -61,6 +66,9 @@ EVERYONE = set(ROLES)
 ADMIN_ONLY = {"admin"}
 MANAGERS = {"admin", "owner"}
 WRITERS = {"owner", "collaborator"}
+
+RAMP_EVENT = "ca" * 16
+RAMP_ID = f"fraud-{RAMP_EVENT[:8]}"
 
 # event type -> (an event of it that is valid when its actor may send it, who may)
 TABLE = {
@@ -97,6 +105,12 @@ TABLE = {
     "StopReplay": (stop_replay("replay"), WRITERS),
     "ResumeReplay": (resume_replay("stopped-replay"), WRITERS),
     "Redrive": (redrive("fraud", (0, 0, 10)), WRITERS),
+    "StartCanary": (("StartCanary", {**canary_actions()[0][1], "pipeline": "split",
+                                     "assays": []}), WRITERS),
+    # On fraud, whose canary of v1 (RAMP) started an hour before T0: every step is due.
+    **{type_: ((type_, {**payload, "canary_id": RAMP_ID, "step": step}), WRITERS)
+       for (type_, payload), step in zip(canary_actions()[1:4], (2, 1, 0), strict=True)},
+    "AbortCanary": (canary_actions()[4], WRITERS),
 }
 # What a refusal says, by what the event needs and who was refused.
 REASONS = {
@@ -106,6 +120,14 @@ REASONS = {
     "writers/viewer": "may only read",
     "writers/non-member": "not a member",
 }
+
+
+def ramp_started() -> ControlEvent:
+    """olive's canary of fraud v1 (every minute), started an hour before T0."""
+    type_, payload = canary_actions()[0]
+    return ControlEvent(type_, {**payload, "version": 1, "every_s": 60, "assays": []},
+                        "olive", "ws", event_id=RAMP_EVENT, time=T0 - timedelta(hours=1)
+                        ).signed_with(key_of("olive"))
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +159,9 @@ def platform() -> Registry:
                 (1.0, model_step("scaler")))),
             deploy("split"), pause_route("split", 1, 2),
             start_replay("replay", "fraud"), start_replay("stopped-replay", "fraud"),
-            stop_replay("stopped-replay")),
+            stop_replay("stopped-replay"),
+            create_pipeline_version("split", model_step("scaler"))),
+        ramp_started(),
     )
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from confluent_kafka import Message
 
 from agents.metrics import PipelineMetrics, StageMetrics
@@ -27,6 +28,7 @@ from agents.records.formats import (
     decode_record,
     encode_result,
 )
+from agents.serving.canary import in_canary, split
 from agents.serving.columnar import Columnar, Outgoing
 from agents.serving.outbox import Outbox
 from agents.serving.redriven import any_redriven, origin_of
@@ -54,10 +56,20 @@ class Serving:
     output_topic: str
     dead_topic: str
     columnar: Columnar | None = None  # the fast path, when the version is the common case
+    canary: CanarySide | None = None  # while a canary runs: its version and share
 
     @property
     def key(self) -> Key:
         return self.deployment.workspace, self.deployment.pipeline
+
+
+@dataclass
+class CanarySide:
+    """What serves the canary's share of a deployed pipeline's records while a canary runs."""
+
+    serving: Serving  # the canary version, loaded beside the current one
+    share: int  # percent
+    hash_key: str | None
 
 
 @dataclass(frozen=True)
@@ -79,11 +91,35 @@ class DataPlane:
         self.metrics = StageMetrics()
         self.pipeline_metrics = PipelineMetrics()
         self.outbox = Outbox(settings)  # what HTTP requests' logs go through
+        self._rng = np.random.default_rng()
 
     def serve_batch(self, serving: Serving, messages: Sequence[Message], out: Outgoing
                     ) -> tuple[int, int]:
         """Serve one micro-batch of input messages: send its results, dead letters and logs
-        to `out`. Returns (results, dead letters). Runs in the intake's thread."""
+        to `out`. Returns (results, dead letters). Runs in the intake's thread.
+
+        While a canary runs, its share of the messages is served by the canary version (its
+        results, logs and dead letters say so), the rest by the current one."""
+        side = serving.canary
+        if side is None:
+            return self._serve_batch(serving, messages, out)
+        current, canary = split(messages, side.share, side.hash_key,
+                                lambda m: self._hash_value(serving, m), self._rng)
+        served = [self._serve_batch(s, ms, out)
+                  for s, ms in ((serving, current), (side.serving, canary)) if ms]
+        return sum(r for r, _ in served), sum(d for _, d in served)
+
+    def _hash_value(self, serving: Serving, m: Message) -> object:
+        """The canary's hash key field of a message, or None (then it draws at random)."""
+        assert serving.canary is not None and serving.canary.hash_key is not None
+        try:
+            record = self.decode(m.value(), m.key(), serving.specs, "", serving.avro)
+        except BadRecord:
+            return None
+        return record.fields.get(serving.canary.hash_key)
+
+    def _serve_batch(self, serving: Serving, messages: Sequence[Message], out: Outgoing
+                     ) -> tuple[int, int]:
         metrics = self.metrics
         began = started = time.perf_counter_ns()
         # The fast path names records by their position: a redriven one keeps its first id.
@@ -193,14 +229,24 @@ class DataPlane:
                              max_bytes=self.settings.max_record_bytes)
 
     async def serve_request(self, serving: Serving, body: bytes, record_id: str) -> Answer:
-        """One record sent over HTTP: served like a stream record, its logs through the
-        outbox (delivered before the answer), its result in the record's own format."""
+        """One record sent over HTTP: served like a stream record (by the canary version for
+        its share while a canary runs), its logs through the outbox (delivered before the
+        answer), its result in the record's own format."""
         import asyncio
 
         try:
             record = self.decode(body, None, serving.specs, record_id, serving.avro)
         except BadRecord as exc:
             return Answer(400, str(exc))
+        side = serving.canary
+        if side is not None:  # the canary's share of requests, by the same rule as the stream
+            value = record.fields.get(side.hash_key) if side.hash_key else None
+            if in_canary(value, side.share, float(self._rng.random())):
+                serving = side.serving
+                try:
+                    record = self.decode(body, None, serving.specs, record_id, serving.avro)
+                except BadRecord as exc:
+                    return Answer(400, str(exc))
         outcome = await asyncio.get_running_loop().run_in_executor(
             None, serving.runner.run, [record])
         self.checked(serving, outcome.checks)

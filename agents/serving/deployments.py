@@ -26,7 +26,7 @@ from agents.records.formats import (
 )
 from agents.runtimes.base import ModelRuntime
 from agents.serving.columnar import Columnar
-from agents.serving.dataplane import DataPlane, Key, Serving
+from agents.serving.dataplane import CanarySide, DataPlane, Key, Serving
 from agents.serving.intake import Intake
 from agents.serving.model_cache import ModelCache
 from agents.serving.runner import PipelineRunner
@@ -111,7 +111,7 @@ class DeploymentManager:
                 about = status if status and (
                     status.workspace, status.result.get("pipeline")) == key else None
                 current = self.served.get(key)
-                if current is not None and current.deployment == deployment:
+                if current is not None and _serves(current.deployment) == _serves(deployment):
                     continue
                 try:
                     serving = await asyncio.get_running_loop().run_in_executor(
@@ -129,10 +129,15 @@ class DeploymentManager:
             self.by_topic = {s.input_topic: s for s in self.served.values()}
             # Versions no served pipeline runs any more stop their processes (Python steps).
             self.cache.release({(s.deployment.workspace, m.model, m.version)
-                                for s in self.served.values()
+                                for s in self._servings()
                                 for step in s.version.steps for m in step_models(step)})
             # Loaded models live as long as the worker: keep the collector from rescanning them.
             gc.freeze()
+
+    def _servings(self) -> list[Serving]:
+        """Every served version, canaries' included."""
+        return [*self.served.values(),
+                *(s.canary.serving for s in self.served.values() if s.canary is not None)]
 
     def _prepare(self, registry: Registry, deployment: Deployment) -> Serving:
         pipeline = registry.pipelines[(deployment.workspace, deployment.pipeline)]
@@ -140,7 +145,17 @@ class DeploymentManager:
         runtimes = self.cache.for_pipeline(registry, version)
         ensure_topics(self.settings,
                       pipeline_topics(self.settings, deployment.workspace, deployment.pipeline))
-        return self.serving(deployment, version, runtimes)
+        serving = self.serving(deployment, version, runtimes)
+        canary = deployment.canary
+        if canary is not None and canary.running:
+            # Both versions' models are loaded before the swap: the canary serves from the
+            # first batch that sees it. Paused routes belong to the current version's steps.
+            other = pipeline.versions[canary.version - 1]
+            side = self.serving(replace(deployment, version=canary.version, canary=None,
+                                        paused_routes=frozenset()),
+                                other, self.cache.for_pipeline(registry, other))
+            serving.canary = CanarySide(side, canary.share, canary.hash_key)
+        return serving
 
     def serving(self, deployment: Deployment, version: PipelineVersion,
                 runtimes: Mapping[tuple[str, int], ModelRuntime]) -> Serving:
@@ -193,3 +208,11 @@ class DeploymentManager:
         self.intake.stop()
         self.plane.close()
         self.cache.close()
+
+
+def _serves(d: Deployment) -> tuple[object, ...]:
+    """What of a deployment decides how it is served: a canary's evidence or a held step
+    change nothing, so its versions are not prepared again for them."""
+    c = d.canary
+    running = (c.canary_id, c.version, c.share, c.hash_key) if c is not None and c.running else None
+    return replace(d, canary=None), running

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from control.cli.api_keys import api_keys
 from control.cli.assays import assays
 from control.cli.base import err
+from control.cli.canary import pipelines_canary  # noqa: F401 - registers the canary commands
 from control.cli.console import console
 from control.cli.logs import logs
 from control.cli.models import models

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from control.client import Client
-from control.registry.state import Pipeline, PipelineVersion
+from control.registry.state import Canary, Pipeline, PipelineVersion
 from control.registry.steps import step_to_json
 
 out = Console()
@@ -119,3 +119,22 @@ def format_duration(span: timedelta) -> str:
             parts.append(f"{n}{unit}")
     return "".join(parts) or "0s"
 
+
+
+# -- canaries ----------------------------------------------------------------------------------
+
+
+def canary_line(canary: Canary) -> str:
+    """Where a canary stands, in a line: version, step, share, next decision, last word."""
+    head = f"canary {canary.canary_id} → v{canary.version}"
+    if canary.running:
+        assert canary.step_at is not None
+        due = canary.step_at + timedelta(seconds=canary.every_s)
+        line = (f"{head}: step {canary.step}/{len(canary.steps)} at {canary.share}% "
+                f"(steps {','.join(map(str, canary.steps))}), next decision {when(due)} UTC")
+        waiting = canary.held == canary.step and canary.evidence
+        return line + (f"; waiting: {canary.evidence}" if waiting else
+                       f"; last evidence: {canary.evidence}" if canary.evidence else "")
+    ended = f" at {when(canary.ended_at)} UTC" if canary.ended_at else ""
+    why = canary.reason if canary.state != "promoted" else canary.evidence
+    return f"{head}: {canary.state}{ended}" + (f": {why}" if why else "")

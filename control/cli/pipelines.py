@@ -9,7 +9,17 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from control.cli.base import JsonFlag, client_of, err, out, rows_table, show, when
+from control.cli.base import (
+    JsonFlag,
+    canary_line,
+    client_of,
+    err,
+    out,
+    rows_table,
+    show,
+    to_json,
+    when,
+)
 from control.cli.rules import step_route
 from control.registry.chains import RULES
 from control.registry.events import ControlStatus
@@ -136,20 +146,26 @@ def _deployed(d: Deployment | None) -> str:
 
 @pipelines.command("get")
 def pipelines_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
-    """Show a pipeline's versions and steps, what is deployed and its paused routes."""
+    """Show a pipeline's versions and steps, what is deployed, its paused routes and where
+    its canary stands (--json: the pipeline, with its deployment and canary)."""
     client = client_of(ctx)
     p = client.pipeline(name)
-    show(p, json_out, lambda: rows_table(
+    d = next((d for d in client.deployments() if d.pipeline == name), None)
+    if json_out:
+        print(json.dumps({**to_json(p), "deployment": to_json(d)}, indent=2))
+        return
+    show(p, False, lambda: rows_table(
         f"pipeline {name}", ["version", "steps", "results from steps", "validations", "by",
                              "created"],
         [(v.version, " → ".join(json.dumps(step_to_json(s)) for s in v.steps),
           ", ".join(map(str, v.returned_steps)), _checks(v.validations) or "-", v.created_by,
           when(v.created_at))
          for v in p.versions]))
-    d = next((d for d in client.deployments() if d.pipeline == name), None)
-    if not json_out and d is not None and d.active:
+    if d is not None and d.active:
         out.print(f"deployed: v{d.version}" + (f"; paused routes (step:route): "
                                                f"{_routes(d)}" if d.paused_routes else ""))
+    if d is not None and d.canary is not None:
+        out.print(escape(canary_line(d.canary)), highlight=False)
 
 
 def _routes(d: Deployment) -> str:

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from control.cli.base import JsonFlag, client_of, err, out, to_json, when
+from control.cli.base import JsonFlag, canary_line, client_of, err, out, to_json, when
 from control.client.health import STALE_BEATS, DeploymentHealth, PlatformHealth, read_health
 
 
@@ -59,6 +59,8 @@ def print_health(health: PlatformHealth) -> None:
         if not d.serving:
             out.print(f"[red]{name}:[/] no fresh, live worker serves version {d.version}",
                       highlight=False)
+        if d.canary is not None and (d.canary.running or d.canary.ended_at is not None):
+            out.print(f"{name}: {escape(canary_line(d.canary))}", highlight=False)
         for w, why in sorted(d.refused.items()):
             out.print(f"[red]{name}:[/] refused by {escape(w)}: {escape(why)}", highlight=False)
     for w in health.workers:

@@ -285,6 +285,29 @@ class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, RuleClient, 
                   worker_wait=worker_wait)
         return self.registry().deployments[(ws, pipeline)]
 
+    def start_canary(self, pipeline: str, version: int, steps: Sequence[int], every_s: int, *,
+                     hash_key: str | None = None, max_dead_letter_pp: float = 1.0,
+                     max_error_pp: float = 1.0, max_p99_ratio: float = 1.5,
+                     p99_slack_ms: float = 5.0, min_records: int = 100,
+                     assays: Sequence[str] = (), workspace: str | None = None) -> Deployment:
+        """Ramp the deployed pipeline up to `version` (docs/canary.md); returns the deployment
+        with its running canary."""
+        ws = self._ws(workspace)
+        self.send("StartCanary", {
+            "pipeline": pipeline, "version": version, "steps": list(steps), "every_s": every_s,
+            "hash_key": hash_key, "max_dead_letter_pp": max_dead_letter_pp,
+            "max_error_pp": max_error_pp, "max_p99_ratio": max_p99_ratio,
+            "p99_slack_ms": p99_slack_ms, "min_records": min_records, "assays": list(assays),
+        }, workspace=ws)
+        return self.registry().deployments[(ws, pipeline)]
+
+    def abort_canary(self, pipeline: str, reason: str | None = None,
+                     workspace: str | None = None) -> Deployment:
+        """Stop a running canary: every record goes to the current version again."""
+        ws = self._ws(workspace)
+        self.send("AbortCanary", {"pipeline": pipeline, "reason": reason}, workspace=ws)
+        return self.registry().deployments[(ws, pipeline)]
+
     # -- inference ---------------------------------------------------------------------------
 
     def input_schema(self, pipeline: str, version: int | None = None,

@@ -22,7 +22,7 @@ from control.registrar import limits_of
 from control.registry.events import ControlEvent, ControlStatus
 from control.registry.fold import fold
 from control.registry.rules import may_read
-from control.registry.state import Deployment
+from control.registry.state import Canary, Deployment
 from schemas.errors import DecodeError
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class DeploymentHealth:
     dead_lettered: int = 0
     lag: int | None = None  # records waiting in the input topic; None: no worker reported it
     problems: list[str] = field(default_factory=list)
+    canary: Canary | None = None  # the deployment's last canary, running or ended
 
     @property
     def healthy(self) -> bool:
@@ -93,7 +94,7 @@ def summarise(deployments: Iterable[Deployment], beats: Iterable[Heartbeat], now
         if not d.active:
             continue
         name = f"{d.workspace}/{d.pipeline}"
-        row = DeploymentHealth(d.workspace, d.pipeline, d.version)
+        row = DeploymentHealth(d.workspace, d.pipeline, d.version, canary=d.canary)
         for beat in fresh:
             served = beat.serving.get(name)
             if served == d.version:

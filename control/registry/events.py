@@ -24,6 +24,7 @@ EVENT_TYPES = (
     "CreateRule", "PauseRule", "ResumeRule", "DeleteRule", "PauseRoute", "ResumeRoute",
     "StartReplay", "StopReplay", "ResumeReplay",
     "Redrive",
+    "StartCanary", "AdvanceCanary", "HoldCanary", "RollbackCanary", "AbortCanary",
 )
 
 

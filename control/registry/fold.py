@@ -19,7 +19,8 @@ from typing import Any
 from control.registry.alert_rules import RULE_HANDLERS, caused, describe
 from control.registry.api_keys import API_KEY_HANDLERS
 from control.registry.assays import ASSAY_HANDLERS
-from control.registry.chains import NAMES_ONLY, check_chain, result_steps
+from control.registry.canary import canary_handlers, ended_by_undeploy
+from control.registry.chains import NAMES_ONLY, TYPED, check_chain, result_steps
 from control.registry.events import EVENT_TYPES, ControlEvent
 from control.registry.models import MODEL_HANDLERS
 from control.registry.redrives import REDRIVE_HANDLERS, redrive_id
@@ -125,6 +126,9 @@ def _made(after: Registry, event: ControlEvent) -> dict[str, str]:
             return {"orchestration": name, "version": str(found.latest.version)}
         case "CreateTask":
             return {"task": event.payload["name"], "run_id": event.event_id}
+        case "StartCanary":
+            canary = after.deployments[key].canary
+            return {"pipeline": key[1], "canary_id": canary.canary_id if canary else ""}
         case "CreateRule":
             name = event.payload["name"]
             return {"rule": name, "rule_id": after.alert_rules[(key[0], name)].rule_id}
@@ -303,7 +307,8 @@ def _undeploy(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Reg
     deployment = state.deployments.get(key)
     if deployment is None or not deployment.active:
         raise Rejected(f"pipeline {pipeline.name!r} is not deployed")
-    deployment = replace(deployment, active=False, deployed_by=event.actor, deployed_at=event.time)
+    deployment = replace(ended_by_undeploy(deployment, event), active=False,
+                         deployed_by=event.actor, deployed_at=event.time)
     return replace(state, deployments={**state.deployments, key: deployment})
 
 
@@ -357,4 +362,8 @@ _HANDLERS: dict[str, Handler] = {
     **RULE_HANDLERS,
     **REPLAY_HANDLERS,
     **REDRIVE_HANDLERS,
+    # A canary's version is checked as a deploy's, by the chain rules of its time (typed),
+    # fixed so that a replay folds the same after the rules grow again.
+    **canary_handlers(lambda state, pipeline, number: _check_deployable(
+        state, pipeline, number, TYPED)),
 }

@@ -36,6 +36,7 @@ PERMISSIONS: Mapping[str, str] = {
         "CreateRule", "PauseRule", "ResumeRule", "DeleteRule", "PauseRoute", "ResumeRoute",
         "StartReplay", "StopReplay", "ResumeReplay",
         "Redrive",
+        "StartCanary", "AdvanceCanary", "HoldCanary", "RollbackCanary", "AbortCanary",
     )},
 }
 

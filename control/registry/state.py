@@ -11,6 +11,14 @@ from typing import Any
 
 from control.registry.applied import AppliedEvents
 from control.registry.assay_config import AssayConfig
+from control.registry.canary_state import (  # noqa: F401 - re-exported with the entities
+    ABORTED,
+    PROMOTED,
+    ROLLED_BACK,
+    RUNNING,
+    Canary,
+    CanaryGates,
+)
 from control.registry.past_traffic import Redrive, Replay
 from control.registry.tensors import TensorSpec
 
@@ -190,6 +198,7 @@ class Deployment:
     # (step, route), both from 1: routes of the served version's splits that get no records.
     # A deploy or rollback starts with none: route numbers belong to one version's steps.
     paused_routes: frozenset[tuple[int, int]] = frozenset()
+    canary: Canary | None = None  # the last canary of this deployment, running or ended
 
 
 @dataclass(frozen=True)
