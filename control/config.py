@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     canary_tick_s: float = Field(
         1.0, gt=0, description="how often the worker that runs schedules looks for canary "
         "steps to judge (docs/canary.md)")
+    canary_sink_lag_s: float = Field(
+        5.0, ge=0, le=3600, description="how far behind now a canary step's measures end: "
+        "inference logs reach ClickHouse this long after they are served, at most (a step is "
+        "judged that long after it is due; docs/canary.md)")
     heartbeat_s: float = Field(
         5.0, description="how often a worker publishes its heartbeat (`inferstream status`)")
     task_stale_s: float = Field(

@@ -480,7 +480,7 @@ def canary_actions() -> list[Action]:
         ("HoldCanary", {"pipeline": "fraud", "canary_id": "fraud-0000abcd", "step": 2,
                         "reason": "too few records"}),
         ("RollbackCanary", {"pipeline": "fraud", "canary_id": "fraud-0000abcd",
-                            "reason": "dead-letter rate"}),
+                            "step": 2, "reason": "dead-letter rate"}),
         ("AbortCanary", {"pipeline": "fraud", "reason": None}),
     ]
 

@@ -1,6 +1,7 @@
 """Gated canaries against the real broker and two workers sharing one data folder: a healthy
-version promotes itself, one that dead-letters or slows down rolls back by itself, and a
-canary whose schedule owner is killed mid-ramp goes on with no step skipped or done twice."""
+version promotes itself, one that dead-letters or is slower per record (even at a small share,
+served in far smaller batches) rolls back by itself, and a canary whose schedule owner is
+killed mid-ramp goes on with no step skipped or done twice."""
 
 from __future__ import annotations
 
@@ -34,17 +35,19 @@ INPUTS = {"float_input": ("float32", (-1, 4))}
 OUTPUTS = {"score": ("float32", (-1,))}
 
 def predict(batch):
-    time.sleep(0.08)
+    time.sleep(MS_A_RECORD / 1000 * len(batch["float_input"]))
     return {"score": batch["float_input"].sum(axis=1)}
 """
 
 
 class Canaries(Platform):
-    """clf v1/v2 (ONNX) and two Python steps: one that raises, one that sleeps 80 ms."""
+    """clf v1/v2 (ONNX) and Python steps: one that raises, "steady" and "slow" that take 1 and
+    30 ms a record."""
 
     def __init__(self, settings, tmp: Path, keras: bool = False) -> None:
         super().__init__(settings, tmp, keras=False)
-        for name, text in (("failing", FAILING), ("slow", SLOW)):
+        for name, text in (("failing", FAILING), ("steady", "MS_A_RECORD = 1" + SLOW),
+                           ("slow", "MS_A_RECORD = 30" + SLOW)):
             (tmp / f"{name}.py").write_text(text)
             self.client.upload_model(name, tmp / f"{name}.py")
 
@@ -97,9 +100,12 @@ class Traffic:
             self.p.poll(0)
 
 
-def ramp(lab: Canaries, pipeline: str, canary_version: int, *flags: str) -> None:
+def ramp(lab: Canaries, pipeline: str, canary_version: int, *flags: str,
+         current: str = "clf") -> None:
+    """v1 `current` (clf v1), v2 clf v2, v3 failing, v4 slow; v1 deployed, a canary of
+    `canary_version` started."""
     lab.client.create_pipeline(pipeline)
-    lab.client.create_pipeline_version(pipeline, [{"model": "clf", "version": 1}])
+    lab.client.create_pipeline_version(pipeline, [{"model": current, "version": 1}])
     for step in ({"model": "clf", "version": 2}, {"model": "failing"}, {"model": "slow"}):
         lab.client.create_pipeline_version(pipeline, [step])
     lab.deploy(pipeline, 1, batch_wait_ms=20)
@@ -120,10 +126,11 @@ def canary(lab: Canaries, pipeline: str) -> Canary:
 
 
 def canary_events(lab: Canaries, canary_id: str) -> Counter[tuple[str, int]]:
-    """The accepted canary events of a canary on the control topic, by (type, step)."""
-    accepted = {s.event_id for s in lab.client.statuses() if s.accepted}
-    return Counter((e.type, e.payload.get("step", 0)) for e in lab.client.events()
-                   if e.payload.get("canary_id") == canary_id and e.event_id in accepted)
+    """How many of a canary's events the registry accepted, by (type, step): one status per
+    control-topic offset, so a copy of an event (its id written twice) counts once, refused."""
+    accepted = {s.offset for s in lab.client.statuses() if s.accepted}
+    return Counter((e.type, e.payload["step"]) for e in lab.client.events()
+                   if e.payload.get("canary_id") == canary_id and e.offset in accepted)
 
 
 def test_a_healthy_version_promotes_itself(lab: Canaries,
@@ -144,24 +151,29 @@ def test_a_healthy_version_promotes_itself(lab: Canaries,
     assert "v2:" in (c.evidence or "") and "v1:" in (c.evidence or "")
     events = canary_events(lab, c.canary_id)
     assert events[("AdvanceCanary", 2)] == events[("AdvanceCanary", 3)] == 1, events
-    assert not events[("RollbackCanary", 0)]
+    assert not any(kind == "RollbackCanary" for kind, _ in events), events
 
 
-@pytest.mark.parametrize(("pipeline", "version", "measure"), [
-    ("dead", 3, "dead-letter rate of v3"),
-    ("slower", 4, "p99 batch time of v4"),
+@pytest.mark.parametrize(("pipeline", "version", "current", "flags", "measure"), [
+    ("dead", 3, "clf", ("--steps", "50,100"), "dead-letter rate of v3"),
+    # 30 ms a record against 1, at 5 %: the canary's batches are a record or two, the
+    # current's some twenty. A loaded machine's small calls cost a few ms each on either side
+    # (tests/test_canary_measures.py shows the per-record measure on exact figures).
+    ("slower", 4, "steady", ("--steps", "5,100", "--p99-slack-ms", "2"),
+     "p99 time per record of v4"),
 ])
-def test_a_version_that_dead_letters_or_slows_down_rolls_back(
-        lab: Canaries, pipeline: str, version: int, measure: str) -> None:
-    ramp(lab, pipeline, version, "--steps", "50,100", "--every", "2s")
+def test_a_version_that_dead_letters_or_is_slower_per_record_rolls_back(
+        lab: Canaries, pipeline: str, version: int, current: str, flags: tuple[str, ...],
+        measure: str) -> None:
+    ramp(lab, pipeline, version, *flags, "--every", "2s", current=current)
     with Traffic(lab, pipeline):
         wait_until(lambda: not canary(lab, pipeline).running, 60, "the canary ends")
     c = canary(lab, pipeline)
     d = lab.client.registry().deployments[("lab", pipeline)]
-    assert (c.state, d.version) == ("rolled back", 1), c
+    assert (c.state, d.version) == ("rolled back", 1), (c.evidence, c.reason)
     assert measure in (c.reason or "") and "limit" in (c.reason or ""), c.reason
     events = canary_events(lab, c.canary_id)  # a HoldCanary while traffic starts, maybe
-    assert events[("RollbackCanary", 0)] == 1 and events[("HoldCanary", 1)] <= 1, events
+    assert events[("RollbackCanary", 1)] == 1 and events[("HoldCanary", 1)] <= 1, events
     assert not any(kind == "AdvanceCanary" for kind, _ in events), events
 
 

@@ -109,7 +109,7 @@ TABLE = {
                                      "assays": []}), WRITERS),
     # On fraud, whose canary of v1 (RAMP) started an hour before T0: every step is due.
     **{type_: ((type_, {**payload, "canary_id": RAMP_ID, "step": step}), WRITERS)
-       for (type_, payload), step in zip(canary_actions()[1:4], (2, 1, 0), strict=True)},
+       for (type_, payload), step in zip(canary_actions()[1:4], (2, 1, 1), strict=True)},
     "AbortCanary": (canary_actions()[4], WRITERS),
 }
 # What a refusal says, by what the event needs and who was refused.

@@ -23,16 +23,17 @@ from registry_events import (
     upload_model,
     ws_members,
 )
+from registry_events import rollback as roll_back
 
-from agents.scheduling.canary_controller import CanaryController
 from agents.scheduling.canary_gates import Side, judge
-from agents.scheduling.rule_executor import Identity
+from agents.scheduling.identity import Identity
 from agents.serving.canary import bucket, in_canary, split
 from control.cli.base import canary_line, to_json
 from control.registry.canary import canary_event_id
 from control.registry.events import ControlEvent
 from control.registry.fold import apply, fold, result_of
 from control.registry.state import ABORTED, PROMOTED, ROLLED_BACK, Canary, Registry
+from schemas.errors import Rejected
 
 S = timedelta(seconds=1)
 KEY = ("ws", "fraud")
@@ -102,7 +103,7 @@ def test_the_same_event_id_is_applied_once(platform: Registry) -> None:
     state = apply(platform, at(start(), 0))
     first = advance(state, 2, 61)
     state = apply(state, first)
-    with pytest.raises(Exception, match=r"replay|already"):
+    with pytest.raises(Rejected, match=r"replay|already"):
         apply(state, first)
 
 
@@ -115,15 +116,56 @@ def test_a_hold_is_said_once_a_step_and_a_rollback_ends_it(platform: Registry) -
     state = apply(state, at(hold, 60))
     assert canary_of(state).evidence == "too few records" and canary_of(state).step == 1
     reject(state, at(hold, 70), "already waits")
-    back = ("RollbackCanary", {"pipeline": "fraud", "canary_id": "other", "reason": "x"})
+    back = ("RollbackCanary", {"pipeline": "fraud", "canary_id": "other", "step": 1,
+                               "reason": "x"})
     reject(state, at(back, 70), "not other")
     state = apply(state, at(("RollbackCanary", {"pipeline": "fraud", "canary_id": cid,
-                                                "reason": "dead-letter rate"}), 70))
+                                                "step": 1, "reason": "dead-letter rate"}), 70))
     c = canary_of(state)
     assert (c.state, c.reason, state.deployments[KEY].version) == (
         ROLLED_BACK, "dead-letter rate", 1)
-    reject(state, at(("RollbackCanary", {"pipeline": "fraud", "canary_id": cid,
+    reject(state, at(("RollbackCanary", {"pipeline": "fraud", "canary_id": cid, "step": 1,
                                          "reason": "again"}), 80), "no running canary")
+
+
+def rollback(state: Registry, step: int, seconds: float) -> ControlEvent:
+    """The controller's RollbackCanary of a step it judged (its deterministic id)."""
+    c = canary_of(state)
+    return at(("RollbackCanary", {"pipeline": "fraud", "canary_id": c.canary_id, "step": step,
+                                  "reason": f"bad at {step}"}), seconds, "bob",
+              canary_event_id(c.canary_id, "rollback", step))
+
+
+def test_a_rollback_applies_only_to_the_step_it_judged(platform: Registry) -> None:
+    """Two schedule owners judge step 1: A advances it, B rolls it back. Whichever comes
+    second is refused; B's verdict on step 1 cannot end the canary at step 2."""
+    state = apply(platform, at(start(), 0))
+    a_advances, b_rolls_back = advance(state, 2, 61), rollback(state, 1, 61)
+    advanced = apply(state, a_advances)
+    reject(advanced, b_rolls_back, "at step 2", "cannot rollback at step 1")
+    assert canary_of(advanced).running and canary_of(advanced).step == 2
+    rolled_back = apply(state, b_rolls_back)
+    reject(rolled_back, a_advances, "no running canary", "rolled back")
+    # A rollback of step 2 is its own event, judged once step 2 is due.
+    reject(advanced, rollback(advanced, 2, 90), "judged at")
+    assert canary_of(apply(advanced, rollback(advanced, 2, 122))).state == ROLLED_BACK
+
+
+def test_deploy_or_rollback_keeps_the_canary_it_replaced_ended(platform: Registry) -> None:
+    state = apply(platform, at(start(), 0))  # v1 serves, the canary ramps v2
+    deployed = apply(state, at(deploy("fraud", 3, rules=2), 5))
+    c = canary_of(deployed)
+    assert (c.canary_id, c.version, c.state, c.reason, c.ended_at, c.share) == (
+        canary_of(state).canary_id, 2, ABORTED, "replaced: ann deployed v3", T0 + 5 * S, 0)
+    # v3 serves (after v1), a canary ramps v2; rolling back to v1 ends it the same way
+    running = apply(deployed, at(start(2), 6))
+    rolled = apply(running, at(roll_back("fraud", rules=2), 7))
+    c = canary_of(rolled)
+    assert (rolled.deployments[KEY].version, c.canary_id, c.state, c.reason) == (
+        1, canary_of(running).canary_id, ABORTED, "replaced: ann rolled back v1")
+    # An ended canary stays as it ended.
+    aborted = apply(state, at(("AbortCanary", {"pipeline": "fraud", "reason": "no"}), 3))
+    assert canary_of(apply(aborted, at(deploy("fraud", 3), 5))) == canary_of(aborted)
 
 
 def test_an_operator_aborts_and_undeploy_ends_a_canary(platform: Registry) -> None:
@@ -170,9 +212,9 @@ def test_events_before_canaries_fold_as_they_did(platform: Registry) -> None:
 def test_event_ids_are_a_function_of_canary_and_step() -> None:
     assert canary_event_id("c-1", "advance", 2) == canary_event_id("c-1", "advance", 2)
     ids = {canary_event_id("c-1", "advance", 2), canary_event_id("c-1", "advance", 3),
-           canary_event_id("c-1", "hold", 2), canary_event_id("c-1", "rollback"),
-           canary_event_id("c-2", "advance", 2)}
-    assert len(ids) == 5
+           canary_event_id("c-1", "hold", 2), canary_event_id("c-1", "rollback", 2),
+           canary_event_id("c-1", "rollback", 3), canary_event_id("c-2", "advance", 2)}
+    assert len(ids) == 6
 
 
 # -- the split ----------------------------------------------------------------------------------
@@ -184,9 +226,25 @@ def test_a_keyed_split_is_sticky_and_a_canary_key_stays_as_the_share_grows() -> 
     assert sides[5] <= sides[25] <= sides[50] <= sides[100] == set(keys)
     for share, chosen in sides.items():
         assert abs(len(chosen) / len(keys) - share / 100) < 0.03, share
-    assert all(bucket(k) == bucket(k) for k in keys[:10])
     assert bucket("user-1") == int.from_bytes(
         __import__("hashlib").blake2b(b"user-1", digest_size=8).digest(), "big") % 10_000
+
+
+def test_a_keyed_split_keeps_each_value_on_its_side_as_the_share_grows() -> None:
+    """split() by a hash key: the same records on the canary side in every batch and with
+    any draws at a share, the canary side at 5% within the one at 25%, in proportion."""
+    records = [{"user": i % 2000} for i in range(10_000)]
+    sides = {}
+    for share in (5, 25):
+        first = split(records, share, "user", lambda m: m["user"], np.random.default_rng(1))
+        again = split(records[::-1], share, "user", lambda m: m["user"],
+                      np.random.default_rng(2))
+        users = {m["user"] for m in first[1]}
+        assert users == {m["user"] for m in again[1]}, share  # sticky, whatever the draws
+        assert not users & {m["user"] for m in first[0]}  # a value takes one side
+        assert abs(len(first[1]) / len(records) - share / 100) < 0.03, share
+        sides[share] = users
+    assert sides[5] < sides[25]
 
 
 def test_an_unkeyed_split_draws_its_share_at_random() -> None:
@@ -218,7 +276,7 @@ def test_gates_advance_a_healthy_canary_with_the_evidence(platform: Registry) ->
 @pytest.mark.parametrize(("candidate", "mentions"), [
     (side(2, records=900, dead=100), ["dead-letter rate of v2 10.00%", "limit 1.00%"]),
     (side(2, errors=50), ["error rate of v2 5.00%", "limit 1.00%"]),
-    (side(2, p99_ms=60.0), ["p99 batch time of v2 60.0 ms", "limit 7.0 ms"]),
+    (side(2, p99_ms=60.0), ["p99 time per record of v2 60.00 ms", "limit 7.00 ms"]),
 ])
 def test_gates_roll_back_naming_the_measure_both_values_and_the_limit(
         platform: Registry, candidate: Side, mentions: list[str]) -> None:
@@ -258,9 +316,11 @@ def test_get_and_status_say_where_a_canary_stands(platform: Registry) -> None:
 def test_the_controller_signs_as_the_worker_and_acts_on_an_open_platform_as_the_starter(
         platform: Registry) -> None:
     c = running(platform)
-    controller = object.__new__(CanaryController)  # no Kafka clients: only whom it acts as
-    controller.identity = Identity(None, None)
-    assert controller._actor(platform, c) == "ann"
-    assert controller._actor(replace(platform, secured=True), c) is None  # logs why, waits
-    controller.identity = Identity("canary-bot", key_of("canary-bot"))
-    assert controller._actor(replace(platform, secured=True), c) == "canary-bot"
+    nobody = Identity(None, None)
+    assert nobody.actor(platform, c.started_by) == "ann"
+    assert nobody.actor(replace(platform, secured=True), c.started_by) is None  # logs, waits
+    bot = Identity("canary-bot", key_of("canary-bot"))
+    assert bot.actor(replace(platform, secured=True), c.started_by) == "canary-bot"
+    e = ControlEvent("AbortCanary", {"pipeline": "fraud", "reason": None}, "canary-bot", "ws")
+    assert bot.sign(e).signature is not None
+    assert bot.sign(replace(e, actor="ann")).signature is None  # not the worker's to sign

@@ -3,8 +3,9 @@
 - dead-letter rate: a version's dead letters / (its records with a result + its dead letters)
 - error rate: a version's inference logs with an error / its inference logs (every step,
   shadows' included)
-- p99 batch time: the 99th percentile of a version's non-shadow logs' elapsed_us, i.e. of the
-  wall time of the model call that served a record in its micro-batch
+- p99 time per record: the 99th percentile over a version's non-shadow logs of the wall time
+  of the predict call that made the log divided by that call's records (the canary's share is
+  served as a smaller micro-batch of its own: batch times would not compare)
 Too few records on either side (fewer than min_records, dead letters included) holds the step.
 """
 
@@ -42,7 +43,7 @@ class Side:
 
     def describe(self) -> str:
         return (f"v{self.version}: {self.seen} records, dead letters {self.dead_pct:.2f}%, "
-                f"errors {self.error_pct:.2f}%, p99 {self.p99_ms:.1f} ms")
+                f"errors {self.error_pct:.2f}%, p99 {self.p99_ms:.2f} ms a record")
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,8 @@ def judge(canary: Canary, current: Side, candidate: Side,
     limit = max(current.p99_ms * g.max_p99_ratio, current.p99_ms + g.p99_slack_ms)
     if candidate.p99_ms > limit:
         return Verdict(ROLLBACK, (
-            f"p99 batch time of v{candidate.version} {candidate.p99_ms:.1f} ms is above the "
-            f"limit {limit:.1f} ms (v{current.version}'s {current.p99_ms:.1f} ms x "
+            f"p99 time per record of v{candidate.version} {candidate.p99_ms:.2f} ms is above the "
+            f"limit {limit:.2f} ms (v{current.version}'s {current.p99_ms:.2f} ms x "
             f"{g.max_p99_ratio:g}, at least + {g.p99_slack_ms:g} ms)"))
     share = canary.steps[canary.step - 1]
     return Verdict(ADVANCE, f"step {canary.step} at {share}% passed: {candidate.describe()}; "

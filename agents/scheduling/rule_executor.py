@@ -20,15 +20,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry, Counter
 
-from control.config import Settings, read_private_key
+from agents.scheduling.identity import Identity
+from control.config import Settings
 from control.kafka import consumer, deliver, producer
 from control.registry.alert_rules import (
     action_event_id,
@@ -40,42 +39,11 @@ from control.registry.alert_rules import (
 from control.registry.events import ControlEvent
 from control.registry.state import AlertRule, Registry
 from schemas.codec import codec
-from schemas.errors import ConfigError, DecodeError, Rejected
+from schemas.errors import DecodeError, Rejected
 
 log = logging.getLogger(__name__)
 HOLD_S = 30.0  # how long an alert that cannot be acted on now waits before it is tried again
 OUTCOMES = ("published", "skipped", "no_identity", "undecodable", "failed")
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who the worker acts as: INFERSTREAM_USER, signing with INFERSTREAM_KEY_FILE."""
-
-    user: str | None
-    key: Ed25519PrivateKey | None
-    problem: str | None = None  # why a configured key could not be read
-
-    @classmethod
-    def of(cls, settings: Settings) -> Identity:
-        if settings.key_file is None:
-            return cls(settings.user, None)
-        try:
-            return cls(settings.user, read_private_key(settings.key_file))
-        except ConfigError as exc:
-            return cls(settings.user, None, str(exc))
-
-    def actor(self, registry: Registry, rule: AlertRule) -> str | None:
-        """Who signs the action of `rule`; None: no one can on this platform."""
-        if registry.secured:
-            return self.user if self.user and self.key else None
-        return self.user or rule.created_by
-
-    def missing(self) -> str:
-        """Why the worker has no identity on a secured platform, and what to do."""
-        if self.problem:
-            return f"its key file cannot be used: {self.problem}"
-        return ("it has no identity: set INFERSTREAM_USER to a collaborator of the rules' "
-                "workspaces and INFERSTREAM_KEY_FILE to that user's private key, and restart it")
 
 
 class RuleExecutor:
@@ -161,7 +129,7 @@ class RuleExecutor:
             log.info("not acting on alert: %s", why)
             self.actions.labels("skipped").inc()
             return True
-        actor = self.identity.actor(registry, rule)
+        actor = self.identity.actor(registry, rule.created_by)
         if actor is None:
             self.actions.labels("no_identity").inc()
             if not self._said_missing:
@@ -172,8 +140,7 @@ class RuleExecutor:
         type_, payload = action_of(rule, cause)
         event = ControlEvent(type_, payload, actor, rule.workspace,
                              event_id=action_event_id(rule, alert), time=now)
-        if self.identity.key is not None and actor == self.identity.user:
-            event = event.signed_with(self.identity.key)
+        event = self.identity.sign(event)
         if not publish(event):
             self.actions.labels("failed").inc()
             return False

@@ -46,15 +46,16 @@ def pipelines_canary(
         help="Roll back when the canary's error rate (logs with an error) exceeds the current "
              "version's by more than this many percentage points")] = 1.0,
     max_p99_ratio: Annotated[float, typer.Option(
-        help="Roll back when the canary's p99 batch time exceeds this many times the current "
-             "version's ...")] = 1.5,
+        help="Roll back when the canary's p99 time per record (a predict call's time over "
+             "its records) exceeds this many times the current version's ...")] = 1.5,
     p99_slack_ms: Annotated[float, typer.Option(
         help="... and the current version's plus this many milliseconds")] = 5.0,
     min_records: Annotated[int, typer.Option(
         help="Records each version needs in a step to be judged; fewer: the step waits")] = 100,
     assay: Annotated[list[str] | None, typer.Option(
         help="An assay of the pipeline that must not be in warning or alert during a step; "
-             "repeatable")] = None,
+             "repeatable. Its windows cover the whole pipeline, both versions' records: drift "
+             "of the input data rolls back any canary")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Ramp a deployed pipeline up to another version, step by step, while it stays healthy.

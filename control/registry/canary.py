@@ -7,7 +7,8 @@ controller (agents/scheduling/canary_controller.py) judges each step once it has
 the canary's), HoldCanary (too few records to judge) or RollbackCanary, under the ids of
 `canary_event_id`, a function of the canary and the step only, so every worker and every
 restart writes the same event, which the fold applies once. The fold also checks the order: a
-step advances only from the one before it, after its time, and only while the canary runs.
+step advances only from the one before it, after its time, and only while the canary runs; a
+rollback applies only to the step it judged.
 """
 
 from __future__ import annotations
@@ -43,11 +44,10 @@ CANARY_NAMESPACE = uuid.UUID("0b7e3f55-8c1d-5d7a-b3f2-4a9e6c2d1f80")
 ADVANCE, HOLD, ROLLBACK = "advance", "hold", "rollback"
 
 
-def canary_event_id(canary_id: str, what: str, step: int = 0) -> str:
+def canary_event_id(canary_id: str, what: str, step: int) -> str:
     """The id of the controller's event `what` (advance, hold, rollback) for a step of a
-    canary: the same in every worker and run."""
-    name = f"{canary_id}|{what}" if what == ROLLBACK else f"{canary_id}|{what}|{step}"
-    return uuid.uuid5(CANARY_NAMESPACE, name).hex
+    canary (for a rollback, the step judged): the same in every worker and run."""
+    return uuid.uuid5(CANARY_NAMESPACE, f"{canary_id}|{what}|{step}").hex
 
 
 def check_steps(steps: list[int] | tuple[int, ...]) -> tuple[int, ...]:
@@ -185,6 +185,9 @@ def hold_canary(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> R
 def _ended(state_name: str) -> Handler:
     def handler(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:
         key, deployment, canary = _running(state, event, p)
+        if state_name == ROLLED_BACK:
+            # A verdict on the step it judged only: another worker may have advanced it since.
+            _check_due(canary, p["step"], event, ROLLBACK)
         reason = p.get("reason") or f"aborted by {event.actor}"
         return _with(state, key, replace(deployment, canary=replace(
             canary, state=state_name, reason=reason, ended_at=event.time)))
@@ -194,11 +197,18 @@ def _ended(state_name: str) -> Handler:
 
 def ended_by_undeploy(deployment: Deployment, event: ControlEvent) -> Deployment:
     """An undeployed pipeline's running canary ends (aborted): nothing serves either side."""
-    canary = deployment.canary
+    return replace(deployment, canary=kept_canary(deployment, event,
+                                                  f"undeployed by {event.actor}"))
+
+
+def kept_canary(deployment: Deployment | None, event: ControlEvent, reason: str
+                ) -> Canary | None:
+    """The deployment's last canary, for `pipelines get` and `status`; a running one ends
+    (aborted, for `reason`) since what served it is undeployed or replaced."""
+    canary = deployment.canary if deployment is not None else None
     if canary is None or not canary.running:
-        return deployment
-    return replace(deployment, canary=replace(canary, state=ABORTED, ended_at=event.time,
-                                              reason=f"undeployed by {event.actor}"))
+        return canary
+    return replace(canary, state=ABORTED, ended_at=event.time, reason=reason)
 
 
 def canary_handlers(deployable: Deployable) -> dict[str, Handler]:

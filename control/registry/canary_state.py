@@ -15,7 +15,7 @@ class CanaryGates:
 
     max_dead_letter_pp: float = 1.0  # percentage points above the current's dead-letter rate
     max_error_pp: float = 1.0  # percentage points above the current's error rate
-    max_p99_ratio: float = 1.5  # times the current's p99 batch time ...
+    max_p99_ratio: float = 1.5  # times the current's p99 time per record ...
     p99_slack_ms: float = 5.0  # ... and at least this much above it
     min_records: int = 100  # each version's records in a step before it is judged
     assays: tuple[str, ...] = ()  # assays that must not be in warning or alert

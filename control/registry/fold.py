@@ -19,7 +19,7 @@ from typing import Any
 from control.registry.alert_rules import RULE_HANDLERS, caused, describe
 from control.registry.api_keys import API_KEY_HANDLERS
 from control.registry.assays import ASSAY_HANDLERS
-from control.registry.canary import canary_handlers, ended_by_undeploy
+from control.registry.canary import canary_handlers, ended_by_undeploy, kept_canary
 from control.registry.chains import NAMES_ONLY, TYPED, check_chain, result_steps
 from control.registry.events import EVENT_TYPES, ControlEvent
 from control.registry.models import MODEL_HANDLERS
@@ -293,9 +293,12 @@ def _deployed(
     key = (pipeline.workspace, pipeline.name)
     before = state.deployments.get(key)
     history = before.history if before else ()
+    # A running canary ramped up from the replaced version: it ends, and stays on record.
+    verb = "rolled back" if event.type == "Rollback" else "deployed"
     deployment = Deployment(
         pipeline.workspace, pipeline.name, number, True, batch_size, batch_wait_ms,
         (*history, number), event.actor, event.time,
+        canary=kept_canary(before, event, f"replaced: {event.actor} {verb} v{number}"),
     )
     return replace(state, deployments={**state.deployments, key: deployment})
 
