@@ -4,6 +4,7 @@ carry a redriven record's origin."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import timedelta
 
@@ -149,9 +150,37 @@ def test_a_letter_held_back_by_the_limit_is_free_for_a_forced_redrive(
     ("step 1 (prep v1): %", "step 1 (prep v1): ValueError", True),
     ("a.b%", "axb c", False),  # regex characters are themselves
     ("%", "", True),
+    ("%", "anything", True),
+    ("", "", True),
+    ("_", "", False),
+    ("a%%b", "ab", True),
+    ("%a_c%", "xxabcabd", True),
+    ("%a_c", "xxabcabd", False),
+    ("%ab%ab%", "abab", True),
+    ("%ab%ab%", "aba", False),
+    ("100%", "100% done", True),
+    ("100%", "10", False),
+    ("100%", "100", True),
+    ("a\\%", "a\\xyz", True),  # a backslash escapes nothing
 ])
 def test_the_reason_filter(pattern: str | None, reason: str, matches: bool) -> None:
     assert reason_matches(pattern, reason) is matches
+
+
+@pytest.mark.parametrize("pairs", [6, 8, 30])
+def test_a_hostile_reason_pattern_is_judged_quickly(pairs: int) -> None:
+    # With a regex, 6 pairs took 1.7 s on 60 characters and 8 over 20 s (backtracking).
+    started = time.perf_counter()
+    assert not reason_matches("%a" * pairs + "%b", "a" * 60)
+    assert not reason_matches("%a" * pairs + "%b", "a" * 5_000)
+    assert reason_matches("%a" * pairs + "%b", "a" * 5_000 + "b")
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_long_reason_pattern_is_refused(platform: Registry) -> None:
+    reject(platform, event(redrive("fraud", (0, 0, 10), reason_like="%a" * 101)),
+           "--reason-like takes 1..200 characters, not 202")
+    given(platform, event(redrive("fraud", (0, 0, 10), reason_like="%a" * 100)))
 
 
 def test_decide_puts_the_filter_first(platform: Registry) -> None:

@@ -19,7 +19,13 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from agents.scheduling.redrive import UNDECODABLE, progress, redrive_group
 from control.kafka import consumer, end_offsets
-from control.registry.redrives import REDRIVE, classify, earlier_of, overlapping
+from control.registry.redrives import (
+    REDRIVE,
+    check_pattern,
+    classify,
+    earlier_of,
+    overlapping,
+)
 from control.registry.state import Redrive
 from schemas.codec import codec
 from schemas.errors import BrokerError, DecodeError, Rejected
@@ -120,6 +126,7 @@ class RedriveClient:
                       force: bool = False, workspace: str | None = None
                       ) -> tuple[Redrive, Registry]:
         """The redrive `redrive` would send, not sent (for a dry run), and the registry."""
+        check_pattern(reason_like)  # as the registry would refuse it
         ws = self._ws(workspace)
         ranges = tuple(self.redrive_ranges(pipeline, from_time, to_time, ws))
         registry = self.registry()

@@ -9,10 +9,8 @@ and the CLI's dry run judge it alike, and a letter an earlier redrive took is no
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from functools import lru_cache
 from typing import Any
 
 from control.registry.events import ControlEvent
@@ -25,7 +23,8 @@ NOT_INPUT, CUT = "not_input", "truncated"
 OUTCOMES = (REDRIVE, ALREADY, FILTERED, LIMITED, NOT_INPUT, CUT)
 # What the data plane appends to the reason of a letter whose original was cut to fit.
 CUT_NOTE = "(this letter keeps the first"
-MAX_PATTERN = 1_000
+# Matching costs up to len(pattern) * len(reason) steps per letter: keep patterns short.
+MAX_PATTERN = 200
 
 
 def reason_matches(pattern: str | None, reason: str) -> bool:
@@ -35,14 +34,36 @@ def reason_matches(pattern: str | None, reason: str) -> bool:
         return True
     if "%" not in pattern:
         return pattern in reason
-    return _like(pattern).fullmatch(reason) is not None
+    return like(pattern, reason)
 
 
-@lru_cache(maxsize=64)
-def _like(pattern: str) -> re.Pattern[str]:
-    # Matched in Python, never in SQL: every other character stands for itself.
-    parts = (".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
-    return re.compile("".join(parts), re.DOTALL)
+def check_pattern(pattern: str | None) -> None:
+    """Refuse a --reason-like pattern that is empty or too long to judge every letter with."""
+    if pattern is not None and not 0 < len(pattern) <= MAX_PATTERN:
+        raise Rejected(f"--reason-like takes 1..{MAX_PATTERN} characters, not {len(pattern)}; "
+                       "shorten the pattern (a substring of the reason is enough)")
+
+
+def like(pattern: str, text: str) -> bool:
+    """Whether the whole of `text` fits the LIKE `pattern` (% any text, _ one character, every
+    other character itself). Greedy with one backtrack point, the last %: at most
+    len(pattern) * len(text) steps whatever the pattern (a regex could take exponential time),
+    and nothing of the pattern ever reaches SQL or `re`."""
+    p = t = 0
+    star, mark = -1, 0  # the last % seen, and where in text it began to match
+    while t < len(text):
+        if p < len(pattern) and pattern[p] == "%":
+            star, mark = p, t
+            p += 1
+        elif p < len(pattern) and pattern[p] in ("_", text[t]):
+            p += 1
+            t += 1
+        elif star >= 0:  # let the last % take one more character, match the rest again
+            mark += 1
+            p, t = star + 1, mark
+        else:
+            return False
+    return all(c == "%" for c in pattern[p:])
 
 
 def covers(redrive: Redrive, partition: int, offset: int) -> bool:
@@ -125,9 +146,7 @@ def _redrive(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Regi
                        f"{p['to_time'].isoformat()} is empty; --to must be after --from")
     if p["limit"] is not None and p["limit"] < 1:
         raise Rejected(f"redrive limit {p['limit']} must be 1 or more (or none: forced)")
-    if p["reason_like"] is not None and not 0 < len(p["reason_like"]) <= MAX_PATTERN:
-        raise Rejected(f"--reason-like takes 1..{MAX_PATTERN} characters, "
-                       f"not {len(p['reason_like'])}")
+    check_pattern(p["reason_like"])
     ranges = _ranges(p["ranges"])
     made = Redrive(
         workspace=ws.name, pipeline=pipeline.name,
