@@ -4,6 +4,7 @@ carry a redriven record's origin."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -43,6 +44,7 @@ from control.registry.redrives import (
     decide,
     earlier_of,
     reason_matches,
+    redrive_id,
 )
 from control.registry.state import Redrive, Registry
 
@@ -67,8 +69,24 @@ def test_a_redrive_is_recorded_with_its_ranges_and_id(platform: Registry) -> Non
     (r,) = redrives(after)
     assert (r.workspace, r.pipeline, r.ranges, r.reason_like, r.limit, r.created_by) == (
         "ws", "fraud", ((0, 10, 20),), "missing", 3, "bob")
-    assert r.redrive_id == f"fraud-{e.event_id[:12]}" and r.earlier == ()
+    assert r.redrive_id == redrive_id("fraud", e.event_id) and r.earlier == ()
+    assert re.fullmatch(r"fraud-[0-9a-f]{32}", r.redrive_id)
     assert result_of(platform, after, e) == {"pipeline": "fraud", "redrive_id": r.redrive_id}
+
+
+def test_redrive_ids_never_collide_and_are_never_overwritten(platform: Registry) -> None:
+    # Ids were the pipeline and the event id's first 12 characters: an event id that began
+    # alike (anyone's, in any workspace) replaced the first redrive, whose letters went twice.
+    first = event(redrive("fraud", (0, 0, 10)))
+    alike = replace(event(redrive("fraud", (1, 0, 10))),
+                    event_id=first.event_id[:12] + "forged")
+    state = given(platform, first, alike)
+    assert {r.ranges for r in redrives(state)} == {((0, 0, 10),), ((1, 0, 10),)}
+    # An id already there is refused, not overwritten.
+    taken = event(redrive("fraud", (0, 0, 10)))
+    squatted = replace(state, redrives={**state.redrives, redrive_id("fraud", taken.event_id):
+                                        redrives(state)[0]})
+    reject(squatted, taken, "already exists")
 
 
 @pytest.mark.parametrize(("action", "actor", "mentions"), [

@@ -9,6 +9,7 @@ and the CLI's dry run judge it alike, and a letter an earlier redrive took is no
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -117,8 +118,10 @@ def overlapping(registry: Registry, workspace: str, pipeline: str,
 
 
 def redrive_id(pipeline: str, event_id: str) -> str:
-    """A redrive's id: its pipeline and the start of its event's id (Kafka-safe)."""
-    return f"{pipeline}-{event_id[:12]}"
+    """A redrive's id: its pipeline and a digest of its event's whole id (Kafka-safe whatever
+    the id holds). The registry applies an event id once, so no two redrives of any workspace
+    share an id, however alike their event ids begin."""
+    return f"{pipeline}-{hashlib.sha256(event_id.encode()).hexdigest()[:32]}"
 
 
 def _ranges(given: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, int, int], ...]:
@@ -148,9 +151,12 @@ def _redrive(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Regi
         raise Rejected(f"redrive limit {p['limit']} must be 1 or more (or none: forced)")
     check_pattern(p["reason_like"])
     ranges = _ranges(p["ranges"])
+    made_id = redrive_id(pipeline.name, event.event_id)
+    if made_id in state.redrives:  # never overwrite one: its letters would go twice
+        raise Rejected(f"redrive {made_id!r} already exists; send the redrive again (a new "
+                       "event id gives it a new id)")
     made = Redrive(
-        workspace=ws.name, pipeline=pipeline.name,
-        redrive_id=redrive_id(pipeline.name, event.event_id), ranges=ranges,
+        workspace=ws.name, pipeline=pipeline.name, redrive_id=made_id, ranges=ranges,
         reason_like=p["reason_like"], limit=p["limit"], from_time=p["from_time"],
         to_time=p["to_time"], created_by=event.actor, created_at=event.time,
         earlier=overlapping(state, ws.name, pipeline.name, ranges))
