@@ -25,6 +25,7 @@ from registry_events import (
     ws_members,
 )
 
+from agents.scheduling.redrive import unreachable
 from agents.serving.redriven import (
     COUNT_HEADER,
     ORIGIN_HEADER,
@@ -248,3 +249,14 @@ def test_a_redriven_record_tells_its_origin_through_headers() -> None:
     # Only a redriven record leaves the column-wise path; a producer's own headers do not.
     assert any_redriven([Headed(None), Headed(origin.headers())])
     assert not any_redriven([Headed(None), Headed([("traceparent", b"00-1-2-01")])])
+
+
+def test_a_range_past_the_end_of_its_partition_is_unreachable(platform: Registry) -> None:
+    # A range that ends past the topic's end (recreated) never finishes: the worker used to
+    # loop on it forever, and every later redrive waited behind it.
+    (r,) = redrives(given(platform, event(redrive("fraud", (0, 0, 10), (1, 5, 20)))))
+    assert unreachable(r, {0: 3, 1: 5}, {0: 10, 1: 20}) is None
+    assert unreachable(r, {0: 10, 1: 5}, {0: 2, 1: 20}) is None  # partition 0 is done
+    assert "partition 1 ends at offset 20 but the dead-letter topic ends at 7" in (
+        unreachable(r, {0: 3, 1: 5}, {0: 10, 1: 7}) or "")
+    assert "has no such partition" in (unreachable(r, {0: 3, 1: 5}, {0: 10}) or "")
