@@ -5,24 +5,22 @@ ranges). Used by the worker that runs replays and by the client that starts and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from confluent_kafka import TopicPartition
 
 from control.config import Settings
 from control.kafka import consumer
+from control.offsets import TIMEOUT_S, Progress, offsets_at
 from control.registry.state import Replay
 from schemas.errors import BrokerError, InferstreamError
 
-TIMEOUT_S = 10.0
-
 
 def side_topic(settings: Settings, replay: Replay) -> str:
-    """Where the replay's results go: its to_topic, else `<ns>.<ws>.<pipeline>.replay.<id>`."""
-    return replay.to_topic or (
-        f"{settings.pipeline_topic(replay.workspace, replay.pipeline, 'replay')}."
-        f"{replay.replay_id}")
+    """Where the replay's results go: `<ns>.<ws>.<pipeline>.replay.<name>`, the name its
+    to_topic (a name, never a whole topic: control/registry/replays.py), else its id."""
+    return (f"{settings.pipeline_topic(replay.workspace, replay.pipeline, 'replay')}."
+            f"{replay.to_topic or replay.replay_id}")
 
 
 def dead_topic(settings: Settings, replay: Replay) -> str:
@@ -31,13 +29,14 @@ def dead_topic(settings: Settings, replay: Replay) -> str:
 
 
 def group(settings: Settings, replay: Replay) -> str:
-    """The consumer group whose committed offsets are the replay's progress."""
-    return f"{settings.namespace}-replay-{replay.workspace}-{replay.replay_id}"
+    """The consumer group whose committed offsets are the replay's progress. Dots separate
+    the parts: no workspace or replay name holds one, so no two replays share a group."""
+    return f"{settings.namespace}.replay.{replay.workspace}.{replay.replay_id}"
 
 
 def transactional_id(settings: Settings, replay: Replay) -> str:
     """One per replay: a worker that takes the replay over fences any other still writing."""
-    return f"{settings.namespace}-replay-{replay.workspace}-{replay.replay_id}"
+    return f"{settings.namespace}.replay.{replay.workspace}.{replay.replay_id}"
 
 
 def ranges_of(settings: Settings, topic: str, start: datetime | None, end: datetime | None,
@@ -53,42 +52,24 @@ def ranges_of(settings: Settings, topic: str, start: datetime | None, end: datet
             raise BrokerError(f"input topic {topic!r} is not there "
                               f"({meta.error if meta else 'unknown topic'}); a replay reads a "
                               "pipeline's input topic, which its first deploy creates")
-        out = []
-        for p in sorted(meta.partitions):
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT_S)
-            first = _offset_at(c, topic, p, start, low, high) if start_offset is None \
-                else min(max(start_offset, low), high)
-            last = _offset_at(c, topic, p, end, high, high) if end_offset is None \
-                else min(max(end_offset, low), high)
-            out.append((p, first, max(first, last)))
-        return out
+        marks = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT_S)
+                 for p in sorted(meta.partitions)}
+        lows = {p: low for p, (low, _) in marks.items()}
+        highs = {p: high for p, (_, high) in marks.items()}
+        firsts = _at(c, topic, lows, highs, start, start_offset, lows)
+        lasts = _at(c, topic, lows, highs, end, end_offset, highs)
+        return [(p, firsts[p], max(firsts[p], lasts[p])) for p in sorted(marks)]
     finally:
         c.close()
 
 
-def _offset_at(c: object, topic: str, partition: int, when: datetime | None, default: int,
-               high: int) -> int:
-    """The first offset at or after `when` (the end when none is), or `default` for None."""
-    if when is None:
-        return default
-    ms = int(when.timestamp() * 1000)
-    found = c.offsets_for_times([TopicPartition(topic, partition, ms)],  # type: ignore[attr-defined]
-                                timeout=TIMEOUT_S)[0]
-    if found.error is not None:
-        raise BrokerError(f"offsets of {topic}[{partition}] at {when}: {found.error}")
-    return high if found.offset < 0 else found.offset
-
-
-@dataclass(frozen=True)
-class Progress:
-    """How far a replay got: records (offsets) done of its ranges', by its committed offsets."""
-
-    done: int
-    total: int
-
-    @property
-    def finished(self) -> bool:
-        return self.done >= self.total
+def _at(c: object, topic: str, lows: dict[int, int], highs: dict[int, int],
+        when: datetime | None, offset: int | None, default: dict[int, int]) -> dict[int, int]:
+    """Per partition: `offset` clipped to what the partition holds, else the first offset at
+    or after `when`, else `default`'s."""
+    if offset is not None:
+        return {p: min(max(offset, lows[p]), high) for p, high in highs.items()}
+    return dict(default) if when is None else offsets_at(c, topic, highs, when)
 
 
 def committed(settings: Settings, replay: Replay) -> dict[int, int]:

@@ -16,9 +16,9 @@ import pytest
 
 from agents.serving.redriven import REDRIVE_HEADER
 from control.cli import main
-from control.client.redrives import RedriveProgress
 from control.kafka import producer, read_until_end
 from control.local.worker_process import WorkerProcess
+from control.offsets import Progress
 from schemas.codec import codec
 from tests.helpers import wait_until
 from tests.worker_platform import Platform, own_settings
@@ -112,7 +112,7 @@ def test_dead_letters_are_redriven_exactly_once_across_a_kill(
         assert sent["redriven"] == BAD and range_[:2] == (0, 0) and range_[2] >= BAD
 
         # Killed mid-redrive: some letters committed, not all. Another worker resumes it.
-        def midway() -> RedriveProgress | None:
+        def midway() -> Progress | None:
             progress = platform.client.redrive_progress(redrive)
             return progress if 0 < progress.done < progress.total else None
 

@@ -4,6 +4,8 @@ carry a redriven record's origin."""
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import replace
 from datetime import timedelta
 
@@ -23,6 +25,7 @@ from registry_events import (
     ws_members,
 )
 
+from agents.scheduling.redrive import unreachable
 from agents.serving.redriven import (
     COUNT_HEADER,
     ORIGIN_HEADER,
@@ -42,6 +45,7 @@ from control.registry.redrives import (
     decide,
     earlier_of,
     reason_matches,
+    redrive_id,
 )
 from control.registry.state import Redrive, Registry
 
@@ -66,8 +70,24 @@ def test_a_redrive_is_recorded_with_its_ranges_and_id(platform: Registry) -> Non
     (r,) = redrives(after)
     assert (r.workspace, r.pipeline, r.ranges, r.reason_like, r.limit, r.created_by) == (
         "ws", "fraud", ((0, 10, 20),), "missing", 3, "bob")
-    assert r.redrive_id == f"fraud-{e.event_id[:12]}" and r.earlier == ()
+    assert r.redrive_id == redrive_id("fraud", e.event_id) and r.earlier == ()
+    assert re.fullmatch(r"fraud-[0-9a-f]{32}", r.redrive_id)
     assert result_of(platform, after, e) == {"pipeline": "fraud", "redrive_id": r.redrive_id}
+
+
+def test_redrive_ids_never_collide_and_are_never_overwritten(platform: Registry) -> None:
+    # Ids were the pipeline and the event id's first 12 characters: an event id that began
+    # alike (anyone's, in any workspace) replaced the first redrive, whose letters went twice.
+    first = event(redrive("fraud", (0, 0, 10)))
+    alike = replace(event(redrive("fraud", (1, 0, 10))),
+                    event_id=first.event_id[:12] + "forged")
+    state = given(platform, first, alike)
+    assert {r.ranges for r in redrives(state)} == {((0, 0, 10),), ((1, 0, 10),)}
+    # An id already there is refused, not overwritten.
+    taken = event(redrive("fraud", (0, 0, 10)))
+    squatted = replace(state, redrives={**state.redrives, redrive_id("fraud", taken.event_id):
+                                        redrives(state)[0]})
+    reject(squatted, taken, "already exists")
 
 
 @pytest.mark.parametrize(("action", "actor", "mentions"), [
@@ -149,9 +169,37 @@ def test_a_letter_held_back_by_the_limit_is_free_for_a_forced_redrive(
     ("step 1 (prep v1): %", "step 1 (prep v1): ValueError", True),
     ("a.b%", "axb c", False),  # regex characters are themselves
     ("%", "", True),
+    ("%", "anything", True),
+    ("", "", True),
+    ("_", "", False),
+    ("a%%b", "ab", True),
+    ("%a_c%", "xxabcabd", True),
+    ("%a_c", "xxabcabd", False),
+    ("%ab%ab%", "abab", True),
+    ("%ab%ab%", "aba", False),
+    ("100%", "100% done", True),
+    ("100%", "10", False),
+    ("100%", "100", True),
+    ("a\\%", "a\\xyz", True),  # a backslash escapes nothing
 ])
 def test_the_reason_filter(pattern: str | None, reason: str, matches: bool) -> None:
     assert reason_matches(pattern, reason) is matches
+
+
+@pytest.mark.parametrize("pairs", [6, 8, 30])
+def test_a_hostile_reason_pattern_is_judged_quickly(pairs: int) -> None:
+    # With a regex, 6 pairs took 1.7 s on 60 characters and 8 over 20 s (backtracking).
+    started = time.perf_counter()
+    assert not reason_matches("%a" * pairs + "%b", "a" * 60)
+    assert not reason_matches("%a" * pairs + "%b", "a" * 5_000)
+    assert reason_matches("%a" * pairs + "%b", "a" * 5_000 + "b")
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_long_reason_pattern_is_refused(platform: Registry) -> None:
+    reject(platform, event(redrive("fraud", (0, 0, 10), reason_like="%a" * 101)),
+           "--reason-like takes 1..200 characters, not 202")
+    given(platform, event(redrive("fraud", (0, 0, 10), reason_like="%a" * 100)))
 
 
 def test_decide_puts_the_filter_first(platform: Registry) -> None:
@@ -201,3 +249,14 @@ def test_a_redriven_record_tells_its_origin_through_headers() -> None:
     # Only a redriven record leaves the column-wise path; a producer's own headers do not.
     assert any_redriven([Headed(None), Headed(origin.headers())])
     assert not any_redriven([Headed(None), Headed([("traceparent", b"00-1-2-01")])])
+
+
+def test_a_range_past_the_end_of_its_partition_is_unreachable(platform: Registry) -> None:
+    # A range that ends past the topic's end (recreated) never finishes: the worker used to
+    # loop on it forever, and every later redrive waited behind it.
+    (r,) = redrives(given(platform, event(redrive("fraud", (0, 0, 10), (1, 5, 20)))))
+    assert unreachable(r, {0: 3, 1: 5}, {0: 10, 1: 20}) is None
+    assert unreachable(r, {0: 10, 1: 5}, {0: 2, 1: 20}) is None  # partition 0 is done
+    assert "partition 1 ends at offset 20 but the dead-letter topic ends at 7" in (
+        unreachable(r, {0: 3, 1: 5}, {0: 10, 1: 7}) or "")
+    assert "has no such partition" in (unreachable(r, {0: 3, 1: 5}, {0: 10}) or "")

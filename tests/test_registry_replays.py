@@ -36,9 +36,11 @@ from registry_events import (
 from agents.records.avro_logs import LogWriter
 from agents.records.inference import Call
 from agents.serving.replay import ReplayState, next_replay
+from control.config import Settings
 from control.registry.events import NAMESPACE, ControlEvent
 from control.registry.fold import fold, result_of
 from control.registry.state import Registry
+from control.replays import dead_topic, group, side_topic, transactional_id
 from schemas.codec import HISTORY_DIR, MARKER, codec
 from sinks.log_blocks import block_logs, decode_block
 
@@ -75,13 +77,36 @@ def test_a_replay_is_started_with_its_fixed_ranges(platform: Registry) -> None:
     (start_replay("r1", "fraud", ranges=()), "at least one partition"),
     (start_replay("r1", "fraud", ranges=((0, 9, 3),)), "no range"),
     (start_replay("r1", "fraud", ranges=((0, 0, 3), (0, 3, 4))), "one range"),
-    (start_replay("r1", "fraud", to_topic="ns.ws.fraud.output"), "live topic"),
-    (start_replay("r1", "fraud", to_topic="bad topic!"), "invalid side topic"),
-    (start_replay("r1", "fraud", to_topic="ns.logs"), "platform's own topics"),
+    # A side topic is a name under the pipeline's own replay prefix, never a whole topic:
+    # neither this pipeline's live topics, nor another workspace's or pipeline's, nor one
+    # whose .dead is the live dead-letter topic, nor the platform's.
+    *((start_replay("r1", "fraud", to_topic=topic), "invalid side topic name") for topic in (
+        "ns.ws.fraud.output", "inferstream.other.fraud.input", "inferstream.ws.other.output",
+        "inferstream.ws.fraud", "ns.logs", "bad topic!", "Side", "", "-x", "x" * 64)),
 ])
 def test_a_replay_that_cannot_work_is_refused(platform: Registry, action: tuple,
                                               mention: str) -> None:
     reject(platform, event(action), mention)
+
+
+def test_a_side_topic_is_named_under_the_pipelines_replay_prefix(platform: Registry) -> None:
+    state = given(platform, event(start_replay("r1", "fraud", to_topic="side")),
+                  event(start_replay("r2", "fraud")))
+    s = Settings(namespace="inferstream")
+    named, default = state.replays[("ws", "r1")], state.replays[("ws", "r2")]
+    assert (side_topic(s, named), dead_topic(s, named)) == (
+        "inferstream.ws.fraud.replay.side", "inferstream.ws.fraud.replay.side.dead")
+    assert (side_topic(s, default), dead_topic(s, default)) == (
+        "inferstream.ws.fraud.replay.r2", "inferstream.ws.fraud.replay.r2.dead")
+
+
+def test_replays_of_different_workspaces_never_share_a_group(platform: Registry) -> None:
+    # Joined with '-', workspace a-b's replay c and workspace a's replay b-c were one group.
+    s = Settings(namespace="inferstream")
+    made = given(platform, event(start_replay("b-c", "fraud"))).replays[("ws", "b-c")]
+    one, other = replace(made, workspace="a"), replace(made, workspace="a-b", replay_id="c")
+    assert group(s, one) == transactional_id(s, one) == "inferstream.replay.a.b-c"
+    assert group(s, other) == transactional_id(s, other) == "inferstream.replay.a-b.c"
 
 
 def test_replays_are_stopped_resumed_and_named_once(platform: Registry) -> None:
@@ -153,3 +178,11 @@ def test_the_logs_of_a_replay_name_it_and_live_logs_name_none() -> None:
     assert LogWriter("ws", "fraud", 2, "w1").encode(
         1, "a", 1, "clf", 2, False, {}, {}, 5, "failed")[2:10] == codec(
         "InferenceLog").fingerprint
+
+
+def test_replay_status_is_one_command_under_two_names() -> None:
+    from control.cli.pipelines import pipelines
+    from control.cli.replays import replays
+    by_name = {(group, c.name): c.callback for group, typer_app in (
+        ("pipelines", pipelines), ("replays", replays)) for c in typer_app.registered_commands}
+    assert by_name[("pipelines", "replay-status")] is by_name[("replays", "status")]

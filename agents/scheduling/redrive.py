@@ -11,6 +11,8 @@ A crash and restart (here or on the worker that takes over) resumes from the com
 the new producer fences the old one and its open transaction is aborted, so no letter is lost
 or sent twice. The intake then serves the records as any others, exactly once, through the
 version deployed by then; one that fails again is dead-lettered with its redrive count.
+A redrive that can never finish (`unreachable`) is stopped for good, and one that reads
+nothing for STALL_S gives way: neither holds the later redrives back.
 """
 
 from __future__ import annotations
@@ -51,12 +53,43 @@ def progress(c: Consumer, settings: Settings, redrive: Redrive) -> dict[int, int
     return {tp.partition: max(tp.offset, starts[tp.partition]) for tp in found}
 
 
+def unreachable(redrive: Redrive, at: dict[int, int], highs: dict[int, int]) -> str | None:
+    """Why the redrive can never finish, or None: a range not done that ends past the end of
+    its partition (`highs`: the dead-letter topic's high watermarks, a partition missing if the
+    topic lacks it), as when the topic was deleted and created again. Pure: the worker and
+    `redrive-status` say the same."""
+    for p, _, end in redrive.ranges:
+        if at.get(p, end) >= end:
+            continue
+        high = highs.get(p)
+        if high is None:
+            return (f"its range of partition {p} ends at offset {end} but the dead-letter "
+                    "topic has no such partition now (deleted and created again?)")
+        if end > high:
+            return (f"its range of partition {p} ends at offset {end} but the dead-letter "
+                    f"topic ends at {high} (deleted and created again?)")
+    return None
+
+
+def high_watermarks(c: Consumer, topic: str, partitions: list[int]) -> dict[int, int]:
+    """The high watermark of each of `partitions` the topic has."""
+    meta = c.list_topics(topic, timeout=CALL_TIMEOUT_S).topics.get(topic)
+    there = set() if meta is None or meta.error is not None else set(meta.partitions)
+    return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=CALL_TIMEOUT_S)[1]
+            for p in partitions if p in there}
+
+
 class RedriveJob:
     """One redrive, carried out (or resumed) until every range is read, or `stop` is set."""
+
+    # With no letter read for this long, the run gives way to the redrives after it (an open
+    # transaction of the topic's writer holds read_committed reads back until it times out).
+    STALL_S = 60.0
 
     def __init__(self, settings: Settings, registry: Registry, redrive: Redrive,
                  stop: threading.Event) -> None:
         self.settings, self.redrive, self.stop = settings, redrive, stop
+        self.stopped: str | None = None  # why it can never finish, when it cannot
         self.earlier = earlier_of(registry, redrive)
         topic = settings.pipeline_topic
         self.dead = topic(redrive.workspace, redrive.pipeline, "dead")
@@ -68,8 +101,12 @@ class RedriveJob:
         r = self.redrive
         c = consumer(self.settings, group=redrive_group(self.settings, r.redrive_id))
         try:
-            if not self._left(c):
+            left = self._left(c)
+            if not left:
                 return True
+            self.stopped = unreachable(r, self._at, high_watermarks(c, self.dead, list(left)))
+            if self.stopped is not None:
+                return False
             p = producer(self.settings, **{
                 "transactional.id": f"{self.settings.namespace}-redrive-{r.redrive_id}",
                 "transaction.timeout.ms": 60_000})
@@ -94,11 +131,19 @@ class RedriveJob:
         rate = self.settings.redrive_rate
         chunk = max(1, min(1000, int(rate * SLICE_S)))
         began, sent = time.monotonic(), 0
+        read_at = began  # when the last message (or partition end) was read
         decode = codec("DeadLetter").decode
         log.info("redrive %s of %s/%s: %d partition(s) to read", self.redrive.redrive_id,
                  self.redrive.workspace, self.redrive.pipeline, len(left))
         while left and not self.stop.is_set():
             messages = c.consume(chunk, 0.5)
+            if messages:
+                read_at = time.monotonic()
+            elif time.monotonic() - read_at > self.STALL_S:
+                log.warning("redrive %s read nothing of %s for %gs; the redrives after it go "
+                            "first, it resumes next tick", self.redrive.redrive_id, self.dead,
+                            self.STALL_S)
+                return False
             p.begin_transaction()
             ends: dict[int, int] = {}  # where a partition's end was reached
             for m in messages:
@@ -172,17 +217,24 @@ class Redriver:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.done: set[str] = set()
+        self.stopped: dict[str, str] = {}  # redrive id -> why it can never finish
         self.stop = threading.Event()
 
     def tick(self, registry: Registry) -> None:
         for redrive in list(registry.redrives.values()):
             if self.stop.is_set():
                 return
-            if redrive.redrive_id in self.done:
+            if redrive.redrive_id in self.done or redrive.redrive_id in self.stopped:
                 continue
+            job = RedriveJob(self.settings, registry, redrive, self.stop)
             try:
-                if RedriveJob(self.settings, registry, redrive, self.stop).run():
+                if job.run():
                     self.done.add(redrive.redrive_id)
+                elif job.stopped is not None:  # never loop on it: the others go on
+                    self.stopped[redrive.redrive_id] = job.stopped
+                    log.warning("redrive %s of %s/%s stopped for good: %s",
+                                redrive.redrive_id, redrive.workspace, redrive.pipeline,
+                                job.stopped)
             except Exception as exc:  # the broker away, a fenced producer: resumed next tick
                 log.warning("redrive %s stopped (%s: %s); it resumes from its committed "
                             "offsets", redrive.redrive_id, type(exc).__name__, exc)

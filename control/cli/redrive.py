@@ -9,12 +9,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+from rich.progress import Progress as Bars
 
 from control.cli.base import JsonFlag, client_of, err, out, parse_time, rows_table, to_json, when
 from control.cli.pipelines import pipelines
 from control.client import Client
-from control.client.redrives import RedrivePlan, RedriveProgress
+from control.client.redrives import RedrivePlan
+from control.offsets import Progress
 from control.registry.redrives import ALREADY, CUT, FILTERED, LIMITED, NOT_INPUT, REDRIVE
 from control.registry.state import Redrive
 
@@ -79,6 +81,8 @@ def pipelines_redrive(
         return
     progress = _follow(client, redrive, plan, timeout, quiet=json_out)
     _report(redrive, plan, progress, json_out)
+    if progress.stopped is not None:
+        raise typer.Exit(UNFINISHED)
     if not progress.finished:
         err.print(f"[yellow]warning:[/] redrive {redrive.redrive_id} is not finished after "
                   f"{timeout:g}s; is a worker running (`inferstream worker`)? It goes on; "
@@ -88,24 +92,25 @@ def pipelines_redrive(
 
 
 def _follow(client: Client, redrive: Redrive, plan: RedrivePlan, timeout: float,
-            quiet: bool) -> RedriveProgress:
+            quiet: bool) -> Progress:
     """Wait for the worker to read the redrive's ranges, with a progress bar of dead letters
     considered (offsets read of those covered)."""
-    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
+    columns = (*Bars.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     deadline = time.monotonic() + timeout
-    with Progress(*columns, console=err, transient=True, disable=quiet) as bar:
+    with Bars(*columns, console=err, transient=True, disable=quiet) as bar:
         task = bar.add_task(f"redriving {plan.outcomes[REDRIVE]} of {plan.considered} dead "
                             "letters", total=None)
         while True:
             progress = client.redrive_progress(redrive)
             bar.update(task, completed=progress.done, total=progress.total)
-            if progress.finished or time.monotonic() >= deadline:
+            if progress.finished or progress.stopped is not None \
+                    or time.monotonic() >= deadline:
                 return progress
             time.sleep(0.5)
 
 
-def _report(redrive: Redrive, plan: RedrivePlan, progress: RedriveProgress | None,
+def _report(redrive: Redrive, plan: RedrivePlan, progress: Progress | None,
             json_out: bool, dry_run: bool = False) -> None:
     if json_out:
         print(json.dumps(_summary(redrive, plan, progress, dry_run), indent=2))
@@ -115,6 +120,10 @@ def _report(redrive: Redrive, plan: RedrivePlan, progress: RedriveProgress | Non
     head = (f"pipeline [bold]{escape(redrive.pipeline)}[/]: {what} "
             f"[bold]{plan.outcomes[REDRIVE]}[/] of {plan.considered} dead letters")
     out.print(head if dry_run else f"{head} (redrive {redrive.redrive_id})")
+    if progress is not None and progress.stopped is not None:
+        out.print(f"  [red]stopped[/] after {progress.done} of {progress.total} offsets, for "
+                  f"good: {escape(progress.stopped)}; the worker goes on with the redrives "
+                  "after it", highlight=False)
     for outcome, text in SKIPPED.items():
         if plan.outcomes[outcome]:
             out.print(f"  {plan.outcomes[outcome]} " + text.format(limit=redrive.limit))
@@ -123,7 +132,7 @@ def _report(redrive: Redrive, plan: RedrivePlan, progress: RedriveProgress | Non
                              [(n, escape(reason)) for reason, n in plan.reasons.most_common()]))
 
 
-def _summary(redrive: Redrive, plan: RedrivePlan, progress: RedriveProgress | None,
+def _summary(redrive: Redrive, plan: RedrivePlan, progress: Progress | None,
              dry_run: bool) -> dict[str, Any]:
     return {
         **({} if dry_run else {"redrive_id": redrive.redrive_id}), "pipeline": redrive.pipeline,
@@ -134,7 +143,8 @@ def _summary(redrive: Redrive, plan: RedrivePlan, progress: RedriveProgress | No
         "limit": redrive.limit,
         **({} if progress is None else {"finished": progress.finished,
                                         "offsets_done": progress.done,
-                                        "offsets_total": progress.total}),
+                                        "offsets_total": progress.total,
+                                        "stopped": progress.stopped}),
     }
 
 
@@ -149,12 +159,15 @@ def pipelines_redrives(
     found = [(r, client.redrive_progress(r)) for r in client.redrives(name)]
     if json_out:
         print(json.dumps([{**to_json(r), "finished": p.finished, "offsets_done": p.done,
-                           "offsets_total": p.total} for r, p in found], indent=2))
+                           "offsets_total": p.total, "stopped": p.stopped} for r, p in found],
+                         indent=2))
         return
     out.print(rows_table("redrives", ["id", "pipeline", "offsets", "reason like", "limit",
                                       "done", "by", "created"],
                          [(r.redrive_id, r.pipeline, _ranges(r), escape(r.reason_like or "-"),
-                           r.limit or "forced", f"{p.done}/{p.total}", r.created_by,
+                           r.limit or "forced",
+                           f"{p.done}/{p.total}" + (" stopped" if p.stopped else ""),
+                           r.created_by,
                            when(r.created_at)) for r, p in found]))
 
 

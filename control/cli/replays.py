@@ -70,7 +70,9 @@ def pipelines_replay(
         min=0, help="Instead of times: up to this offset (excluded), in every partition")
     ] = None,
     to_topic: Annotated[str | None, typer.Option(
-        help="The side topic (default: <namespace>.<workspace>.<pipeline>.replay.<id>)")] = None,
+        metavar="NAME", help="The side topic's name: results go to "
+        "<namespace>.<workspace>.<pipeline>.replay.NAME, dead letters to its .dead "
+        "(default NAME: the replay's id)")] = None,
     replay_id: Annotated[str | None, typer.Option(
         "--id", help="The replay's id (default: r and 8 random hex digits)")] = None,
     no_wait: NoWait = False,
@@ -90,13 +92,6 @@ def pipelines_replay(
             _show(client.replay_status(r.replay_id), True)
         return
     _watch(ctx, r.replay_id, json_out)
-
-
-@pipelines.command("replay-status")
-def pipelines_replay_status(ctx: typer.Context, replay_id: str, json_out: JsonFlag = False
-                            ) -> None:
-    """Where a replay stands: running, stopped or done, and records done of its range."""
-    _show(client_of(ctx).replay_status(replay_id), json_out)
 
 
 @pipelines.command("compare")
@@ -144,9 +139,11 @@ def replays_list(ctx: typer.Context,
           s.progress.total, s.side_topic, when(s.replay.created_at)) for s in found]))
 
 
+@pipelines.command("replay-status")
 @replays.command("status")
 def replays_status(ctx: typer.Context, replay_id: str, json_out: JsonFlag = False) -> None:
-    """Where a replay stands (as `pipelines replay-status`)."""
+    """Where a replay stands: running, stopped or done, and records done of its range (`replays
+    status` and `pipelines replay-status` are one command)."""
     _show(client_of(ctx).replay_status(replay_id), json_out)
 
 

@@ -17,9 +17,22 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from agents.scheduling.redrive import UNDECODABLE, progress, redrive_group
+from agents.scheduling.redrive import (
+    UNDECODABLE,
+    high_watermarks,
+    progress,
+    redrive_group,
+    unreachable,
+)
 from control.kafka import consumer, end_offsets
-from control.registry.redrives import REDRIVE, classify, earlier_of, overlapping
+from control.offsets import Progress, offsets_at
+from control.registry.redrives import (
+    REDRIVE,
+    check_pattern,
+    classify,
+    earlier_of,
+    overlapping,
+)
 from control.registry.state import Redrive
 from schemas.codec import codec
 from schemas.errors import BrokerError, DecodeError, Rejected
@@ -46,18 +59,6 @@ class RedrivePlan:
         return sum(self.outcomes.values())
 
 
-@dataclass(frozen=True)
-class RedriveProgress:
-    """How far a redrive has read its ranges: offsets done of the offsets it covers."""
-
-    done: int
-    total: int
-
-    @property
-    def finished(self) -> bool:
-        return self.done >= self.total
-
-
 class RedriveClient:
     """Methods of Client for dead-letter redrives."""
 
@@ -82,23 +83,13 @@ class RedriveClient:
                            f"from (never deployed?): {exc}") from None
         c = consumer(self.settings)
         try:
-            starts = self._offsets_at(c, topic, ends, from_time, 0)
-            stops = self._offsets_at(c, topic, ends, to_time, None)
+            starts = {p: 0 for p in ends} if from_time is None else offsets_at(
+                c, topic, ends, from_time, READ_TIMEOUT_S)
+            stops = dict(ends) if to_time is None else offsets_at(
+                c, topic, ends, to_time, READ_TIMEOUT_S)
         finally:
             c.close()
         return [(p, min(starts[p], stops[p]), stops[p]) for p in sorted(ends)]
-
-    def _offsets_at(self, c: Any, topic: str, ends: Mapping[int, int], moment: datetime | None,
-                    default: int | None) -> dict[int, int]:
-        """Per partition the first offset written at or after `moment`; past the last one (or
-        with no moment) the end, or `default` when given and no moment."""
-        if moment is None:
-            return {p: end if default is None else default for p, end in ends.items()}
-        ms = int(moment.timestamp() * 1000)
-        found = c.offsets_for_times([TopicPartition(topic, p, ms) for p in ends],
-                                    timeout=READ_TIMEOUT_S)
-        return {tp.partition: ends[tp.partition] if tp.offset < 0 else
-                min(tp.offset, ends[tp.partition]) for tp in found}
 
     def redrive(self, pipeline: str, *, from_time: datetime | None = None,
                 to_time: datetime | None = None, reason_like: str | None = None,
@@ -120,6 +111,7 @@ class RedriveClient:
                       force: bool = False, workspace: str | None = None
                       ) -> tuple[Redrive, Registry]:
         """The redrive `redrive` would send, not sent (for a dry run), and the registry."""
+        check_pattern(reason_like)  # as the registry would refuse it
         ws = self._ws(workspace)
         ranges = tuple(self.redrive_ranges(pipeline, from_time, to_time, ws))
         registry = self.registry()
@@ -160,15 +152,19 @@ class RedriveClient:
             c.close()
         return plan
 
-    def redrive_progress(self, redrive: Redrive) -> RedriveProgress:
+    def redrive_progress(self, redrive: Redrive) -> Progress:
+        """Offsets read of those the redrive covers, by its committed offsets, and why it
+        can never finish if it cannot (as the worker judges it)."""
         c = consumer(self.settings, group=redrive_group(self.settings, redrive.redrive_id))
         try:
             at = progress(c, self.settings, redrive)
+            topic = self.settings.pipeline_topic(redrive.workspace, redrive.pipeline, "dead")
+            highs = high_watermarks(c, topic, [p for p, _, end in redrive.ranges if at[p] < end])
         finally:
             c.close()
         total = sum(end - start for _, start, end in redrive.ranges)
         done = sum(min(at[p], end) - start for p, start, end in redrive.ranges)
-        return RedriveProgress(done, total)
+        return Progress(done, total, unreachable(redrive, at, highs))
 
     def redrives(self, pipeline: str | None = None, workspace: str | None = None
                  ) -> list[Redrive]:

@@ -13,8 +13,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from control import replays as kafka
+from control.offsets import Progress
 from control.registry.state import Replay
-from control.replays import Progress, ReplayError
+from control.replays import ReplayError
 from sinks import reads
 
 if TYPE_CHECKING:
@@ -57,7 +58,8 @@ class ReplayClient:
                      replay_id: str | None = None, workspace: str | None = None) -> Replay:
         """Re-score the pipeline's input records in [start, end) (times; None: from the
         topic's start, up to its end now) or [start_offset, end_offset) (in every partition)
-        with `version`, into a side topic. The offsets are fixed now."""
+        with `version`, into the side topic `<ns>.<ws>.<pipeline>.replay.<to_topic>` (a
+        name; default: the replay's id). The offsets are fixed now."""
         if (start is not None or end is not None) and (
                 start_offset is not None or end_offset is not None):
             raise ReplayError("give a replay times (--from/--to) or offsets "

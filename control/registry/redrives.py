@@ -9,10 +9,9 @@ and the CLI's dry run judge it alike, and a letter an earlier redrive took is no
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from functools import lru_cache
 from typing import Any
 
 from control.registry.events import ControlEvent
@@ -25,7 +24,8 @@ NOT_INPUT, CUT = "not_input", "truncated"
 OUTCOMES = (REDRIVE, ALREADY, FILTERED, LIMITED, NOT_INPUT, CUT)
 # What the data plane appends to the reason of a letter whose original was cut to fit.
 CUT_NOTE = "(this letter keeps the first"
-MAX_PATTERN = 1_000
+# Matching costs up to len(pattern) * len(reason) steps per letter: keep patterns short.
+MAX_PATTERN = 200
 
 
 def reason_matches(pattern: str | None, reason: str) -> bool:
@@ -35,14 +35,36 @@ def reason_matches(pattern: str | None, reason: str) -> bool:
         return True
     if "%" not in pattern:
         return pattern in reason
-    return _like(pattern).fullmatch(reason) is not None
+    return like(pattern, reason)
 
 
-@lru_cache(maxsize=64)
-def _like(pattern: str) -> re.Pattern[str]:
-    # Matched in Python, never in SQL: every other character stands for itself.
-    parts = (".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
-    return re.compile("".join(parts), re.DOTALL)
+def check_pattern(pattern: str | None) -> None:
+    """Refuse a --reason-like pattern that is empty or too long to judge every letter with."""
+    if pattern is not None and not 0 < len(pattern) <= MAX_PATTERN:
+        raise Rejected(f"--reason-like takes 1..{MAX_PATTERN} characters, not {len(pattern)}; "
+                       "shorten the pattern (a substring of the reason is enough)")
+
+
+def like(pattern: str, text: str) -> bool:
+    """Whether the whole of `text` fits the LIKE `pattern` (% any text, _ one character, every
+    other character itself). Greedy with one backtrack point, the last %: at most
+    len(pattern) * len(text) steps whatever the pattern (a regex could take exponential time),
+    and nothing of the pattern ever reaches SQL or `re`."""
+    p = t = 0
+    star, mark = -1, 0  # the last % seen, and where in text it began to match
+    while t < len(text):
+        if p < len(pattern) and pattern[p] == "%":
+            star, mark = p, t
+            p += 1
+        elif p < len(pattern) and pattern[p] in ("_", text[t]):
+            p += 1
+            t += 1
+        elif star >= 0:  # let the last % take one more character, match the rest again
+            mark += 1
+            p, t = star + 1, mark
+        else:
+            return False
+    return all(c == "%" for c in pattern[p:])
 
 
 def covers(redrive: Redrive, partition: int, offset: int) -> bool:
@@ -96,8 +118,10 @@ def overlapping(registry: Registry, workspace: str, pipeline: str,
 
 
 def redrive_id(pipeline: str, event_id: str) -> str:
-    """A redrive's id: its pipeline and the start of its event's id (Kafka-safe)."""
-    return f"{pipeline}-{event_id[:12]}"
+    """A redrive's id: its pipeline and a digest of its event's whole id (Kafka-safe whatever
+    the id holds). The registry applies an event id once, so no two redrives of any workspace
+    share an id, however alike their event ids begin."""
+    return f"{pipeline}-{hashlib.sha256(event_id.encode()).hexdigest()[:32]}"
 
 
 def _ranges(given: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, int, int], ...]:
@@ -125,13 +149,14 @@ def _redrive(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Regi
                        f"{p['to_time'].isoformat()} is empty; --to must be after --from")
     if p["limit"] is not None and p["limit"] < 1:
         raise Rejected(f"redrive limit {p['limit']} must be 1 or more (or none: forced)")
-    if p["reason_like"] is not None and not 0 < len(p["reason_like"]) <= MAX_PATTERN:
-        raise Rejected(f"--reason-like takes 1..{MAX_PATTERN} characters, "
-                       f"not {len(p['reason_like'])}")
+    check_pattern(p["reason_like"])
     ranges = _ranges(p["ranges"])
+    made_id = redrive_id(pipeline.name, event.event_id)
+    if made_id in state.redrives:  # never overwrite one: its letters would go twice
+        raise Rejected(f"redrive {made_id!r} already exists; send the redrive again (a new "
+                       "event id gives it a new id)")
     made = Redrive(
-        workspace=ws.name, pipeline=pipeline.name,
-        redrive_id=redrive_id(pipeline.name, event.event_id), ranges=ranges,
+        workspace=ws.name, pipeline=pipeline.name, redrive_id=made_id, ranges=ranges,
         reason_like=p["reason_like"], limit=p["limit"], from_time=p["from_time"],
         to_time=p["to_time"], created_by=event.actor, created_at=event.time,
         earlier=overlapping(state, ws.name, pipeline.name, ranges))
