@@ -72,10 +72,16 @@ def _at(c: object, topic: str, lows: dict[int, int], highs: dict[int, int],
     return dict(default) if when is None else offsets_at(c, topic, highs, when)
 
 
-def committed(settings: Settings, replay: Replay) -> dict[int, int]:
-    """The replay group's committed offset per partition of its ranges (its start if none)."""
+def committed(settings: Settings, replay: Replay, stable: bool = True) -> dict[int, int]:
+    """The replay group's committed offset per partition of its ranges (its start if none).
+
+    stable=False (progress, status): the offsets of committed transactions only, at once. A
+    read_committed consumer asks for stable offsets, which waits while a transaction holds
+    the group's offsets: after a worker is killed mid-replay, until the next one fences it or
+    the transaction times out."""
     topic = settings.pipeline_topic(replay.workspace, replay.pipeline, "input")
-    c = consumer(settings, group=group(settings, replay))
+    isolation = {} if stable else {"isolation.level": "read_uncommitted"}
+    c = consumer(settings, group=group(settings, replay), **isolation)
     try:
         found = c.committed([TopicPartition(topic, p) for p, _, _ in replay.ranges],
                             timeout=TIMEOUT_S)
@@ -88,7 +94,7 @@ def committed(settings: Settings, replay: Replay) -> dict[int, int]:
 def progress(settings: Settings, replay: Replay, offsets: dict[int, int] | None = None
              ) -> Progress:
     """The replay's progress from its group's committed offsets (or these)."""
-    offsets = committed(settings, replay) if offsets is None else offsets
+    offsets = committed(settings, replay, stable=False) if offsets is None else offsets
     done = sum(min(max(offsets.get(p, start), start), end) - start
                for p, start, end in replay.ranges)
     return Progress(done, replay.records)

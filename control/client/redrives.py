@@ -155,7 +155,10 @@ class RedriveClient:
     def redrive_progress(self, redrive: Redrive) -> Progress:
         """Offsets read of those the redrive covers, by its committed offsets, and why it
         can never finish if it cannot (as the worker judges it)."""
-        c = consumer(self.settings, group=redrive_group(self.settings, redrive.redrive_id))
+        # read_uncommitted: the offsets of committed transactions, without waiting on one a
+        # killed worker left open (see control.replays.committed).
+        c = consumer(self.settings, group=redrive_group(self.settings, redrive.redrive_id),
+                     **{"isolation.level": "read_uncommitted"})
         try:
             at = progress(c, self.settings, redrive)
             topic = self.settings.pipeline_topic(redrive.workspace, redrive.pipeline, "dead")
