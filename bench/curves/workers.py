@@ -17,6 +17,8 @@ from bench.curves.serving import drain, fixed_rate, pools
 from bench.platform import WORKSPACE, BenchPlatform
 
 PIPELINE = "curve-workers"
+JOIN_AT_S = 2.0  # into the fixed-rate run, when the second worker is started
+JOIN_EXTRA_S = 15.0  # seconds of that run beyond --latency-s: a worker took ~6 s to be ready
 
 
 def curve(platform: BenchPlatform, drain_s: float, load_pct: float, latency_s: float,
@@ -38,7 +40,8 @@ def curve(platform: BenchPlatform, drain_s: float, load_pct: float, latency_s: f
         points = [{"workers": 1, "saturation": one,
                    "latency": fixed_rate(platform, names, records, rate, latency_s)}]
         say("workers 1 -> 2: a second worker joins under the fixed rate")
-        joining = _joining(platform, names, records, rate, max(latency_s, 6.0), started)
+        # Long enough for the second worker to replay, join the group and take partitions.
+        joining = _joining(platform, names, records, rate, latency_s + JOIN_EXTRA_S, started)
         second = started[-1]
         second.wait_ready(f"{WORKSPACE}/{PIPELINE}", timeout=60)
         say(f"workers 2: drain {count:,} records")
@@ -56,14 +59,17 @@ def curve(platform: BenchPlatform, drain_s: float, load_pct: float, latency_s: f
 
 def _joining(platform: BenchPlatform, names: list[str], records: list[list[bytes]],
              rate: float, seconds: float, started: list[Any]) -> dict[str, Any]:
-    """A fixed-rate run during which a second worker starts a third of the way in."""
+    """A fixed-rate run during which a second worker starts JOIN_AT_S seconds in."""
     result: dict[str, Any] = {}
     run = threading.Thread(target=lambda: result.update(
         fixed_rate(platform, names, records, rate, seconds)))
     run.start()
-    time.sleep(seconds / 3)
+    time.sleep(JOIN_AT_S)
     joined_at = time.monotonic()
     started.append(platform.worker("w-two", sink=False))  # returns once it is ready
-    result_ready_s = time.monotonic() - joined_at
+    ready_s = time.monotonic() - joined_at
     run.join()
-    return {**result, "second_ready_after_s": result_ready_s}
+    # A join after the run's end would measure nothing: say so in the JSON.
+    return {**result, "seconds": seconds, "second_started_at_s": JOIN_AT_S,
+            "second_ready_after_s": ready_s,
+            "second_ready_within_run": JOIN_AT_S + ready_s < seconds}
