@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve-sizes", choices=tuple(SIZES), default="full",
                         help="full: 1/10/100 pipelines, 1k/10k/100k events, 1 MB/100 MB/1 GB; "
                              "quick: 1/3 pipelines, 1k events, 1/10 MB")
+    parser.add_argument("--control-mix", choices=("versions", "deploys"), default="versions",
+                        help="events the control log is filled with: new pipeline versions, "
+                             "or Deploy/Undeploy pairs (a worker reconciles after each)")
     parser.add_argument("--curve-load-pct", type=float, default=50.0,
                         help="fixed rate of the pipelines and workers curves, %% of the drain "
                              "of their first point")
@@ -66,7 +69,8 @@ def run(platform: BenchPlatform, args: argparse.Namespace, say: Callable[[str], 
             elif name == "artifacts":
                 out[name] = artifacts.curve(platform, sizes["artifacts_mb"], batch, say)
             else:
-                out[name] = control_log.curve(platform, sizes["control"], say)
+                out[name] = control_log.curve(platform, sizes["control"], args.control_mix,
+                                              say)
         except Exception as exc:
             say(f"curve {name} failed: {exc!r}")
             out[name] = {"error": repr(exc)}

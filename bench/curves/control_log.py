@@ -2,8 +2,10 @@
 
 Every reader replays the control topic from offset 0 (the registry is a fold over it), so start
 time grows with the log. The log is filled with the events an operator's CI would leave: 100
-pipelines of the GBT created once, then Deploy/Undeploy pairs round robin over them (ending
-undeployed, so a starting worker loads no model and the figure is the replay alone). The events
+pipelines of the GBT created once, then round robin over them either new pipeline versions
+(mix "versions", the default: the fold alone) or Deploy/Undeploy pairs (mix "deploys", ending
+undeployed; a worker reconciles what it serves after each deployment event it replays, so this
+mix also measures that: ~0.15 s an event in a smoke run, far too slow for 10k). The events
 are encoded once and produced in one go, so the set-up is not what is measured; the registrar
 folds them (its catch-up time is recorded) before anything is timed. Then: a new worker from
 start to ready (replayed and live), `inferstream pipelines list` from start to exit (it
@@ -32,29 +34,34 @@ PIPELINES = 100
 CLI_RUNS = 3
 
 
-def events(start: int, count: int) -> Iterator[ControlEvent]:
-    """Events start .. start+count-1 of the log's sequence (creations first, then pairs)."""
+def events(start: int, count: int, mix: str) -> Iterator[ControlEvent]:
+    """Events start .. start+count-1 of the log's sequence (creations first, then the mix)."""
     step = step_to_avro(step_from_json({"model": "gbt", "version": 1}, lambda _: 1))
+    def version(name: str) -> ControlEvent:
+        return ControlEvent("CreatePipelineVersion", {
+            "pipeline": name, "steps": [step], "result_steps": [], "rules": RULES,
+            "validations": []}, "bench", WORKSPACE)
+
     for i in range(start, start + count):
         if i < 2 * PIPELINES:
             name = f"ctl-{i // 2}"
             yield (ControlEvent("CreatePipeline", {"name": name, "description": None},
-                                "bench", WORKSPACE) if i % 2 == 0 else
-                   ControlEvent("CreatePipelineVersion", {
-                       "pipeline": name, "steps": [step], "result_steps": [], "rules": RULES,
-                       "validations": []}, "bench", WORKSPACE))
+                                "bench", WORKSPACE) if i % 2 == 0 else version(name))
             continue
         j = i - 2 * PIPELINES
+        if mix == "versions":
+            yield version(f"ctl-{j % PIPELINES}")
+            continue
         name = f"ctl-{j // 2 % PIPELINES}"
         yield (ControlEvent("Deploy", {"pipeline": name, "version": None, "batch_size": 512,
                                        "batch_wait_ms": 10, "rules": RULES}, "bench", WORKSPACE)
                if j % 2 == 0 else ControlEvent("Undeploy", {"pipeline": name}, "bench", WORKSPACE))
 
 
-def fill(platform: BenchPlatform, start: int, count: int) -> dict[str, float]:
+def fill(platform: BenchPlatform, start: int, count: int, mix: str) -> dict[str, float]:
     """Produce `count` pre-encoded events; wait until the registrar has judged them all."""
     settings = platform.settings
-    encoded = [(e.event_id.encode(), e.to_bytes()) for e in events(start, count)]
+    encoded = [(e.event_id.encode(), e.to_bytes()) for e in events(start, count, mix)]
     statuses = settings.topic("control.status")
     before = sum(end_offsets(settings, statuses).values())
     p = producer(settings, **{"linger.ms": 20, "queue.buffering.max.messages": 1_000_000})
@@ -76,8 +83,8 @@ def fill(platform: BenchPlatform, start: int, count: int) -> dict[str, float]:
     return {"produce_s": produced_s, "registrar_caught_up_s": time.monotonic() - started}
 
 
-def curve(platform: BenchPlatform, sizes: Sequence[int], say: Callable[[str], None]
-          ) -> dict[str, Any]:
+def curve(platform: BenchPlatform, sizes: Sequence[int], mix: str,
+          say: Callable[[str], None]) -> dict[str, Any]:
     """A point per log length: worker start, CLI start and in-process replay times."""
     settings = platform.settings
     control = settings.topic("control")
@@ -86,9 +93,10 @@ def curve(platform: BenchPlatform, sizes: Sequence[int], say: Callable[[str], No
     for size in sizes:
         on_log = sum(end_offsets(settings, control).values())
         add = max(size - on_log, 0)
-        add += (ours + add) % 2  # whole Deploy/Undeploy pairs: nothing is left deployed
+        if mix == "deploys":
+            add += (ours + add) % 2  # whole Deploy/Undeploy pairs: nothing is left deployed
         say(f"control log {size:,}: produce {add:,} events")
-        filled = fill(platform, ours, add)
+        filled = fill(platform, ours, add, mix)
         ours += add
         events_on_log = sum(end_offsets(settings, control).values())
         say(f"control log {events_on_log:,} events: worker, CLI, client replay")
@@ -102,7 +110,8 @@ def curve(platform: BenchPlatform, sizes: Sequence[int], say: Callable[[str], No
         points.append({"events": events_on_log, "worker_ready_s": worker_s,
                        "cli_pipelines_list_s": _cli(platform), "client_replay_s":
                        _replay(settings), **filled})
-    return {"what": f"{PIPELINES} pipelines created, then Deploy/Undeploy pairs; worker = "
+    then = "new versions" if mix == "versions" else "Deploy/Undeploy pairs"
+    return {"mix": mix, "what": f"{PIPELINES} pipelines created, then {then}; worker = "
                     "start to ready, CLI = `inferstream pipelines list` start to exit",
             "points": points}
 
