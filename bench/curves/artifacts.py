@@ -56,31 +56,41 @@ def curve(platform: BenchPlatform, sizes_mb: Sequence[int], batch: tuple[int, in
     folder.mkdir(exist_ok=True)
     points = []
     for mb in sizes_mb:
-        path = build(platform.models.gbt, platform.models.rows, mb * 1024**2,
-                     folder / f"embedding-{mb}mb.onnx")
-        name = f"curve-a{mb}mb"
-        say(f"artifacts {mb} MB: upload {path.stat().st_size / 1024**2:,.0f} MB")
-        started = time.monotonic()
-        platform.client.upload_model(name, path)
-        upload_s = time.monotonic() - started
-        platform.client.create_pipeline(name)
-        platform.client.create_pipeline_version(name, [{"model": name, "version": 1}])
-        ensure_topics(platform.settings, pipeline_topics(platform.settings, WORKSPACE, name))
-        # A worker of its own: its model cache is empty, so the load fetches from Kafka.
-        w = platform.worker(f"w-{name}", sink=False)
+        path = folder / f"embedding-{mb}mb.onnx"
         try:
-            started = time.monotonic()
-            platform.client.deploy(name, batch_size=batch[0], batch_wait_ms=batch[1])
-            w.wait_ready(f"{WORKSPACE}/{name}", timeout=600)
-            load_s = time.monotonic() - started
-            points.append({"size_mb": mb, "artifact_bytes": path.stat().st_size,
-                           "upload_s": upload_s, "first_load_s": load_s,
-                           "worker_rss_mb": rss_mb(w.process.pid)})
-            say(f"artifacts {mb} MB: upload {upload_s:.1f}s, first load {load_s:.1f}s")
-            platform.client.undeploy(name)
+            points.append(_point(platform, build(platform.models.gbt, platform.models.rows,
+                                                 mb * 1024**2, path), mb, batch, say))
+        except Exception as exc:  # a size that fails (memory, a broker limit) is reported
+            say(f"artifacts {mb} MB failed: {exc!r}")
+            points.append({"size_mb": mb, "error": repr(exc)})
         finally:
-            w.stop()
-            path.unlink()
+            path.unlink(missing_ok=True)
     return {"what": "the bench GBT with an embedding table of the bench's rows "
                     "(Gather on ArgMax); upload = Client.upload_model, first load = Deploy "
                     "to served on a fresh worker", "points": points}
+
+
+def _point(platform: BenchPlatform, path: Path, mb: int, batch: tuple[int, int],
+           say: Callable[[str], None]) -> dict[str, Any]:
+    name = f"curve-a{mb}mb"
+    say(f"artifacts {mb} MB: upload {path.stat().st_size / 1024**2:,.0f} MB")
+    started = time.monotonic()
+    platform.client.upload_model(name, path)
+    upload_s = time.monotonic() - started
+    platform.client.create_pipeline(name)
+    platform.client.create_pipeline_version(name, [{"model": name, "version": 1}])
+    ensure_topics(platform.settings, pipeline_topics(platform.settings, WORKSPACE, name))
+    # A worker of its own: its model cache is empty, so the load fetches from Kafka.
+    w = platform.worker(f"w-{name}", sink=False)
+    try:
+        started = time.monotonic()
+        platform.client.deploy(name, batch_size=batch[0], batch_wait_ms=batch[1])
+        w.wait_ready(f"{WORKSPACE}/{name}", timeout=600)
+        load_s = time.monotonic() - started
+        point = {"size_mb": mb, "artifact_bytes": path.stat().st_size, "upload_s": upload_s,
+                 "first_load_s": load_s, "worker_rss_mb": rss_mb(w.process.pid)}
+        say(f"artifacts {mb} MB: upload {upload_s:.1f}s, first load {load_s:.1f}s")
+        platform.client.undeploy(name)
+        return point
+    finally:
+        w.stop()

@@ -97,7 +97,7 @@ def _control(curve: dict[str, Any]) -> Any:
 
 
 def _artifacts(curve: dict[str, Any]) -> Any:
-    pts = curve["points"]
+    pts = [p for p in curve["points"] if "error" not in p]
     x = [p["artifact_bytes"] / 1024**2 for p in pts]
     fig, (ax,) = _panels("model artifact size", 1)
     for key, label in (("upload_s", "upload"), ("first_load_s", "first load (deploy to served)")):
