@@ -32,6 +32,7 @@ from control.registry.steps import step_from_json, step_to_avro
 
 PIPELINES = 100
 CLI_RUNS = 3
+REGISTRAR_S_PER_EVENT = 0.03  # the most the registrar's catch-up is waited for, an event
 
 
 def events(start: int, count: int, mix: str) -> Iterator[ControlEvent]:
@@ -75,10 +76,13 @@ def fill(platform: BenchPlatform, start: int, count: int, mix: str) -> dict[str,
                 p.poll(0.05)
     p.flush(120)
     produced_s = time.monotonic() - started
-    deadline = time.monotonic() + 600
+    # The registrar flushes a status and commits after every event: ~100-150 events/s in a
+    # smoke run, so 100k take most of 20 minutes.
+    wait = 300 + count * REGISTRAR_S_PER_EVENT
+    deadline = time.monotonic() + wait
     while sum(end_offsets(settings, statuses).values()) < before + count:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the registrar judged fewer than {count} events in 600s")
+            raise TimeoutError(f"the registrar judged fewer than {count} events in {wait:.0f}s")
         time.sleep(0.2)
     return {"produce_s": produced_s, "registrar_caught_up_s": time.monotonic() - started}
 
@@ -96,24 +100,35 @@ def curve(platform: BenchPlatform, sizes: Sequence[int], mix: str,
         if mix == "deploys":
             add += (ours + add) % 2  # whole Deploy/Undeploy pairs: nothing is left deployed
         say(f"control log {size:,}: produce {add:,} events")
-        filled = fill(platform, ours, add, mix)
-        ours += add
-        events_on_log = sum(end_offsets(settings, control).values())
-        say(f"control log {events_on_log:,} events: worker, CLI, client replay")
-        started = time.monotonic()
-        w = WorkerProcess(settings, f"w-ctl{size}", platform.folder)
         try:
-            w.wait_ready(timeout=600)
-            worker_s = time.monotonic() - started
-        finally:
-            w.stop()
-        points.append({"events": events_on_log, "worker_ready_s": worker_s,
-                       "cli_pipelines_list_s": _cli(platform), "client_replay_s":
-                       _replay(settings), **filled})
+            filled = fill(platform, ours, add, mix)
+            ours += add
+            points.append(_point(platform, size, filled, say))
+        except Exception as exc:  # the sizes before it are kept; the log is not whole: stop
+            say(f"control log {size:,} failed: {exc!r}")
+            points.append({"size": size, "error": repr(exc)})
+            break
     then = "new versions" if mix == "versions" else "Deploy/Undeploy pairs"
     return {"mix": mix, "what": f"{PIPELINES} pipelines created, then {then}; worker = "
                     "start to ready, CLI = `inferstream pipelines list` start to exit",
             "points": points}
+
+
+def _point(platform: BenchPlatform, size: int, filled: dict[str, float],
+           say: Callable[[str], None]) -> dict[str, Any]:
+    settings = platform.settings
+    events_on_log = sum(end_offsets(settings, settings.topic("control")).values())
+    say(f"control log {events_on_log:,} events: worker, CLI, client replay")
+    started = time.monotonic()
+    w = WorkerProcess(settings, f"w-ctl{size}", platform.folder)
+    try:
+        w.wait_ready(timeout=900)
+        worker_s = time.monotonic() - started
+    finally:
+        w.stop()
+    return {"size": size, "events": events_on_log, "worker_ready_s": worker_s,
+            "cli_pipelines_list_s": _cli(platform), "client_replay_s": _replay(settings),
+            **filled}
 
 
 def _cli(platform: BenchPlatform) -> float:

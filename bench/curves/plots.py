@@ -82,7 +82,7 @@ def _pipelines(curve: dict[str, Any]) -> Any:
 
 
 def _control(curve: dict[str, Any]) -> Any:
-    pts = curve["points"]
+    pts = [p for p in curve["points"] if "error" not in p]
     x = [p["events"] for p in pts]
     fig, (ax,) = _panels("start time against the control log", 1)
     for key, label in (("worker_ready_s", "worker to ready"),
