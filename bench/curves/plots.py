@@ -61,6 +61,12 @@ def _panels(title: str, n: int) -> tuple[Any, list[Axes]]:
     return fig, list(axes) if n > 1 else [axes]
 
 
+def _ticks(ax: Axes, x: list[float]) -> None:
+    """Ticks at the sizes measured: a log axis over two or three points labels them badly."""
+    ax.set_xticks(x, [f"{v:,.0f}" for v in x])
+    ax.minorticks_off()
+
+
 def _pipelines(curve: dict[str, Any]) -> Any:
     pts = curve["points"]
     x = [p["pipelines"] for p in pts]
@@ -77,6 +83,7 @@ def _pipelines(curve: dict[str, Any]) -> Any:
     d.set(ylabel="deploy of the last one, s", ylim=(0, None))
     for ax in (a, b, c, d):
         ax.set(xlabel="deployed pipelines", xscale="log")
+        _ticks(ax, x)
         ax.grid(True, alpha=0.3)
     return fig
 
@@ -91,6 +98,7 @@ def _control(curve: dict[str, Any]) -> Any:
         ax.plot(x, [p[key] for p in pts], marker="o", label=label)
     ax.set(xlabel="events on the control topic", ylabel="seconds", xscale="log",
            yscale="log")
+    _ticks(ax, x)
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     return fig
@@ -103,6 +111,7 @@ def _artifacts(curve: dict[str, Any]) -> Any:
     for key, label in (("upload_s", "upload"), ("first_load_s", "first load (deploy to served)")):
         ax.plot(x, [p[key] for p in pts], marker="o", label=label)
     ax.set(xlabel="artifact MB", ylabel="seconds", xscale="log", yscale="log")
+    _ticks(ax, x)
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     return fig
