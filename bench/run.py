@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import curves
+from bench.curves.plots import write_all
 from bench.inference import ceiling
 from bench.models import build
 from bench.platform import BenchPlatform, broker
@@ -46,12 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5,
                         help="saturation runs per scenario (the median is reported)")
     parser.add_argument("--relay-records", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=("sink", "single", "chain"), action="append",
-                        help="run only these scenarios (repeatable); ratios need all three")
+    parser.add_argument("--only", choices=("sink", "single", "chain", "curves"), action="append",
+                        help="run only these scenarios, or the curves (repeatable); ratios "
+                             "need all three scenarios")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/DATE-HOST)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work folder (broker data, worker logs: ~20 GB)")
+    curves.add_arguments(parser)
     args = parser.parse_args(argv)
+    curves.wanted(args)  # an unknown curve is refused before the run, not after the scenarios
     folder = Path(tempfile.mkdtemp(prefix="inferstream-bench-"))
     try:
         return run(args, folder)
@@ -102,6 +107,8 @@ def run(args: argparse.Namespace, folder: Path) -> int:
                     if name in wanted:
                         result["scenarios"][name] = scenario(
                             platform, w, name, label, chain, args, pid)
+            if not args.only or "curves" in args.only:
+                result["curves"] = curves.run(platform, args, say)
         finally:
             platform.close()
     if not args.only:
@@ -110,6 +117,8 @@ def run(args: argparse.Namespace, folder: Path) -> int:
         print(table(result))
     result["elapsed_s"] = time.monotonic() - started
     path = write(result, args.out)
+    result["plots"] = write_all(result, path)  # PNGs beside the JSON, named after it
+    write(result, path)
     say(f"wrote {path} in {result['elapsed_s']:.0f}s")
     return 0
 

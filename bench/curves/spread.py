@@ -1,0 +1,125 @@
+"""Load over many topics: records 0, 1, ... sent round robin to the input topics of several
+pipelines, and one tap over all their output topics.
+
+The same clock as bench.load: record i is scheduled at t0 + i / rate and stamped with that time,
+so a latency counts from when the record was due, not from when a busy sender got to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from bench.load import TICK_S, producer_config, queue, read_tap, start
+
+
+@dataclass(frozen=True)
+class SpreadSend:
+    """`count` records, record i to topics[i % len(topics)] from that topic's pool (each
+    pipeline's Avro records name its own schema)."""
+
+    bootstrap: str
+    topics: tuple[str, ...]
+    pools: tuple[Sequence[bytes], ...]
+    count: int
+    rate: float | None  # records per second in all; None: as fast as the producer goes
+
+
+@dataclass(frozen=True)
+class SpreadTap:
+    """Read (topic, partition) -> offset until `expected` records or the deadline."""
+
+    bootstrap: str
+    offsets: dict[tuple[str, int], int]
+    expected: int
+    deadline_s: float
+    out: Path
+
+
+def send_spread(job: SpreadSend, report: Any) -> None:
+    """Produce on schedule over the topics; report (record 0's scheduled time, last sent)."""
+    p = Producer(producer_config(job.bootstrap))
+    for topic in job.topics:
+        p.list_topics(topic, timeout=10)  # metadata of every topic before the clock starts
+    pools, topics, k, i = job.pools, job.topics, len(job.topics), 0
+    start_at = time.time() + 0.01
+    while i < job.count:
+        now = time.time()
+        due = job.count if job.rate is None else min(
+            job.count, int((now - start_at) * job.rate) + 1)
+        if due <= i:
+            time.sleep(TICK_S)
+            continue
+        while i < due:
+            stamp = now if job.rate is None else start_at + i / job.rate
+            try:
+                pool = pools[i % k]
+                p.produce(topics[i % k], pool[i // k % len(pool)], str(i).encode(),
+                          timestamp=int(stamp * 1000))
+            except BufferError:
+                p.poll(0.01)
+                continue
+            i += 1
+        p.poll(0)
+    sent_at = time.time()
+    if p.flush(60):
+        raise KafkaException(f"{len(p)} records were not delivered in 60s")
+    report.put((start_at, sent_at))
+
+
+def tap_spread(job: SpreadTap) -> None:
+    """Read every output topic; write each record's key and receipt time to job.out."""
+    c = Consumer({"bootstrap.servers": job.bootstrap, "group.id": "bench-tap",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+                  "fetch.message.max.bytes": 4_000_000})
+    c.assign([TopicPartition(t, p, o) for (t, p), o in job.offsets.items()])
+    c.consume(1, 0.5)
+    job.out.with_suffix(".ready").touch()
+    keys = np.zeros(job.expected, dtype=np.int64)
+    times = np.zeros(job.expected, dtype=np.float64)
+    got, deadline = 0, time.monotonic() + job.deadline_s
+    try:
+        while got < job.expected and time.monotonic() < deadline:
+            batch = c.consume(5000, 0.002)
+            now = time.time()
+            for m in batch:
+                if m.error() or got >= job.expected:
+                    continue
+                keys[got], times[got] = int(m.key()), now
+                got += 1
+    finally:
+        c.close()
+    np.savez(job.out, keys=keys[:got], times=times[:got])
+
+
+def run_spread(bootstrap: str, sources: Sequence[str], offsets: dict[tuple[str, int], int],
+               pools: Sequence[Sequence[bytes]], folder: Path, count: int, rate: float | None,
+               deadline_s: float) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Send over sources, tap the outputs from offsets: keys, receipt times, t0, last sent."""
+    out = folder / f"tap-{uuid4().hex[:8]}.npz"
+    tapping = start(tap_spread, SpreadTap(bootstrap, offsets, count, deadline_s, out))
+    deadline = time.monotonic() + 60
+    while not out.with_suffix(".ready").exists():
+        if not tapping.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the tap did not start (exit code {tapping.exitcode})")
+        time.sleep(0.02)
+    report = queue()
+    job = SpreadSend(bootstrap, tuple(sources), tuple(pools), count, rate)
+    sending = start(send_spread, job, report)
+    start_at, sent_at = report.get(timeout=deadline_s + 60)
+    sending.join(30)
+    tapping.join(deadline_s + 30)
+    keys, times = read_tap(out)
+    return keys, times, start_at, sent_at
+
+
+def longest_pause_s(times: np.ndarray) -> float:
+    """The longest time a downstream consumer waited between two results."""
+    return float(np.diff(np.sort(times)).max()) if len(times) > 1 else float("nan")
