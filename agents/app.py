@@ -215,9 +215,11 @@ def create_app(settings: Settings) -> faust.App:
         live_from = end_offsets(settings, settings.topic("control")).get(0, 0)
 
         def changed(registry: Registry, status: ControlStatus) -> None:
-            if status.type in DEPLOYMENT_EVENTS:
-                live = status if status.offset >= live_from else None
-                asyncio.run_coroutine_threadsafe(manager.reconcile(registry, live), loop)
+            # Events before live_from are history being replayed: the reconcile after catching
+            # up serves their end state once (reconciling at each of them loaded every version
+            # ever deployed in turn: minutes of start-up on a long control log).
+            if status.type in DEPLOYMENT_EVENTS and status.offset >= live_from:
+                asyncio.run_coroutine_threadsafe(manager.reconcile(registry, status), loop)
 
         follower = RegistryFollower(settings, changed).start()
         registry = await loop.run_in_executor(None, follower.wait_caught_up)
