@@ -39,6 +39,7 @@ class Flow:
     sink: str
     pool: list[bytes]
     folder: Path
+    headers: tuple[tuple[str, bytes], ...] = ()  # on every record sent
 
 
 def run_flow(flow: Flow, offsets: dict[int, int], count: int, rate: float | None,
@@ -52,7 +53,8 @@ def run_flow(flow: Flow, offsets: dict[int, int], count: int, rate: float | None
     tapping = start(tap, Tap(flow.bootstrap, flow.sink, offsets, count, deadline_s, out))
     _wait_for(out.with_suffix(".ready"), tapping)
     report = queue()
-    sending = start(send, Send(flow.bootstrap, flow.source, flow.pool, count, rate), report)
+    sending = start(send, Send(flow.bootstrap, flow.source, flow.pool, count, rate,
+                                         flow.headers), report)
     start_at, sent_at = report.get(timeout=deadline_s + 60)
     sending.join(30)
     tapping.join(deadline_s + 30)
