@@ -33,6 +33,7 @@ class Send:
     count: int
     rate: float | None  # records per second; None: as fast as the producer goes
     headers: tuple[tuple[str, bytes], ...] = ()  # on every record (MLServer routes by them)
+    first_key: int = 0  # keys first_key, first_key + 1, ...: results of other runs tell apart
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,8 @@ def send(job: Send, report: Any) -> None:
         while i < due:
             stamp = now if job.rate is None else start_at + i / job.rate
             try:
-                p.produce(job.topic, pool[i % n], str(i).encode(), timestamp=int(stamp * 1000),
-                          **extra)
+                p.produce(job.topic, pool[i % n], str(job.first_key + i).encode(),
+                          timestamp=int(stamp * 1000), **extra)
             except BufferError:  # the local queue is full: let librdkafka drain it
                 p.poll(0.01)
                 continue

@@ -85,7 +85,7 @@ class PeerProcess:
                 time.sleep(0.5)
         while True:
             self._check(deadline)
-            keys, *_ = run_flow(self.flow, _ends(self.flow), 200, None, 10)
+            keys, *_ = run(self.flow, 200, None, 10)
             if len(keys):
                 return
 
@@ -121,7 +121,7 @@ class PeerProcess:
 def drain(peer: PeerProcess, count: int, deadline_s: float) -> dict[str, Any]:
     """A backlog of count records as fast as the generator goes: the peer's msgs/s and CPU."""
     with Timeline({"peer": peer.cpu}) as timeline:
-        keys, times, _, sent_at = run_flow(peer.flow, _ends(peer.flow), count, None, deadline_s)
+        keys, times, _, sent_at = run(peer.flow, count, None, deadline_s)
     if len(keys) < 2:
         return {"records": count, "received": len(keys), "msgs_per_s": float("nan")}
     rate, a, b = steady_rate(times, sent_at)
@@ -132,26 +132,41 @@ def drain(peer: PeerProcess, count: int, deadline_s: float) -> dict[str, Any]:
             else {}, "cpu_cores": {"worker": used / (b - a)} if used is not None and b > a else {}}
 
 
-def offer(flow: Flow, rate: float, seconds: float) -> dict[str, Any]:
+def offer(peer: PeerProcess, rate: float, seconds: float) -> dict[str, Any]:
     """A fixed rate for `seconds`: latency from scheduled send, and whether it was sustained.
 
     Sustained: at least 99.9 % of the records came out, and the latency of the last tenth
     is not more than 1.5 x + 200 ms that of the first tenth (a queue that grows is not).
     """
     count = max(int(rate * seconds), 100)
-    settle(flow)
-    keys, times, start_at, _ = run_flow(flow, _ends(flow), count, rate,
-                                        deadline_s=seconds + 20)
+    settle(peer.flow)
+    with Timeline({"peer": peer.cpu}) as timeline:
+        keys, times, start_at, _ = run(peer.flow, count, rate, deadline_s=seconds + 20)
     lat = latencies_ms(keys, times, start_at, rate)
-    span = float(times.max() - start_at) if len(times) else float("nan")
+    end = float(times.max()) if len(times) else float("nan")
+    span = end - start_at
+    used = timeline.used(start_at, end).get("peer") if len(times) else None
     out = {"offered_per_s": rate, "records": count, "received": len(keys),
-           "achieved_per_s": len(keys) / span if span else float("nan"), **percentiles(lat)}
+           "achieved_per_s": len(keys) / span if span else float("nan"), **percentiles(lat),
+           "cpu_s_per_10k": used * 10_000 / len(keys) if used is not None else None}
     order = np.argsort(keys)
     tenth = max(len(order) // 10, 1)
     early = float(np.median(lat[order[:tenth]])) if len(lat) else float("inf")
     late = float(np.median(lat[order[-tenth:]])) if len(lat) else float("inf")
     out["sustained"] = bool(len(keys) >= 0.999 * count and late <= 1.5 * early + 200)
     return out
+
+
+def run(flow: Flow, count: int, rate: float | None, deadline_s: float
+        ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """run_flow with keys of this run's own: results of a run before (a peer that lost
+    track, or still works off a backlog) are dropped instead of timed as this run's."""
+    first = time.time_ns() // 1000  # µs since 1970: unique per run, well inside int64
+    keys, times, start_at, sent_at = run_flow(flow, _ends(flow), count, rate, deadline_s,
+                                              first)
+    keys = keys - first
+    mine = (keys >= 0) & (keys < count)
+    return keys[mine], times[mine], start_at, sent_at
 
 
 def settle(flow: Flow, timeout: float = 60.0) -> None:

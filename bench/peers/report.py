@@ -38,11 +38,13 @@ def peers_table(peers: dict[str, Any]) -> str:
                   f"    saturation {_n(sat.get('msgs_per_s'))} msgs/s (runs "
                   + ", ".join(_n(r) for r in peer.get("saturation_runs", []))
                   + f"; lost in drains {peer.get('lost_in_drains', 0):,}), worker CPU "
-                  f"{_n((sat.get('cpu_s_per_10k') or {}).get('worker'), 2)} s/10k, best "
+                  f"{_n(peer.get('cpu_s_per_10k'), 2)} s/10k, best "
                   f"sustained {_n(peer.get('best_sustained_per_s'))}/s"]
+        if "saturation_note" in peer:
+            lines.append(f"    saturation {peer['saturation_note']}")
         for label, run in peer["latency"].items():
-            what = f"{label} % of its own saturation" if label.startswith("own") else (
-                f"{label} % of inferstream's")
+            what = (f"{label} % of its own saturation" if label.startswith("own") else label
+                    if label.startswith("ladder") else f"{label} % of inferstream's")
             lines.append(f"    {what:<32} {_n(run.get('offered_per_s')):>9}/s  "
                          f"p50/p99/p99.9 ms {_lat(run)}")
         if "inferstream_at_best" in peer:
