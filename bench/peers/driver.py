@@ -135,8 +135,9 @@ def drain(peer: PeerProcess, count: int, deadline_s: float) -> dict[str, Any]:
 def offer(peer: PeerProcess, rate: float, seconds: float) -> dict[str, Any]:
     """A fixed rate for `seconds`: latency from scheduled send, and whether it was sustained.
 
-    Sustained: at least 99.9 % of the records came out, and the latency of the last tenth
-    is not more than 1.5 x + 200 ms that of the first tenth (a queue that grows is not).
+    Sustained: at least 99.9 % of the records came out, and the median latency of the last
+    quarter is at most 2 x + 250 ms that of the first (a queue that grows is not; Quix's
+    0.5 s checkpoints alone move a short run's tenths by more than 1.5 x).
     """
     count = max(int(rate * seconds), 100)
     settle(peer.flow)
@@ -150,10 +151,10 @@ def offer(peer: PeerProcess, rate: float, seconds: float) -> dict[str, Any]:
            "achieved_per_s": len(keys) / span if span else float("nan"), **percentiles(lat),
            "cpu_s_per_10k": used * 10_000 / len(keys) if used is not None else None}
     order = np.argsort(keys)
-    tenth = max(len(order) // 10, 1)
-    early = float(np.median(lat[order[:tenth]])) if len(lat) else float("inf")
-    late = float(np.median(lat[order[-tenth:]])) if len(lat) else float("inf")
-    out["sustained"] = bool(len(keys) >= 0.999 * count and late <= 1.5 * early + 200)
+    quarter = max(len(order) // 4, 1)
+    early = float(np.median(lat[order[:quarter]])) if len(lat) else float("inf")
+    late = float(np.median(lat[order[-quarter:]])) if len(lat) else float("inf")
+    out["sustained"] = bool(len(keys) >= 0.999 * count and late <= 2 * early + 250)
     return out
 
 
