@@ -32,6 +32,8 @@ class Send:
     pool: Sequence[bytes]
     count: int
     rate: float | None  # records per second; None: as fast as the producer goes
+    headers: tuple[tuple[str, bytes], ...] = ()  # on every record (MLServer routes by them)
+    first_key: int = 0  # keys first_key, first_key + 1, ...: results of other runs tell apart
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ def send(job: Send, report: Any) -> None:
     p = Producer(producer_config(job.bootstrap))
     p.list_topics(job.topic, timeout=10)  # connected before the clock starts
     pool, n, i = job.pool, len(job.pool), 0
+    extra = {"headers": list(job.headers)} if job.headers else {}
     start_at = time.time() + 0.01
     while i < job.count:
         now = time.time()
@@ -73,7 +76,8 @@ def send(job: Send, report: Any) -> None:
         while i < due:
             stamp = now if job.rate is None else start_at + i / job.rate
             try:
-                p.produce(job.topic, pool[i % n], str(i).encode(), timestamp=int(stamp * 1000))
+                p.produce(job.topic, pool[i % n], str(job.first_key + i).encode(),
+                          timestamp=int(stamp * 1000), **extra)
             except BufferError:  # the local queue is full: let librdkafka drain it
                 p.poll(0.01)
                 continue

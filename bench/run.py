@@ -23,6 +23,9 @@ from bench import curves
 from bench.curves.plots import write_all
 from bench.inference import ceiling
 from bench.models import build
+from bench.peers.compare import compare
+from bench.peers.report import peers_table
+from bench.peers.setup import PEERS
 from bench.platform import BenchPlatform, broker
 from bench.report import bar, machine, ratios, sink_rate, table, write
 from bench.scenarios import Flow, latency, run_flow, saturation, steady_rate, transport
@@ -51,12 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("sink", "single", "chain", "curves"), action="append",
                         help="run only these scenarios, or the curves (repeatable); ratios "
                              "need all three scenarios")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help=f"peers to run beside inferstream, comma-separated "
+                             f"(default: {','.join(PEERS)})")
+    parser.add_argument("--no-peers", dest="peers", action="store_const", const="",
+                        help="run no peer")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/DATE-HOST)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work folder (broker data, worker logs: ~20 GB)")
     curves.add_arguments(parser)
     args = parser.parse_args(argv)
     curves.wanted(args)  # an unknown curve is refused before the run, not after the scenarios
+    args.peers = [p for p in args.peers.split(",") if p]
+    if unknown := set(args.peers) - set(PEERS):
+        parser.error(f"unknown peers {sorted(unknown)}; known: {', '.join(PEERS)}")
     folder = Path(tempfile.mkdtemp(prefix="inferstream-bench-"))
     try:
         return run(args, folder)
@@ -107,6 +118,10 @@ def run(args: argparse.Namespace, folder: Path) -> int:
                     if name in wanted:
                         result["scenarios"][name] = scenario(
                             platform, w, name, label, chain, args, pid)
+            if args.peers:
+                result["peers"] = compare(platform, args.peers, result, LOADS, args.latency_s,
+                                          args.drain_s, args.repeat,
+                                          (args.batch_size, args.batch_wait_ms), pid)
             if not args.only or "curves" in args.only:
                 result["curves"] = curves.run(platform, args, say)
         finally:
@@ -115,6 +130,8 @@ def run(args: argparse.Namespace, folder: Path) -> int:
         result["ratios"] = ratios(result)
         result["bar"] = bar(result)
         print(table(result))
+    if "peers" in result:
+        print(peers_table(result["peers"]))
     result["elapsed_s"] = time.monotonic() - started
     path = write(result, args.out)
     result["plots"] = write_all(result, path)  # PNGs beside the JSON, named after it

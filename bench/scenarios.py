@@ -39,10 +39,12 @@ class Flow:
     sink: str
     pool: list[bytes]
     folder: Path
+    headers: tuple[tuple[str, bytes], ...] = ()  # on every record sent
 
 
 def run_flow(flow: Flow, offsets: dict[int, int], count: int, rate: float | None,
-             deadline_s: float) -> tuple[np.ndarray, np.ndarray, float, float]:
+             deadline_s: float, first_key: int = 0
+             ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Send count records (at rate, or all at once) and tap them at the other end.
 
     Returns keys and receipt times of what came out, record 0's scheduled time, and when the
@@ -52,7 +54,8 @@ def run_flow(flow: Flow, offsets: dict[int, int], count: int, rate: float | None
     tapping = start(tap, Tap(flow.bootstrap, flow.sink, offsets, count, deadline_s, out))
     _wait_for(out.with_suffix(".ready"), tapping)
     report = queue()
-    sending = start(send, Send(flow.bootstrap, flow.source, flow.pool, count, rate), report)
+    sending = start(send, Send(flow.bootstrap, flow.source, flow.pool, count, rate,
+                                         flow.headers, first_key), report)
     start_at, sent_at = report.get(timeout=deadline_s + 60)
     sending.join(30)
     tapping.join(deadline_s + 30)
