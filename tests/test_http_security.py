@@ -315,6 +315,8 @@ STRING_FIELDS = {
     "run": [("run_id",)],
     "run_logs": [("run_id",)],
     "table_rows": [("workspace",), ("connection",), ("table",)],
+    "labelled_logs": [("workspace",), ("pipeline",)],
+    "compare_replay": [("workspace",), ("pipeline",), ("replay",)],
 }
 POSITION = {"time": "2099-01-01T00:00:00+00:00", "record_id": "r", "step": 0, "model": "clf",
             "shadow": False}
@@ -337,6 +339,8 @@ BASE_ARGS: dict[str, dict[str, Any]] = {
     "run": {"run_id": "x"},
     "run_logs": {"run_id": "x"},
     "table_rows": {"workspace": "lab", "connection": "c", "table": "t"},
+    "labelled_logs": {"workspace": "lab", "pipeline": "p"},
+    "compare_replay": {"workspace": "lab", "pipeline": "p", "replay": "r"},
 }
 
 
@@ -364,6 +368,9 @@ def test_no_sql_reaches_the_engine_through_any_parameter(secured: Secured) -> No
                 assert status in (200, 400, 403), (name, field, payload, status, answer)
                 if status == 200 and name == "preview_assay":  # windows with no values
                     assert all(r["window_count"] == 0 for r in answer["result"]), answer
+                elif status == 200 and name == "compare_replay":  # nothing compared
+                    assert answer["result"]["records_compared"] == 0, answer
+                    assert not answer["result"]["outputs"], answer
                 elif status == 200:
                     assert answer["result"] in ([], 0, None), (name, field, payload, answer)
     assert statuses[200] and statuses[403], statuses

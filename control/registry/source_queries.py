@@ -23,7 +23,7 @@ from schemas.errors import InferstreamError
 # The platform's tables and views (sinks/tables.py, sinks/runs.py; a test keeps them in step).
 PLATFORM_TABLES = frozenset({
     "schema_version", "inference_logs", "inference_log_rows", "inference_log_blocks",
-    "assay_results", "task_runs", "task_run_logs",
+    "assay_results", "task_runs", "task_run_logs", "labels", "labelled_logs",
 })
 SYSTEM_DATABASES = frozenset({"system", "information_schema"})
 # ClickHouse's table functions that reach beyond the database, refused wherever they appear
