@@ -7,7 +7,9 @@ queueing the sends) and commit (the transaction's commit, in a thread of its own
 batch is served: not on the serving thread's clock); the log sink adds sink (decoding and
 inserting log rows). Two clock reads per stage per batch, not per record; served as JSON on
 GET /metrics/stages (bench/ reads it) with the counts of records, micro-batches and
-transactions.
+transactions, and histograms of the pauses that make a latency tail: each serving cycle (taking
+a batch to handing its output to the producer), the wait for the last transaction's commit,
+the commit itself, and the collector's pauses (gc.callbacks) of the whole process.
 
 PipelineMetrics: records in, out and dead-lettered, batch latency, consumer lag, model load
 failures and the deployed version, labelled by workspace and pipeline; records each validation
@@ -18,7 +20,9 @@ worker's heartbeat (agents.heartbeat).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import gc
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -29,6 +33,30 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 STAGES = ("consume", "decode", "infer", "encode", "produce", "commit", "sink")
+# Upper bounds (ms) of the pause histograms' buckets; the last bucket has none.
+PAUSE_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 1000)
+PAUSES = ("cycle", "settle", "commit", "gc")
+
+
+class Pauses:
+    """Counts of pauses by length (PAUSE_BUCKETS_MS), their total and the longest: cheap to
+    add to (a bisect and two additions), read as differences of two snapshots."""
+
+    __slots__ = ("counts", "longest_ns", "total_ns")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(PAUSE_BUCKETS_MS) + 1)
+        self.total_ns = 0
+        self.longest_ns = 0
+
+    def add(self, elapsed_ns: int) -> None:
+        self.counts[bisect.bisect_left(PAUSE_BUCKETS_MS, elapsed_ns / 1e6)] += 1
+        self.total_ns += elapsed_ns
+        self.longest_ns = max(self.longest_ns, elapsed_ns)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"counts": list(self.counts), "total_ns": self.total_ns,
+                "longest_ns": self.longest_ns}
 
 
 class StageMetrics:
@@ -40,6 +68,7 @@ class StageMetrics:
         self.batches = 0
         self.transactions = 0  # committed ones
         self.sink_rows = 0
+        self.pauses = {name: Pauses() for name in PAUSES}
         self._lock = threading.Lock()  # the sink's stage is added from a thread of its own
 
     def add(self, stage: str, started_ns: int) -> int:
@@ -57,6 +86,11 @@ class StageMetrics:
         with self._lock:
             self.ns["commit"] += elapsed_ns
             self.transactions += 1
+            self.pauses["commit"].add(elapsed_ns)
+
+    def paused(self, what: str, elapsed_ns: int) -> None:
+        """A pause of the serving thread (cycle, settle) or of the process (gc)."""
+        self.pauses[what].add(elapsed_ns)
 
     def sunk(self, rows: int, elapsed_ns: int) -> None:
         with self._lock:
@@ -65,7 +99,45 @@ class StageMetrics:
 
     def snapshot(self) -> dict[str, Any]:
         return {"stages_ns": dict(self.ns), "records": self.records, "batches": self.batches,
-                "transactions": self.transactions, "sink_rows": self.sink_rows}
+                "transactions": self.transactions, "sink_rows": self.sink_rows,
+                "pause_buckets_ms": list(PAUSE_BUCKETS_MS),
+                "pauses": {name: p.snapshot() for name, p in self.pauses.items()}}
+
+
+def pauses_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Each pause histogram between two snapshots: counts by bucket, total ms; the longest is
+    the longest since the worker started (not only in between)."""
+    out = {}
+    for name, b in after.get("pauses", {}).items():
+        a = before.get("pauses", {}).get(name, {"counts": [0] * len(b["counts"]),
+                                                "total_ns": 0})
+        out[name] = {"counts": [x - y for x, y in zip(b["counts"], a["counts"], strict=True)],
+                     "total_ms": (b["total_ns"] - a["total_ns"]) / 1e6,
+                     "longest_ever_ms": b["longest_ns"] / 1e6}
+    return out
+
+
+class GcPauses:
+    """Times the collector's pauses of this process into a StageMetrics (gc.callbacks)."""
+
+    def __init__(self, metrics: StageMetrics) -> None:
+        self.metrics = metrics
+        self._began = 0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter_ns()
+        elif self._began:
+            self.metrics.paused("gc", time.perf_counter_ns() - self._began)
+            self._began = 0
+
+    def install(self) -> GcPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def remove(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self)
 
 
 def per_record_us(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:

@@ -8,6 +8,7 @@ tap reads the output topic and takes each result's latency from its key's schedu
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import time
 from collections.abc import Callable, Sequence
@@ -58,16 +59,25 @@ def producer_config(bootstrap: str) -> dict[str, object]:
 
 def send(job: Send, report: Any) -> None:
     """Produce the records on schedule (or at full speed), wait until all are delivered, and
-    put (record 0's scheduled time, time the last was sent) on the report queue."""
+    put (record 0's scheduled time, time the last was sent, the generator's own figures) on
+    the report queue.
+
+    The generator's figures: how far behind schedule it ever was when it woke (its lag: the
+    scheduled time of the first record not yet sent; a record's latency counts from its
+    schedule either way, so a lagging generator shows as latency, not as a lighter load), and
+    the share of a core it took."""
     p = Producer(producer_config(job.bootstrap))
     p.list_topics(job.topic, timeout=10)  # connected before the clock starts
     pool, n, i = job.pool, len(job.pool), 0
     extra = {"headers": list(job.headers)} if job.headers else {}
     start_at = time.time() + 0.01
+    cpu_began, lags = time.process_time(), []
     while i < job.count:
         now = time.time()
         due = job.count if job.rate is None else min(
             job.count, int((now - start_at) * job.rate) + 1)
+        if job.rate is not None and due > i:
+            lags.append(now - (start_at + i / job.rate))
         if due <= i:
             # Ticks of 1 ms: waking for every record would cost the generator a third of a
             # core at 8k records/s, taken from the worker and broker on a small machine.
@@ -84,9 +94,13 @@ def send(job: Send, report: Any) -> None:
             i += 1
         p.poll(0)
     sent_at = time.time()
+    cpu = time.process_time() - cpu_began
     if p.flush(60):
         raise KafkaException(f"{len(p)} records to {job.topic} were not delivered in 60s")
-    report.put((start_at, sent_at))
+    lag_ms = np.array(lags or [0.0]) * 1000
+    report.put((start_at, sent_at, {
+        "cpu_cores": cpu / max(sent_at - start_at, 1e-9),
+        "lag_p99_ms": float(np.percentile(lag_ms, 99)), "lag_max_ms": float(lag_ms.max())}))
 
 
 def tap(job: Tap) -> None:
@@ -146,6 +160,25 @@ def percentiles(values: np.ndarray) -> dict[str, float]:
     p50, p99, p999 = np.percentile(values, [50, 99, 99.9])
     return {"p50_ms": float(p50), "p99_ms": float(p99), "p999_ms": float(p999),
             "max_ms": float(values.max())}
+
+
+STALL_MS = 50  # a gap in a fixed-rate run's output this long is a stall
+STALL_BUCKETS_MS = (100, 200, 300, 500, 1000)  # upper bounds; the last bucket has none
+
+
+def stalls(times: np.ndarray) -> dict[str, Any]:
+    """The gaps of over STALL_MS between results of a fixed-rate run (the output stood still
+    while records were due), by length: how many, bucketed, the longest, and their share of
+    the run's time."""
+    gaps = np.diff(np.sort(times)) * 1000 if len(times) > 1 else np.zeros(0)
+    long = gaps[gaps > STALL_MS]
+    edges = (STALL_MS, *STALL_BUCKETS_MS)
+    labels = [f"{a}-{b}" for a, b in itertools.pairwise(edges)] + [f">{edges[-1]}"]
+    counts = np.histogram(long, bins=[*edges, np.inf])[0] if len(long) else [0] * len(labels)
+    span = float(times.max() - times.min()) * 1000 if len(times) > 1 else 0.0
+    return {"count": len(long), "by_ms": dict(zip(labels, map(int, counts), strict=True)),
+            "longest_ms": float(long.max()) if len(long) else 0.0,
+            "share_of_time": float(long.sum() / span) if span else 0.0}
 
 
 def throughput(times: np.ndarray, low: float = 0.2, high: float = 0.95) -> tuple[float, float,

@@ -10,7 +10,7 @@ from uuid import uuid4
 
 import numpy as np
 
-from agents.metrics import per_record_us
+from agents.metrics import pauses_between, per_record_us
 from bench.cpu import Timeline, cpu_of
 from bench.load import (
     Send,
@@ -20,6 +20,7 @@ from bench.load import (
     queue,
     read_tap,
     send,
+    stalls,
     start,
     tap,
     throughput,
@@ -44,11 +45,11 @@ class Flow:
 
 def run_flow(flow: Flow, offsets: dict[int, int], count: int, rate: float | None,
              deadline_s: float, first_key: int = 0
-             ) -> tuple[np.ndarray, np.ndarray, float, float]:
+             ) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, float]]:
     """Send count records (at rate, or all at once) and tap them at the other end.
 
-    Returns keys and receipt times of what came out, record 0's scheduled time, and when the
-    last record was sent.
+    Returns keys and receipt times of what came out, record 0's scheduled time, when the
+    last record was sent, and the generator's own figures (see load.send).
     """
     out = flow.folder / f"tap-{uuid4().hex[:8]}.npz"
     tapping = start(tap, Tap(flow.bootstrap, flow.sink, offsets, count, deadline_s, out))
@@ -56,11 +57,11 @@ def run_flow(flow: Flow, offsets: dict[int, int], count: int, rate: float | None
     report = queue()
     sending = start(send, Send(flow.bootstrap, flow.source, flow.pool, count, rate,
                                          flow.headers, first_key), report)
-    start_at, sent_at = report.get(timeout=deadline_s + 60)
+    start_at, sent_at, generator = report.get(timeout=deadline_s + 60)
     sending.join(30)
     tapping.join(deadline_s + 30)
     keys, times = read_tap(out)
-    return keys, times, start_at, sent_at
+    return keys, times, start_at, sent_at, generator
 
 
 def _wait_for(path: Path, process: Any, timeout: float = 60.0) -> None:
@@ -96,7 +97,7 @@ def saturation(platform: BenchPlatform, w: WorkerProcess, pipeline: str, pool: l
     if sink:
         series["sink_rows"] = lambda: (metrics(w) or {}).get("sink_rows")
     with Timeline(series) as timeline:
-        keys, times, _, sent_at = run_flow(flow, platform.ends(flow.sink), count, None,
+        keys, times, _, sent_at, _ = run_flow(flow, platform.ends(flow.sink), count, None,
                                            deadline_s=180)
         if sink:  # until every log row is stored
             rows = before["sink_rows"] + count * logs_per_record if before else 0
@@ -124,17 +125,24 @@ def saturation(platform: BenchPlatform, w: WorkerProcess, pipeline: str, pool: l
 
 
 def latency(platform: BenchPlatform, pipeline: str, pool: list[bytes], rate: float,
-            seconds: float) -> dict[str, Any]:
-    """Offer records at a fixed rate for `seconds`: latency percentiles from scheduled send."""
+            seconds: float, worker: WorkerProcess | None = None) -> dict[str, Any]:
+    """Offer records at a fixed rate for `seconds`: latency percentiles from scheduled send,
+    the output's stalls, the generator's lag and CPU, and (given the worker) its pauses."""
     flow = Flow(platform.settings.bootstrap_servers, platform.topic(pipeline, "input"),
                 platform.topic(pipeline, "output"), pool, platform.folder)
     count = max(int(rate * seconds), 100)
-    keys, times, start_at, _ = run_flow(flow, platform.ends(flow.sink), count, rate,
-                                        deadline_s=seconds + 60)
+    before = metrics(worker) if worker else None
+    keys, times, start_at, _, generator = run_flow(flow, platform.ends(flow.sink), count, rate,
+                                                   deadline_s=seconds + 60)
+    after = metrics(worker) if worker else None
     lat = latencies_ms(keys, times, start_at, rate)
     span = float(times.max() - start_at) if len(times) else float("nan")
-    return {"offered_per_s": rate, "records": count, "received": len(keys),
-            "achieved_per_s": len(keys) / span if span else float("nan"), **percentiles(lat)}
+    out = {"offered_per_s": rate, "records": count, "received": len(keys),
+           "achieved_per_s": len(keys) / span if span else float("nan"), **percentiles(lat),
+           "stalls": stalls(times), "generator": generator}
+    if before and after:
+        out["worker_pauses"] = pauses_between(before, after)
+    return out
 
 
 def transport(platform: BenchPlatform, pool: list[bytes], count: int,

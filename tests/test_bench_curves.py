@@ -1,19 +1,24 @@
-"""The bench's curves, the pure parts: the control log's events, the artifact models, plots."""
+"""The bench's pure parts: the control log's events, the artifact models, plots, the tail's
+stalls and the worker's pause histograms."""
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper
 
+from agents.metrics import GcPauses, StageMetrics, pauses_between
 from bench.curves import control_log
 from bench.curves.artifacts import EMBEDDING, build
 from bench.curves.plots import write_all
 from bench.curves.spread import longest_pause_s
+from bench.load import stalls
 from bench.models import INPUT, N_FEATURES
 
 
@@ -86,3 +91,32 @@ def test_plots_are_written_beside_the_json_for_what_the_run_has(tmp_path: Path) 
 def test_the_longest_pause_is_the_widest_gap_between_receipts() -> None:
     assert longest_pause_s(np.array([3.0, 1.0, 1.5, 2.0])) == 1.0
     assert np.isnan(longest_pause_s(np.array([1.0])))
+
+
+def test_stalls_are_the_gaps_in_the_output_over_50_ms_by_length() -> None:
+    steady = np.arange(0, 1, 0.001)  # a result every millisecond ...
+    times = np.concatenate([steady, 1.12 + steady, 2.72 + steady])  # ... 121 and 601 ms gaps
+    got = stalls(np.random.default_rng(0).permutation(times))  # receipt order does not matter
+    assert got["count"] == 2 and got["longest_ms"] == pytest.approx(601, abs=0.5)
+    assert got["by_ms"] == {"50-100": 0, "100-200": 1, "200-300": 0, "300-500": 0,
+                            "500-1000": 1, ">1000": 0}
+    assert got["share_of_time"] == pytest.approx(0.722 / 3.719, abs=1e-3)
+    assert stalls(steady)["count"] == 0 and stalls(np.zeros(1))["count"] == 0
+
+
+def test_the_worker_times_its_pauses_and_the_collectors_into_histograms() -> None:
+    m = StageMetrics()
+    before = m.snapshot()
+    m.paused("cycle", 3_000_000)  # 3 ms: the 2-5 ms bucket
+    m.paused("cycle", 250_000_000)  # 250 ms: the 200-300 ms bucket
+    m.committed(40_000_000)
+    watch = GcPauses(m).install()
+    try:
+        gc.collect()
+    finally:
+        watch.remove()
+    got = pauses_between(before, m.snapshot())
+    assert got["cycle"]["counts"] == [0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]
+    assert got["cycle"]["total_ms"] == pytest.approx(253) and got["cycle"]["longest_ever_ms"] == 250
+    assert sum(got["commit"]["counts"]) == 1 and sum(got["gc"]["counts"]) >= 1
+    assert sum(got["settle"]["counts"]) == 0

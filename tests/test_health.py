@@ -262,7 +262,11 @@ def test_live_ready_and_prometheus_counts(platform: Platform) -> None:
     code, content_type, _ = get(w1, "/metrics")
     assert code == 200 and content_type.startswith("text/plain; version=0.0.4")
     stages = json.loads(get(w1, "/metrics/stages")[2])
-    assert set(stages) >= {"stages_ns", "records", "batches", "sink_rows"}
+    assert set(stages) >= {"stages_ns", "records", "batches", "sink_rows", "pauses"}
+    # Each cycle that served a batch was timed, and so was the wait for the last commit.
+    cycles = stages["pauses"]["cycle"]
+    assert sum(cycles["counts"]) >= 1 and cycles["total_ns"] > 0
+    assert set(stages["pauses"]) == {"cycle", "settle", "commit", "gc"}
 
 
 @pytest.mark.kafka

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from confluent_kafka import Message
 
-from agents.metrics import PipelineMetrics, StageMetrics
+from agents.metrics import GcPauses, PipelineMetrics, StageMetrics
 from agents.records.avro_logs import LogWriter
 from agents.records.formats import (
     AvroInput,
@@ -89,6 +89,7 @@ class DataPlane:
         self.settings = settings
         self.worker = worker
         self.metrics = StageMetrics()
+        self._gc = GcPauses(self.metrics).install()  # the collector's pauses, for the tail
         self.pipeline_metrics = PipelineMetrics()
         self.outbox = Outbox(settings)  # what HTTP requests' logs go through
         self._rng = np.random.default_rng()
@@ -260,4 +261,5 @@ class DataPlane:
         return Answer(200, value, "avro/binary" if record.format == "avro" else "application/json")
 
     def close(self) -> None:
+        self._gc.remove()
         self.outbox.close()

@@ -195,7 +195,7 @@ class Intake:
         self._cycle_began = time.monotonic()
         if not messages:
             return self._known(c, p)[0]
-        started = metrics.add("consume", started)
+        started = taken_ns = metrics.add("consume", started)
         taken = [m for m in messages if _usable(m)]
         served, waiting = _split(taken, by_topic)
         _rewind(c, waiting)  # an undeployed pipeline's records wait in their topic
@@ -206,6 +206,7 @@ class Intake:
         counts = [self.plane.serve_batch(serving, batch, out) for serving, batch in batches]
         started = time.perf_counter_ns()
         p, failed = self._known(c, p, served)
+        metrics.paused("settle", time.perf_counter_ns() - started)
         if failed:  # the last batch is read again, and this one after it
             return p
         try:
@@ -226,7 +227,7 @@ class Intake:
         else:
             self._commit(c, p, pending)
             p, _ = self._known(c, p)
-        metrics.add("produce", started)
+        metrics.paused("cycle", metrics.add("produce", started) - taken_ns)
         return p
 
     def _settle(self) -> None:

@@ -155,7 +155,7 @@ def _ours(platform: BenchPlatform, w: Any, pool: list[bytes], loads: tuple[int, 
     """inferstream's GBT figures when the run did not measure them (--only without single)."""
     flow = Flow(platform.settings.bootstrap_servers, platform.topic(PIPELINE, "input"),
                 platform.topic(PIPELINE, "output"), pool, platform.folder)
-    _, times, _, sent_at = run_flow(flow, platform.ends(flow.sink), 20_000, None, 120)
+    _, times, _, sent_at, _ = run_flow(flow, platform.ends(flow.sink), 20_000, None, 120)
     count = int(min(max(steady_rate(times, sent_at)[0] * drain_s, 20_000), 2_000_000))
     sat = saturation(platform, w, PIPELINE, pool, count, broker_pid)
     return {"saturation": sat, "latency": {

@@ -22,7 +22,7 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.cpu import Timeline, cpu_seconds
-from bench.load import latencies_ms, percentiles
+from bench.load import latencies_ms, percentiles, stalls
 from bench.peers.setup import HERE, Peer, ensure_venv
 from bench.scenarios import Flow, run_flow, steady_rate
 
@@ -149,7 +149,8 @@ def offer(peer: PeerProcess, rate: float, seconds: float) -> dict[str, Any]:
     used = timeline.used(start_at, end).get("peer") if len(times) else None
     out = {"offered_per_s": rate, "records": count, "received": len(keys),
            "achieved_per_s": len(keys) / span if span else float("nan"), **percentiles(lat),
-           "cpu_s_per_10k": used * 10_000 / len(keys) if used is not None else None}
+           "cpu_s_per_10k": used * 10_000 / len(keys) if used is not None else None,
+           "stalls": stalls(times)}
     order = np.argsort(keys)
     quarter = max(len(order) // 4, 1)
     early = float(np.median(lat[order[:quarter]])) if len(lat) else float("inf")
@@ -163,8 +164,8 @@ def run(flow: Flow, count: int, rate: float | None, deadline_s: float
     """run_flow with keys of this run's own: results of a run before (a peer that lost
     track, or still works off a backlog) are dropped instead of timed as this run's."""
     first = time.time_ns() // 1000  # µs since 1970: unique per run, well inside int64
-    keys, times, start_at, sent_at = run_flow(flow, _ends(flow), count, rate, deadline_s,
-                                              first)
+    keys, times, start_at, sent_at, _ = run_flow(flow, _ends(flow), count, rate, deadline_s,
+                                                 first)
     keys = keys - first
     mine = (keys >= 0) & (keys < count)
     return keys[mine], times[mine], start_at, sent_at
