@@ -74,19 +74,22 @@ def tail_table(scenario: dict[str, Any]) -> list[str]:
     and the generator's own lag and CPU."""
     lines = [f"the tail, {scenario['label']}: stalls = gaps in the output over 50 ms "
              "(count by ms: 50-100/100-200/200-300/300-500/500-1000/>1000, longest); worker "
-             "pauses over 50 ms: cycle/settle/commit/gc; generator lag p99/max ms, cores",
+             "pauses over 50 ms: cycle/settle/commit/gc; the broker's GC pauses: count, "
+             "longest ms; generator lag p99/max ms, cores",
              "  load   offered/s    p99 ms  p99.9 ms   stalls               longest ms"
-             "   pauses>50ms    generator"]
+             "   pauses>50ms  broker GC    generator"]
     for load, run in scenario["latency"].items():
         s = run.get("stalls") or {}
         by = "/".join(str(n) for n in (s.get("by_ms") or {}).values()) or "-"
         pauses = run.get("worker_pauses") or {}
         over = "/".join(str(_over(pauses[k]["counts"], 50)) if k in pauses else "-"
                         for k in ("cycle", "settle", "commit", "gc"))
-        g = run.get("generator") or {}
+        g, jvm = run.get("generator") or {}, run.get("broker_gc") or {}
+        broker = f"{jvm['count']}, {_n(jvm['longest_ms'], 0)}" if jvm else "-"
         lines.append(f"  {load:>3}% {_n(run['offered_per_s']):>11} {_n(run['p99_ms'], 1):>9}"
                      f" {_n(run['p999_ms'], 1):>9}   {by:<20} {_n(s.get('longest_ms'), 0):>10}"
-                     f"   {over:<12} {_n(g.get('lag_p99_ms'), 1)}/{_n(g.get('lag_max_ms'), 1)}"
+                     f"   {over:<12} {broker:<12} {_n(g.get('lag_p99_ms'), 1)}/"
+                     f"{_n(g.get('lag_max_ms'), 1)}"
                      f" {_n(g.get('cpu_cores'), 2)}")
     return lines
 

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace, folder: Path) -> int:
     with broker(folder / "broker") as (bootstrap, local):
         result["broker"] = f"apache-kafka {local.version}" if local else f"external {bootstrap}"
         pid = local.pid if local else None
+        gc_log = local.gc_log if local else None
         platform = BenchPlatform(bootstrap, folder, models, args.format)
         try:
             pool = platform.payloads("single")
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace, folder: Path) -> int:
             if "sink" in wanted:
                 w = platform.worker("w-sink", sink=True)
                 result["scenarios"]["sink"] = scenario(
-                    platform, w, "sink", "GBT, log sink on", False, args, pid)
+                    platform, w, "sink", "GBT, log sink on", False, args, pid, gc_log)
                 w.stop()
             if {"single", "chain"} & set(wanted):
                 w = platform.worker("w", sink=False)
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace, folder: Path) -> int:
                                            ("chain", "3-model chain", True)):
                     if name in wanted:
                         result["scenarios"][name] = scenario(
-                            platform, w, name, label, chain, args, pid)
+                            platform, w, name, label, chain, args, pid, gc_log)
             if args.peers:
                 result["peers"] = compare(platform, args.peers, result, LOADS, args.latency_s,
                                           args.drain_s, args.repeat,
@@ -141,7 +142,8 @@ def run(args: argparse.Namespace, folder: Path) -> int:
 
 
 def scenario(platform: BenchPlatform, w: WorkerProcess, pipeline: str, label: str,
-             chain: bool, args: argparse.Namespace, broker_pid: int | None) -> dict[str, Any]:
+             chain: bool, args: argparse.Namespace, broker_pid: int | None,
+             broker_gc_log: Path | None = None) -> dict[str, Any]:
     """Deploy, calibrate, saturate, then offer the fixed rates; undeploy."""
     say(f"{label}: deploy")
     platform.pipeline(pipeline, chain)
@@ -167,7 +169,8 @@ def scenario(platform: BenchPlatform, w: WorkerProcess, pipeline: str, label: st
     for load in LOADS:
         rate = sink_rate(sat) * load / 100
         say(f"{label}: {load}% = {rate:,.0f}/s for {args.latency_s:g}s")
-        out["latency"][str(load)] = latency(platform, pipeline, pool, rate, args.latency_s, w)
+        out["latency"][str(load)] = latency(platform, pipeline, pool, rate, args.latency_s, w,
+                                            broker_gc_log)
     platform.undeploy(w, pipeline)
     return out
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from agents.metrics import pauses_between, per_record_us
 from bench.cpu import Timeline, cpu_of
+from bench.jvm import gc_pauses
 from bench.load import (
     Send,
     Tap,
@@ -125,9 +126,11 @@ def saturation(platform: BenchPlatform, w: WorkerProcess, pipeline: str, pool: l
 
 
 def latency(platform: BenchPlatform, pipeline: str, pool: list[bytes], rate: float,
-            seconds: float, worker: WorkerProcess | None = None) -> dict[str, Any]:
+            seconds: float, worker: WorkerProcess | None = None,
+            broker_gc_log: Path | None = None) -> dict[str, Any]:
     """Offer records at a fixed rate for `seconds`: latency percentiles from scheduled send,
-    the output's stalls, the generator's lag and CPU, and (given the worker) its pauses."""
+    the output's stalls, the generator's lag and CPU, and (given the worker and the broker's
+    GC log) the worker's pauses and the broker's."""
     flow = Flow(platform.settings.bootstrap_servers, platform.topic(pipeline, "input"),
                 platform.topic(pipeline, "output"), pool, platform.folder)
     count = max(int(rate * seconds), 100)
@@ -142,6 +145,8 @@ def latency(platform: BenchPlatform, pipeline: str, pool: list[bytes], rate: flo
            "stalls": stalls(times), "generator": generator}
     if before and after:
         out["worker_pauses"] = pauses_between(before, after)
+    if len(times) and (broker := gc_pauses(broker_gc_log, start_at, float(times.max()))):
+        out["broker_gc"] = broker
     return out
 
 

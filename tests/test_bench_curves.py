@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from bench.curves import control_log
 from bench.curves.artifacts import EMBEDDING, build
 from bench.curves.plots import write_all
 from bench.curves.spread import longest_pause_s
+from bench.jvm import gc_pauses
 from bench.load import stalls
 from bench.models import INPUT, N_FEATURES
 
@@ -120,3 +122,17 @@ def test_the_worker_times_its_pauses_and_the_collectors_into_histograms() -> Non
     assert got["cycle"]["total_ms"] == pytest.approx(253) and got["cycle"]["longest_ever_ms"] == 250
     assert sum(got["commit"]["counts"]) == 1 and sum(got["gc"]["counts"]) >= 1
     assert sum(got["settle"]["counts"]) == 0
+
+
+def test_the_brokers_gc_pauses_in_a_run_come_from_the_jvms_log(tmp_path: Path) -> None:
+    log = tmp_path / "gc.log"
+    log.write_text(
+        "[2026-12-04T20:31:00.123+0000] GC(5) Pause Young (Normal) (G1 Evacuation Pause) "
+        "51M->9M(1024M) 3.456ms\n"
+        "[2026-12-04T20:31:01.123+0000] GC(6) Pause Remark 60M->60M(1024M) 13.500ms\n"
+        "[2026-12-04T20:31:01.200+0000] GC(6) Concurrent Mark Cycle 120.500ms\n"  # no pause
+        "[2026-12-04T20:40:00.000+0000] GC(7) Pause Young (Normal) 51M->9M(1024M) 80.0ms\n")
+    at = datetime.fromisoformat("2026-12-04T20:31:00+00:00").timestamp()
+    assert gc_pauses(log, at, at + 5) == {"count": 2, "total_ms": pytest.approx(16.956),
+                                          "longest_ms": 13.5}
+    assert gc_pauses(tmp_path / "none.log", at, at + 5) is None

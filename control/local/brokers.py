@@ -54,6 +54,7 @@ TANSU_DEFECTS: tuple[str, ...] = (
 TANSU_GROUP_TIMEOUTS_MS = {"session": 6000, "rebalance": 8000, "heartbeat": 1000}
 
 _START_TIMEOUT_S = 60.0
+GC_LOG = "gc.log"  # in the data folder
 _STOP_TIMEOUT_S = 20.0
 # Single-node KRaft: one process is broker and controller, every replication factor is 1.
 _PLAINTEXT_LISTENERS = """\
@@ -105,6 +106,11 @@ class LocalBroker:
     def defects(self) -> tuple[str, ...]:
         """What this broker gets wrong (empty for Apache Kafka)."""
         return TANSU_DEFECTS if self.kind == "tansu" else ()
+
+    @property
+    def gc_log(self) -> Path | None:
+        """The JVM's log of its collector's pauses (Apache Kafka only)."""
+        return self.data_dir / GC_LOG if self.kind == "kafka" else None
 
     def stop(self, timeout: float = _STOP_TIMEOUT_S) -> None:
         """Terminate the broker; kill it if it has not exited after `timeout` seconds."""
@@ -228,7 +234,9 @@ def _kafka_command(data_dir: Path, port: int, controller_port: int,
         )
         if done.returncode != 0:
             raise BrokerError(f"formatting Kafka's log dir {log_dirs} failed:\n{done.stderr}")
-    command = ["java", *KAFKA_JVM_OPTIONS]
+    # The collector's pauses, with wall-clock times (bench/ reads them beside a run's tail).
+    gc_log = f"-Xlog:gc:file={data_dir / GC_LOG}:time:filecount=2,filesize=10m"
+    command = ["java", *KAFKA_JVM_OPTIONS, gc_log]
     if LOG4J_CONFIG.exists():
         command.append(f"-Dlog4j2.configurationFile={LOG4J_CONFIG}")
     return [*command, "-cp", classpath, "kafka.Kafka", str(config)]
