@@ -99,11 +99,15 @@ def _over(counts: list[int], ms: float) -> int:
     return sum(counts[PAUSE_BUCKETS_MS.index(ms) + 1:])
 
 
+def default_out() -> Path:
+    """bench/results/<date>-<machine>.json"""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "machine"
+    return RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-{host}.json"
+
+
 def write(result: dict[str, Any], out: Path | None = None) -> Path:
     """The JSON file of the run: bench/results/<date>-<machine>.json unless out is given."""
-    if out is None:
-        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "machine"
-        out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-{host}.json"
+    out = out or default_out()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=_plain) + "\n")
     return out

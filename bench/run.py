@@ -27,7 +27,8 @@ from bench.peers.compare import compare
 from bench.peers.report import peers_table
 from bench.peers.setup import PEERS
 from bench.platform import BenchPlatform, broker
-from bench.report import bar, machine, ratios, sink_rate, table, write
+from bench.profile import LOADS as PROFILED
+from bench.report import bar, default_out, machine, ratios, sink_rate, table, write
 from bench.scenarios import Flow, latency, run_flow, saturation, steady_rate, transport
 from control.local.worker_process import WorkerProcess
 
@@ -60,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peers", dest="peers", action="store_const", const="",
                         help="run no peer")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/DATE-HOST)")
+    parser.add_argument("--py-spy", action="store_true",
+                        help="record the GBT worker (sink off) with py-spy during the 25 and "
+                             "50 %% runs: speedscope files beside the JSON (needs py-spy)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work folder (broker data, worker logs: ~20 GB)")
     curves.add_arguments(parser)
     args = parser.parse_args(argv)
+    args.out = args.out or default_out()
     curves.wanted(args)  # an unknown curve is refused before the run, not after the scenarios
     args.peers = [p for p in args.peers.split(",") if p]
     if unknown := set(args.peers) - set(PEERS):
@@ -169,8 +174,10 @@ def scenario(platform: BenchPlatform, w: WorkerProcess, pipeline: str, label: st
     for load in LOADS:
         rate = sink_rate(sat) * load / 100
         say(f"{label}: {load}% = {rate:,.0f}/s for {args.latency_s:g}s")
+        profile = (args.out.with_name(f"{args.out.stem}-pyspy-{pipeline}-{load}.speedscope.json")
+                   if args.py_spy and pipeline == "single" and str(load) in PROFILED else None)
         out["latency"][str(load)] = latency(platform, pipeline, pool, rate, args.latency_s, w,
-                                            broker_gc_log)
+                                            broker_gc_log, profile)
     platform.undeploy(w, pipeline)
     return out
 

@@ -27,6 +27,7 @@ from bench.load import (
     throughput,
 )
 from bench.platform import BenchPlatform, metrics
+from bench.profile import py_spy
 from bench.relay import Relay, relay
 from control.kafka import TopicSpec, ensure_topics
 from control.local.worker_process import WorkerProcess
@@ -127,16 +128,18 @@ def saturation(platform: BenchPlatform, w: WorkerProcess, pipeline: str, pool: l
 
 def latency(platform: BenchPlatform, pipeline: str, pool: list[bytes], rate: float,
             seconds: float, worker: WorkerProcess | None = None,
-            broker_gc_log: Path | None = None) -> dict[str, Any]:
+            broker_gc_log: Path | None = None, profile: Path | None = None) -> dict[str, Any]:
     """Offer records at a fixed rate for `seconds`: latency percentiles from scheduled send,
     the output's stalls, the generator's lag and CPU, and (given the worker and the broker's
-    GC log) the worker's pauses and the broker's."""
+    GC log) the worker's pauses and the broker's; with profile, py-spy's samples of the worker
+    written there (bench.profile)."""
     flow = Flow(platform.settings.bootstrap_servers, platform.topic(pipeline, "input"),
                 platform.topic(pipeline, "output"), pool, platform.folder)
     count = max(int(rate * seconds), 100)
     before = metrics(worker) if worker else None
-    keys, times, start_at, _, generator = run_flow(flow, platform.ends(flow.sink), count, rate,
-                                                   deadline_s=seconds + 60)
+    with py_spy(worker.process.pid if worker else 0, profile if worker else None, seconds):
+        keys, times, start_at, _, generator = run_flow(flow, platform.ends(flow.sink), count,
+                                                       rate, deadline_s=seconds + 60)
     after = metrics(worker) if worker else None
     lat = latencies_ms(keys, times, start_at, rate)
     span = float(times.max() - start_at) if len(times) else float("nan")
