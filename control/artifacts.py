@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from functools import partial
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, Producer, TopicPartition
 
 from control.config import Settings
 from control.kafka import consumer, producer, read_until_end
@@ -23,8 +24,35 @@ from schemas.errors import ArtifactError, BrokerError
 Progress = Callable[[int], None]  # called with the number of bytes just handled
 
 
+# What an upload queues in librdkafka at most: a 1 GB model used to overflow its default
+# queue (BufferError); the chunks wait for room instead, and memory stays the artifact's own.
+UPLOAD_QUEUE_KB = 64 * 1024
+STALLED_S = 60.0  # an upload whose chunks stop reaching the broker for this long fails
+
+
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _wait_for_room(p: Producer) -> None:
+    """Serve delivery reports until the queue shrinks; BrokerError if it stays full."""
+    full, deadline = len(p), time.monotonic() + STALLED_S
+    while len(p) >= full:
+        if time.monotonic() > deadline:
+            raise BrokerError(f"no chunk of the artifact reached the broker in {STALLED_S:g}s")
+        p.poll(0.1)
+
+
+def _flush(p: Producer) -> int:
+    """Flush for as long as chunks keep reaching the broker (a 1 GB upload takes minutes on a
+    slow link); what is left once nothing moved for STALLED_S."""
+    left = len(p)
+    while left:
+        now = p.flush(STALLED_S)
+        if now >= left:
+            return now
+        left = now
+    return 0
 
 
 class ArtifactStore:
@@ -55,17 +83,21 @@ class ArtifactStore:
             if progress:
                 progress(n)
 
-        p = producer(self.settings)
+        p = producer(self.settings, **{"queue.buffering.max.kbytes": UPLOAD_QUEUE_KB})
         for index in range(count):
             part = data[index * step:(index + 1) * step]
-            p.produce(
-                self.topic, key=f"{sha}:{index}".encode(),
-                value=chunk.encode({"sha256": sha, "index": index, "count": count,
-                                    "size": size, "data": part}),
-                on_delivery=partial(delivered, index=index, n=len(part)),
-            )
+            value = chunk.encode({"sha256": sha, "index": index, "count": count,
+                                  "size": size, "data": part})
+            on_delivery = partial(delivered, index=index, n=len(part))
+            while True:
+                try:
+                    p.produce(self.topic, key=f"{sha}:{index}".encode(), value=value,
+                              on_delivery=on_delivery)
+                    break
+                except BufferError:  # the local queue is full: wait for the broker to take some
+                    _wait_for_room(p)
             p.poll(0)
-        if p.flush(60) or failures or not first:
+        if _flush(p) or failures or not first:
             raise BrokerError(f"storing artifact {sha[:12]}… failed: {failures or 'timed out'}")
         partition, offset = first[0]
         ref = ArtifactRef(sha, size, format, self.topic, partition, offset, count)
