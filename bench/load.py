@@ -60,34 +60,47 @@ def producer_config(bootstrap: str) -> dict[str, object]:
 def send(job: Send, report: Any) -> None:
     """Produce the records on schedule (or at full speed), wait until all are delivered, and
     put (record 0's scheduled time, time the last was sent, the generator's own figures) on
-    the report queue.
-
-    The generator's figures: how far behind schedule it ever was when it woke (its lag: the
-    scheduled time of the first record not yet sent; a record's latency counts from its
-    schedule either way, so a lagging generator shows as latency, not as a lighter load), and
-    the share of a core it took."""
+    the report queue (see on_schedule)."""
     p = Producer(producer_config(job.bootstrap))
     p.list_topics(job.topic, timeout=10)  # connected before the clock starts
-    pool, n, i = job.pool, len(job.pool), 0
+    pool, n, topic = job.pool, len(job.pool), job.topic
     extra = {"headers": list(job.headers)} if job.headers else {}
+
+    def record(i: int) -> tuple[str, bytes, bytes]:
+        return topic, pool[i % n], str(job.first_key + i).encode()
+
+    report.put(on_schedule(p, job.count, job.rate, record, extra))
+
+
+def on_schedule(p: Producer, count: int, rate: float | None,
+                record: Callable[[int], tuple[str, bytes, bytes]],
+                extra: dict[str, Any] | None = None) -> tuple[float, float, dict[str, float]]:
+    """Produce records 0 .. count-1 (record(i): topic, value, key), record i at
+    t0 + i / rate (or at full speed), stamped with that time; wait until all are delivered.
+
+    Returns t0, when the last was sent, and the generator's own figures: how far behind
+    schedule it ever was when it woke (its lag: the scheduled time of the first record not
+    yet sent; a record's latency counts from its schedule either way, so a lagging generator
+    shows as latency, not as a lighter load), and the share of a core it took."""
+    extra = extra or {}
+    i = 0
     start_at = time.time() + 0.01
     cpu_began, lags = time.process_time(), []
-    while i < job.count:
+    while i < count:
         now = time.time()
-        due = job.count if job.rate is None else min(
-            job.count, int((now - start_at) * job.rate) + 1)
-        if job.rate is not None and due > i:
-            lags.append(now - (start_at + i / job.rate))
+        due = count if rate is None else min(count, int((now - start_at) * rate) + 1)
+        if rate is not None and due > i:
+            lags.append(now - (start_at + i / rate))
         if due <= i:
             # Ticks of 1 ms: waking for every record would cost the generator a third of a
             # core at 8k records/s, taken from the worker and broker on a small machine.
             time.sleep(TICK_S)
             continue
         while i < due:
-            stamp = now if job.rate is None else start_at + i / job.rate
+            stamp = now if rate is None else start_at + i / rate
+            topic, value, key = record(i)
             try:
-                p.produce(job.topic, pool[i % n], str(job.first_key + i).encode(),
-                          timestamp=int(stamp * 1000), **extra)
+                p.produce(topic, value, key, timestamp=int(stamp * 1000), **extra)
             except BufferError:  # the local queue is full: let librdkafka drain it
                 p.poll(0.01)
                 continue
@@ -96,11 +109,11 @@ def send(job: Send, report: Any) -> None:
     sent_at = time.time()
     cpu = time.process_time() - cpu_began
     if p.flush(60):
-        raise KafkaException(f"{len(p)} records to {job.topic} were not delivered in 60s")
+        raise KafkaException(f"{len(p)} records were not delivered in 60s")
     lag_ms = np.array(lags or [0.0]) * 1000
-    report.put((start_at, sent_at, {
+    return start_at, sent_at, {
         "cpu_cores": cpu / max(sent_at - start_at, 1e-9),
-        "lag_p99_ms": float(np.percentile(lag_ms, 99)), "lag_max_ms": float(lag_ms.max())}))
+        "lag_p99_ms": float(np.percentile(lag_ms, 99)), "lag_max_ms": float(lag_ms.max())}
 
 
 def tap(job: Tap) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from bench.curves.spread import longest_pause_s, run_spread
-from bench.load import latencies_ms, percentiles
+from bench.load import latencies_ms, percentiles, stalls
 from bench.platform import BenchPlatform
 from bench.scenarios import steady_rate
 
@@ -34,7 +34,7 @@ def output_offsets(platform: BenchPlatform, pipelines: Sequence[str]
 def drain(platform: BenchPlatform, pipelines: Sequence[str], records: list[list[bytes]],
           count: int) -> dict[str, Any]:
     """A backlog of count records spread over the pipelines, served as fast as it goes."""
-    keys, times, _, sent_at = run_spread(
+    keys, times, _, sent_at, _ = run_spread(
         platform.settings.bootstrap_servers, [platform.topic(p, "input") for p in pipelines],
         output_offsets(platform, pipelines), records, platform.folder, count, None, 180)
     rate, a, b = steady_rate(times, sent_at)
@@ -46,7 +46,7 @@ def fixed_rate(platform: BenchPlatform, pipelines: Sequence[str], records: list[
                rate: float, seconds: float) -> dict[str, Any]:
     """Records offered at `rate` in all over the pipelines: latency from scheduled send."""
     count = max(int(rate * seconds), 100)
-    keys, times, start_at, _ = run_spread(
+    keys, times, start_at, _, generator = run_spread(
         platform.settings.bootstrap_servers, [platform.topic(p, "input") for p in pipelines],
         output_offsets(platform, pipelines), records, platform.folder, count, rate,
         seconds + 60)
@@ -54,8 +54,8 @@ def fixed_rate(platform: BenchPlatform, pipelines: Sequence[str], records: list[
     return {"offered_per_s": rate, "records": count, "received": len(keys),
             "unique": len(np.unique(keys)),
             "achieved_per_s": len(keys) / span if span else float("nan"),
-            "longest_pause_s": longest_pause_s(times),
-            **percentiles(latencies_ms(keys, times, start_at, rate))}
+            "longest_pause_s": longest_pause_s(times), "stalls": stalls(times),
+            "generator": generator, **percentiles(latencies_ms(keys, times, start_at, rate))}
 
 
 def rss_mb(pid: int) -> float | None:

@@ -15,9 +15,9 @@ from typing import Any
 from uuid import uuid4
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.load import TICK_S, producer_config, queue, read_tap, start
+from bench.load import on_schedule, producer_config, queue, read_tap, start
 
 
 @dataclass(frozen=True)
@@ -44,34 +44,18 @@ class SpreadTap:
 
 
 def send_spread(job: SpreadSend, report: Any) -> None:
-    """Produce on schedule over the topics; report (record 0's scheduled time, last sent)."""
+    """Produce on schedule over the topics; report (record 0's scheduled time, last sent, the
+    generator's own figures: bench.load.on_schedule)."""
     p = Producer(producer_config(job.bootstrap))
     for topic in job.topics:
         p.list_topics(topic, timeout=10)  # metadata of every topic before the clock starts
-    pools, topics, k, i = job.pools, job.topics, len(job.topics), 0
-    start_at = time.time() + 0.01
-    while i < job.count:
-        now = time.time()
-        due = job.count if job.rate is None else min(
-            job.count, int((now - start_at) * job.rate) + 1)
-        if due <= i:
-            time.sleep(TICK_S)
-            continue
-        while i < due:
-            stamp = now if job.rate is None else start_at + i / job.rate
-            try:
-                pool = pools[i % k]
-                p.produce(topics[i % k], pool[i // k % len(pool)], str(i).encode(),
-                          timestamp=int(stamp * 1000))
-            except BufferError:
-                p.poll(0.01)
-                continue
-            i += 1
-        p.poll(0)
-    sent_at = time.time()
-    if p.flush(60):
-        raise KafkaException(f"{len(p)} records were not delivered in 60s")
-    report.put((start_at, sent_at))
+    pools, topics, k = job.pools, job.topics, len(job.topics)
+
+    def record(i: int) -> tuple[str, bytes, bytes]:
+        pool = pools[i % k]
+        return topics[i % k], pool[i // k % len(pool)], str(i).encode()
+
+    report.put(on_schedule(p, job.count, job.rate, record))
 
 
 def tap_spread(job: SpreadTap) -> None:
@@ -101,8 +85,10 @@ def tap_spread(job: SpreadTap) -> None:
 
 def run_spread(bootstrap: str, sources: Sequence[str], offsets: dict[tuple[str, int], int],
                pools: Sequence[Sequence[bytes]], folder: Path, count: int, rate: float | None,
-               deadline_s: float) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Send over sources, tap the outputs from offsets: keys, receipt times, t0, last sent."""
+               deadline_s: float
+               ) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, float]]:
+    """Send over sources, tap the outputs from offsets: keys, receipt times, t0, last sent,
+    and the generator's own figures."""
     out = folder / f"tap-{uuid4().hex[:8]}.npz"
     tapping = start(tap_spread, SpreadTap(bootstrap, offsets, count, deadline_s, out))
     deadline = time.monotonic() + 60
@@ -113,11 +99,11 @@ def run_spread(bootstrap: str, sources: Sequence[str], offsets: dict[tuple[str, 
     report = queue()
     job = SpreadSend(bootstrap, tuple(sources), tuple(pools), count, rate)
     sending = start(send_spread, job, report)
-    start_at, sent_at = report.get(timeout=deadline_s + 60)
+    start_at, sent_at, generator = report.get(timeout=deadline_s + 60)
     sending.join(30)
     tapping.join(deadline_s + 30)
     keys, times = read_tap(out)
-    return keys, times, start_at, sent_at
+    return keys, times, start_at, sent_at, generator
 
 
 def longest_pause_s(times: np.ndarray) -> float:
