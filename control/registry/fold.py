@@ -10,6 +10,7 @@ the caller keeps the state it had. No I/O.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -79,16 +80,27 @@ def apply(state: Registry, event: ControlEvent, limits: Limits = LIMITS) -> Regi
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         # Avro guarantees the fields; this catches payloads built by hand around the codec.
         raise Rejected(f"malformed {event.type} payload: {exc!r}") from exc
-    return replace(after, applied=state.applied.add(event.event_id, event.offset))
+    return after.evolve(applied=state.applied.add(event.event_id, event.offset))
 
 
 def fold(events: Iterable[ControlEvent], state: Registry | None = None,
          limits: Limits = LIMITS) -> Registry:
-    """Apply events in order, skipping rejected ones, as every replay of the topic does."""
+    """Apply events in order, skipping rejected ones, as every replay of the topic does.
+
+    Without the cyclic collector meanwhile: the fold makes no cycles (its records are frozen
+    dataclasses, tuples and dicts, freed by their reference counts), but the registry grows
+    with every version it folds, and the collector's passes over that growing heap took half
+    of the time of folding 100k events."""
     state = state or Registry()
-    for event in events:
-        with contextlib.suppress(Rejected):
-            state = apply(state, event, limits)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for event in events:
+            with contextlib.suppress(Rejected):
+                state = apply(state, event, limits)
+    finally:
+        if was_enabled:
+            gc.enable()
     return state
 
 
@@ -248,7 +260,7 @@ def _create_pipeline_version(
         carried, checks,
     )
     pipeline = replace(pipeline, versions=(*pipeline.versions, version))
-    return replace(state, pipelines={**state.pipelines, (ws.name, pipeline.name): pipeline})
+    return state.evolve(pipelines={**state.pipelines, (ws.name, pipeline.name): pipeline})
 
 
 # -- deployments -----------------------------------------------------------------------------
@@ -312,7 +324,7 @@ def _undeploy(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Reg
         raise Rejected(f"pipeline {pipeline.name!r} is not deployed")
     deployment = replace(ended_by_undeploy(deployment, event), active=False,
                          deployed_by=event.actor, deployed_at=event.time)
-    return replace(state, deployments={**state.deployments, key: deployment})
+    return state.evolve(deployments={**state.deployments, key: deployment})
 
 
 def _rollback(state: Registry, event: ControlEvent, p: Mapping[str, Any]) -> Registry:

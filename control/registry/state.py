@@ -365,6 +365,17 @@ class Registry:
     # Deleted workspaces keep their names: their topics and logs outlive them.
     deleted_workspaces: Mapping[str, datetime] = field(default_factory=dict)
 
+    def evolve(self, **changes: Any) -> Registry:
+        """dataclasses.replace(self, **changes) without its per-field work (0.5 µs against 3):
+        the fold makes one or two for every event of a replay. The registry has no
+        __post_init__ and caches nothing in its __dict__, so a copy of it is the record."""
+        if unknown := changes.keys() - self.__dict__.keys():
+            raise TypeError(f"Registry has no fields {sorted(unknown)}")
+        new = object.__new__(Registry)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
     def active_deployments(self) -> list[Deployment]:
         return [d for d in self.deployments.values() if d.active]
 
