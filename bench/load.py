@@ -118,27 +118,35 @@ def on_schedule(p: Producer, count: int, rate: float | None,
 
 def tap(job: Tap) -> None:
     """Read the topic and write each record's key and receipt time to job.out."""
-    c = Consumer({"bootstrap.servers": job.bootstrap, "group.id": "bench-tap",
+    tap_partitions(job.bootstrap, [TopicPartition(job.topic, p, o) for p, o in job.offsets.items()],
+                   job.expected, job.deadline_s, job.out)
+
+
+def tap_partitions(bootstrap: str, partitions: list[TopicPartition], expected: int,
+                   deadline_s: float, out: Path) -> None:
+    """Read the partitions from their offsets until `expected` records or the deadline; write
+    each record's key and receipt time to out (.npz), and touch out.ready once fetching."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-tap",
                   "enable.auto.commit": False, "fetch.wait.max.ms": 5,
                   "fetch.message.max.bytes": 4_000_000})
-    c.assign([TopicPartition(job.topic, p, o) for p, o in job.offsets.items()])
+    c.assign(partitions)
     c.consume(1, 0.5)  # fetching before the sender starts, so no record waits for the tap
-    job.out.with_suffix(".ready").touch()
-    keys = np.zeros(job.expected, dtype=np.int64)
-    times = np.zeros(job.expected, dtype=np.float64)
-    got, deadline = 0, time.monotonic() + job.deadline_s
+    out.with_suffix(".ready").touch()
+    keys = np.zeros(expected, dtype=np.int64)
+    times = np.zeros(expected, dtype=np.float64)
+    got, deadline = 0, time.monotonic() + deadline_s
     try:
-        while got < job.expected and time.monotonic() < deadline:
+        while got < expected and time.monotonic() < deadline:
             batch = c.consume(5000, 0.002)  # returns early: ≤ 2 ms added to a latency
             now = time.time()
             for m in batch:
-                if m.error() or got >= job.expected:
+                if m.error() or got >= expected:
                     continue
                 keys[got], times[got] = int(m.key()), now
                 got += 1
     finally:
         c.close()
-    np.savez(job.out, keys=keys[:got], times=times[:got])
+    np.savez(out, keys=keys[:got], times=times[:got])
 
 
 def start(target: Callable[..., None], *args: Any) -> BaseProcess:

@@ -15,9 +15,9 @@ from typing import Any
 from uuid import uuid4
 
 import numpy as np
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer, TopicPartition
 
-from bench.load import on_schedule, producer_config, queue, read_tap, start
+from bench.load import on_schedule, producer_config, queue, read_tap, start, tap_partitions
 
 
 @dataclass(frozen=True)
@@ -60,27 +60,8 @@ def send_spread(job: SpreadSend, report: Any) -> None:
 
 def tap_spread(job: SpreadTap) -> None:
     """Read every output topic; write each record's key and receipt time to job.out."""
-    c = Consumer({"bootstrap.servers": job.bootstrap, "group.id": "bench-tap",
-                  "enable.auto.commit": False, "fetch.wait.max.ms": 5,
-                  "fetch.message.max.bytes": 4_000_000})
-    c.assign([TopicPartition(t, p, o) for (t, p), o in job.offsets.items()])
-    c.consume(1, 0.5)
-    job.out.with_suffix(".ready").touch()
-    keys = np.zeros(job.expected, dtype=np.int64)
-    times = np.zeros(job.expected, dtype=np.float64)
-    got, deadline = 0, time.monotonic() + job.deadline_s
-    try:
-        while got < job.expected and time.monotonic() < deadline:
-            batch = c.consume(5000, 0.002)
-            now = time.time()
-            for m in batch:
-                if m.error() or got >= job.expected:
-                    continue
-                keys[got], times[got] = int(m.key()), now
-                got += 1
-    finally:
-        c.close()
-    np.savez(job.out, keys=keys[:got], times=times[:got])
+    tap_partitions(job.bootstrap, [TopicPartition(t, p, o) for (t, p), o in job.offsets.items()],
+                   job.expected, job.deadline_s, job.out)
 
 
 def run_spread(bootstrap: str, sources: Sequence[str], offsets: dict[tuple[str, int], int],
