@@ -33,6 +33,8 @@ FOREVER = "-1"
 _LEADERSHIP = {
     KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
+    # A leader elected a moment ago answers this until its high watermark has caught up.
+    KafkaError.OFFSET_NOT_AVAILABLE,
 }
 
 
@@ -261,16 +263,18 @@ def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[i
         meta = c.list_topics(topic, timeout=timeout).topics[topic]
         if meta.error is not None:
             raise BrokerError(f"topic {topic}: {meta.error}")
-        return {p: _high_watermark(c, TopicPartition(topic, p), timeout) for p in meta.partitions}
+        return {p: watermarks(c, TopicPartition(topic, p), timeout)[1] for p in meta.partitions}
     finally:
         c.close()
 
 
-def _high_watermark(c: Consumer, tp: TopicPartition, timeout: float) -> int:
+def watermarks(c: Consumer, tp: TopicPartition, timeout: float = 10.0) -> tuple[int, int]:
+    """The (low, high) watermarks of one partition, waiting out a leadership move for up to
+    `timeout` seconds (a new topic, a broker restarted or killed a moment ago)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return c.get_watermark_offsets(tp, timeout=timeout)[1]
+            return c.get_watermark_offsets(tp, timeout=timeout)
         except KafkaException as exc:
             # Leadership moves (new topic, broker restart) are retriable; wait them out.
             error = exc.args[0]

@@ -10,7 +10,7 @@ from datetime import datetime
 from confluent_kafka import TopicPartition
 
 from control.config import Settings
-from control.kafka import consumer
+from control.kafka import consumer, watermarks
 from control.offsets import TIMEOUT_S, Progress, offsets_at
 from control.registry.state import Replay
 from schemas.errors import BrokerError, InferstreamError
@@ -52,7 +52,7 @@ def ranges_of(settings: Settings, topic: str, start: datetime | None, end: datet
             raise BrokerError(f"input topic {topic!r} is not there "
                               f"({meta.error if meta else 'unknown topic'}); a replay reads a "
                               "pipeline's input topic, which its first deploy creates")
-        marks = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT_S)
+        marks = {p: watermarks(c, TopicPartition(topic, p), TIMEOUT_S)
                  for p in sorted(meta.partitions)}
         lows = {p: low for p, (low, _) in marks.items()}
         highs = {p: high for p, (_, high) in marks.items()}

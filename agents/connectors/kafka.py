@@ -12,6 +12,7 @@ import orjson
 from agents.connectors import _JSON, Record, _BaseWriter, _json_default, _loads
 from control.config import Settings
 from control.registry.connections import ConnectionSpec, ConnectorError
+from schemas.errors import BrokerError
 
 if TYPE_CHECKING:
     from sinks.storage import Storage
@@ -108,13 +109,15 @@ class _KafkaTopic:
 
     def watermarks(self) -> dict[int, tuple[int, int]]:
         from confluent_kafka import KafkaException, TopicPartition
+
+        from control.kafka import watermarks
         try:
             meta = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
             if meta is None or meta.error is not None or not meta.partitions:
                 raise self.error(f"no such topic ({meta.error if meta else 'unknown'})")
-            return {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), 10)
+            return {p: watermarks(self._consumer, TopicPartition(self.topic, p))
                     for p in meta.partitions}
-        except KafkaException as exc:
+        except (KafkaException, BrokerError) as exc:
             raise self.error(str(exc)) from exc
 
     def read(self, idle_timeout: float = 30.0) -> Iterator[list[Any]]:

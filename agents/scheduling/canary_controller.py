@@ -29,7 +29,7 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 from agents.scheduling.canary_gates import Side, Verdict, judge
 from agents.scheduling.identity import Identity
 from control.config import Settings
-from control.kafka import consumer, deliver, producer
+from control.kafka import consumer, deliver, producer, watermarks
 from control.registry.canary import ADVANCE, HOLD, ROLLBACK, canary_event_id, due_at
 from control.registry.events import ControlEvent
 from control.registry.state import Canary, Deployment, Registry
@@ -186,7 +186,7 @@ class CanaryController:
             [TopicPartition(topic, p, start_ms) for p in meta.partitions], timeout=10)
         ends = {}
         for tp in wanted:
-            _, high = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+            _, high = watermarks(c, TopicPartition(topic, tp.partition))
             if tp.offset >= 0 and tp.offset < high:
                 ends[tp.partition] = high
         counts: Counter[int] = Counter()

@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from agents.serving.redriven import Origin
 from control.config import Settings
-from control.kafka import consumer, producer
+from control.kafka import consumer, producer, watermarks
 from control.registry.redrives import REDRIVE, classify, earlier_of
 from control.registry.state import Redrive, Registry
 from schemas.codec import codec
@@ -75,7 +75,7 @@ def high_watermarks(c: Consumer, topic: str, partitions: list[int]) -> dict[int,
     """The high watermark of each of `partitions` the topic has."""
     meta = c.list_topics(topic, timeout=CALL_TIMEOUT_S).topics.get(topic)
     there = set() if meta is None or meta.error is not None else set(meta.partitions)
-    return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=CALL_TIMEOUT_S)[1]
+    return {p: watermarks(c, TopicPartition(topic, p), CALL_TIMEOUT_S)[1]
             for p in partitions if p in there}
 
 

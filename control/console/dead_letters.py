@@ -19,9 +19,9 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from control.config import Settings
 from control.console.reading import readable
 from control.console.web import context, feeds_of, render
-from control.kafka import consumer
+from control.kafka import consumer, watermarks
 from schemas.codec import codec
-from schemas.errors import DecodeError
+from schemas.errors import BrokerError, DecodeError
 
 TITLE, PATH = "Dead letters", "/dead-letters"
 DEFAULT_N, MAX_N = 50, 500
@@ -88,7 +88,7 @@ def newest_letters(settings: Settings, topic: str, n: int) -> list[Letter]:
             return []  # no dead letter yet: the topic is made with the pipeline's first deploy
         starts, ends = [], {}
         for p in meta.partitions:
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=READ_S)
+            low, high = watermarks(c, TopicPartition(topic, p), READ_S)
             if high > low:
                 starts.append(TopicPartition(topic, p, max(low, high - n)))
                 ends[p] = high
@@ -149,7 +149,7 @@ async def page(request: web.Request) -> web.Response:
         topic = settings.pipeline_topic(chosen[0], chosen[1], "dead")
         try:
             letters = await asyncio.to_thread(newest_letters, settings, topic, n)
-        except KafkaException as exc:
+        except (KafkaException, BrokerError) as exc:
             raise web.HTTPServiceUnavailable(text=f"cannot read {topic}: {exc}") from exc
     return render(request, "dead_letters.html", ctx=ctx, pipelines=pipelines, chosen=chosen,
                   letters=letters, n=n, shown_bytes=SHOWN_BYTES)
