@@ -211,7 +211,6 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def follow_registry() -> None:
         loop = asyncio.get_running_loop()
-        registrar = Registrar(settings).start()
         live_from = end_offsets(settings, settings.topic("control")).get(0, 0)
 
         def changed(registry: Registry, status: ControlStatus) -> None:
@@ -223,6 +222,9 @@ def create_app(settings: Settings) -> faust.App:
 
         follower = RegistryFollower(settings, changed).start()
         registry = await loop.run_in_executor(None, follower.wait_caught_up)
+        # The registrar starts from what the follower folded: one replay of the control log
+        # at start-up, not two at once on the same cores.
+        registrar = Registrar(settings, seed=follower.snapshot).start()
         await manager.reconcile(registry)
         manager.intake.start()
         guard.registry = lambda: follower.registry

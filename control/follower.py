@@ -6,18 +6,21 @@ worker runs one (unlike the registrar, of which one is active).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from control.config import Settings
-from control.kafka import consumer, end_offsets
-from control.registrar import judge, limits_of
+from control.kafka import consumer, end_offsets, poll_batch
+from control.registrar import BATCH, judge, limits_of
 from control.registry.events import ControlStatus
+from control.registry.fold import collector_paused
 from control.registry.state import Registry
+from schemas.errors import BrokerError
 
 log = logging.getLogger(__name__)
 OnChange = Callable[[Registry, ControlStatus], None]
@@ -28,11 +31,23 @@ class RegistryFollower:
 
     def __init__(self, settings: Settings, on_change: OnChange | None = None) -> None:
         self.settings = settings
-        self.registry = Registry()
-        self.position = 0  # offset after the last event folded
+        self._folded: tuple[Registry, int] = (Registry(), 0)  # one tuple: read whole, at once
         self._on_change = on_change
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="registry-follower", daemon=True)
+
+    @property
+    def registry(self) -> Registry:
+        return self._folded[0]
+
+    @property
+    def position(self) -> int:
+        """The offset after the last event folded."""
+        return self._folded[1]
+
+    def snapshot(self) -> tuple[Registry, int]:
+        """The registry and the offset after the last event in it, read together."""
+        return self._folded
 
     def start(self) -> RegistryFollower:
         self._thread.start()
@@ -55,21 +70,28 @@ class RegistryFollower:
     def _run(self) -> None:
         c = consumer(self.settings, **{"enable.partition.eof": False})
         c.assign([TopicPartition(self.settings.topic("control"), 0, OFFSET_BEGINNING)])
-        try:
-            while not self._stop.is_set():
-                msg = c.poll(0.2)
-                if msg is None:
-                    continue
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("control topic: %s", msg.error())
-                    continue
-                self.registry, status = judge(self.registry, msg, limits_of(self.settings))
-                self.position = msg.offset() + 1
-                if status.accepted and self._on_change is not None:
-                    try:
-                        self._on_change(self.registry, status)
-                    except Exception:  # a listener's bug must not stop the registry
-                        log.exception("registry listener failed on %s", status.type)
-        finally:
-            c.close()
+        limits = limits_of(self.settings)
+        with contextlib.ExitStack() as replaying:
+            # Replaying the history: no cyclic collection meanwhile (see fold()).
+            replaying.enter_context(collector_paused())
+            try:
+                history = end_offsets(self.settings, self.settings.topic("control"))[0]
+            except (BrokerError, KafkaException, KeyError):  # unreachable: no pause; it waits
+                history = 0
+            try:
+                while not self._stop.is_set():
+                    for msg in poll_batch(c, 0.2, BATCH):
+                        if msg.error():
+                            log.warning("control topic: %s", msg.error())
+                            continue
+                        registry, status = judge(self.registry, msg, limits)
+                        self._folded = (registry, msg.offset() + 1)
+                        if status.accepted and self._on_change is not None:
+                            try:
+                                self._on_change(registry, status)
+                            except Exception:  # a listener's bug must not stop the registry
+                                log.exception("registry listener failed on %s", status.type)
+                    if self.position >= history:
+                        replaying.close()
+            finally:
+                c.close()

@@ -30,6 +30,7 @@ from schemas.errors import BrokerError, ConfigError
 log = logging.getLogger(__name__)
 FOREVER = "-1"
 # Errors of a partition whose leader is not settled yet (a new topic, a restarted broker).
+READ_BATCH = 1000  # messages taken from the consumer at once by readers of a whole topic
 _LEADERSHIP = {
     KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
@@ -295,26 +296,41 @@ def read_until_end(
             if end <= 0:
                 continue
             c.assign([TopicPartition(topic, partition, start)])
-            deadline = time.monotonic() + timeout
-            while True:
-                msg = c.poll(0.5)
-                if time.monotonic() > deadline:
-                    raise BrokerError(
-                        f"reading {topic}[{partition}] up to offset {end} took over {timeout}s"
-                    )
-                if msg is None:
-                    continue
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        if msg.offset() >= end:
-                            break
-                        continue
-                    raise BrokerError(f"reading {topic}[{partition}]: {msg.error()}")
-                yield msg
-                if msg.offset() + 1 >= end:
-                    break
+            yield from _partition_until(c, topic, partition, end, timeout)
     finally:
         c.close()
+
+
+def _partition_until(c: Consumer, topic: str, partition: int, end: int, timeout: float
+                     ) -> Iterator[Message]:
+    """The assigned partition's messages up to `end`, read in batches."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if time.monotonic() > deadline:
+            raise BrokerError(
+                f"reading {topic}[{partition}] up to offset {end} took over {timeout}s")
+        for msg in poll_batch(c, 0.5, READ_BATCH, eof=True):
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    if msg.offset() >= end:
+                        return
+                    continue
+                raise BrokerError(f"reading {topic}[{partition}]: {msg.error()}")
+            yield msg
+            if msg.offset() + 1 >= end:
+                return
+
+
+def poll_batch(c: Consumer, timeout: float, most: int, eof: bool = False) -> list[Message]:
+    """The messages at hand: waits up to `timeout` for the first, then takes those already
+    fetched, up to `most` in all, without waiting for more. Partition ends are left out
+    unless `eof`."""
+    first = c.poll(timeout)
+    if first is None:
+        return []
+    batch = [first, *c.consume(most - 1, 0)] if most > 1 else [first]
+    return batch if eof else [
+        m for m in batch if m.error() is None or m.error().code() != KafkaError._PARTITION_EOF]
 
 
 def delivery_error(err: KafkaError | None, msg: Message) -> None:

@@ -1,23 +1,44 @@
 """The registrar: folds the control topic and publishes a status for every event.
 
 One registrar is active at a time (a consumer group on the one-partition control
-topic). On every assignment it replays the topic from the start to rebuild the
-registry, and publishes statuses only from the group's committed offset on, so a
-restart neither skips an event nor re-judges it differently (the fold is pure).
+topic). On every assignment it rebuilds the registry (replaying the topic from the start,
+or from a seed: a worker's follower has folded it already), and publishes statuses only
+after the last event it judged before: the group's committed offset, or the last status on
+the status topic when it is further (a registrar that stopped between publishing a batch and
+committing it). So a restart neither skips an event, nor judges one twice, nor judges it
+differently (the fold is pure). Statuses go out in batches of the events at hand: one flush
+and one commit for each batch, not for each event.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from control.config import Settings
-from control.kafka import consumer, ensure_topics, platform_topics, producer
+from control.kafka import (
+    consumer,
+    end_offsets,
+    ensure_topics,
+    platform_topics,
+    poll_batch,
+    producer,
+    read_until_end,
+)
 from control.registry.events import ControlEvent, ControlStatus
-from control.registry.fold import LIMITS, Limits, apply, cause_result, result_of
+from control.registry.fold import (
+    LIMITS,
+    Limits,
+    apply,
+    cause_result,
+    collector_paused,
+    result_of,
+)
 from control.registry.state import Registry
 from schemas.errors import DecodeError, Rejected
 
@@ -38,16 +59,16 @@ def judge(registry: Registry, msg: Message, limits: Limits = LIMITS
             event_id=key, offset=offset, type="?", actor="?", workspace=None,
             accepted=False, reason=f"not a control event: {exc}",
         ))
-    status = ControlStatus(
-        event_id=event.event_id, offset=offset, type=event.type, actor=event.actor,
-        workspace=event.workspace, accepted=True,
-    )
     try:
         after = apply(registry, event, limits)
     except Rejected as exc:
-        return registry, _bounded(replace(status, accepted=False, reason=str(exc),
-                                          result=cause_result(event)))
-    return after, _bounded(replace(status, result=result_of(registry, after, event)))
+        return registry, _bounded(ControlStatus(
+            event_id=event.event_id, offset=offset, type=event.type, actor=event.actor,
+            workspace=event.workspace, accepted=False, reason=str(exc),
+            result=cause_result(event)))
+    return after, _bounded(ControlStatus(
+        event_id=event.event_id, offset=offset, type=event.type, actor=event.actor,
+        workspace=event.workspace, accepted=True, result=result_of(registry, after, event)))
 
 
 def _bounded(status: ControlStatus) -> ControlStatus:
@@ -57,6 +78,11 @@ def _bounded(status: ControlStatus) -> ControlStatus:
     def cut(text: str, most: int = MAX_STATUS_TEXT) -> str:
         return text if len(text) <= most else f"{text[:most]}… ({len(text)} characters)"
 
+    texts = (status.event_id, status.type, status.actor, status.workspace or "",
+             *status.result.keys(), *status.result.values())
+    if all(len(t) <= MAX_STATUS_TEXT for t in texts) and len(status.reason or "") <= (
+            4 * MAX_STATUS_TEXT):
+        return status  # the common case: nothing to cut, no copy
     return replace(
         status, event_id=cut(status.event_id), type=cut(status.type), actor=cut(status.actor),
         workspace=None if status.workspace is None else cut(status.workspace),
@@ -69,16 +95,23 @@ def limits_of(settings: Settings) -> Limits:
     return Limits(max_batch_size=settings.max_batch_size)
 
 
+Seed = Callable[[], tuple[Registry, int]]  # a registry already folded and its next offset
+BATCH = 1000  # events judged at most before their statuses are flushed and committed
+TAIL = 64  # status records read back at first when looking for the last one published
+
+
 @dataclass
 class Registrar:
     settings: Settings
     registry: Registry = field(default_factory=Registry)
     applied: int = 0  # offset after the last event folded
+    seed: Seed | None = None
 
     def __post_init__(self) -> None:
         self._publish_from = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._replaying = contextlib.ExitStack()
 
     def run(self) -> None:
         """Follow the control topic until stop() is called."""
@@ -92,29 +125,44 @@ class Registrar:
         limits = limits_of(self.settings)
         try:
             while not self._stop.is_set():
-                msg = c.poll(0.2)
-                if msg is None:
-                    continue
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                last = None
+                for msg in poll_batch(c, 0.2, BATCH):
+                    if msg.error():
                         log.warning("control topic: %s", msg.error())
-                    continue
-                self.registry, status = judge(self.registry, msg, limits)
-                self.applied = msg.offset() + 1
-                if msg.offset() >= self._publish_from:
-                    p.produce(status_topic, key=status.event_id.encode(), value=status.to_bytes())
-                    p.flush(30)
-                    c.commit(offsets=[TopicPartition(control, msg.partition(), msg.offset() + 1)],
-                             asynchronous=False)
+                        continue
+                    self.registry, status = judge(self.registry, msg, limits)
+                    self.applied = msg.offset() + 1
+                    if msg.offset() >= self._publish_from:
+                        p.produce(status_topic, key=status.event_id.encode(),
+                                  value=status.to_bytes())
+                        last = msg
+                if self.applied >= self._publish_from:
+                    self._replaying.close()  # caught up: the collector may run again
+                if last is not None:
+                    if p.flush(30):  # kept for the next batch, and committed with it
+                        log.warning("statuses not yet delivered to %s after 30 s", status_topic)
+                        continue
+                    c.commit(offsets=[TopicPartition(control, last.partition(),
+                                                     last.offset() + 1)], asynchronous=False)
         finally:
+            self._replaying.close()
             c.close()
             p.flush(10)
 
     def _on_assign(self, c, partitions: list[TopicPartition]) -> None:
         committed = c.committed(partitions, timeout=10)
-        self._publish_from = max((tp.offset for tp in committed if tp.offset >= 0), default=0)
+        self._publish_from = max(
+            max((tp.offset for tp in committed if tp.offset >= 0), default=0),
+            judged_until(self.settings))
         self.registry, self.applied = Registry(), 0
-        c.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in partitions])
+        if self.seed is not None:
+            registry, position = self.seed()
+            if position <= self._publish_from:  # every event it folded has its status
+                self.registry, self.applied = registry, position
+        if self.applied < self._publish_from:  # a replay: no cyclic collection meanwhile
+            self._replaying.enter_context(collector_paused())
+        c.assign([TopicPartition(tp.topic, tp.partition, self.applied or OFFSET_BEGINNING)
+                  for tp in partitions])
 
     def start(self) -> Registrar:
         """Run in a background thread."""
@@ -127,3 +175,24 @@ class Registrar:
         if self._thread:
             self._thread.join(15)
 
+
+def judged_until(settings: Settings) -> int:
+    """The offset after the last control event the status topic has a registrar's status of
+    (0 when none is left): read back from the topic's end, as far as it takes to find one.
+    Workers' reports that they serve a version (`worker` in the result) do not count."""
+    topic = settings.topic("control.status")
+    end = end_offsets(settings, topic).get(0, 0)
+    back = TAIL
+    while True:
+        start = max(end - back, 0)
+        found = [status.offset for status in _statuses(settings, topic, start)
+                 if "worker" not in status.result]
+        if found or start == 0:
+            return max(found, default=-1) + 1
+        back *= 4
+
+
+def _statuses(settings: Settings, topic: str, start: int) -> Iterator[ControlStatus]:
+    for msg in read_until_end(settings, topic, start=start):
+        with contextlib.suppress(DecodeError):
+            yield ControlStatus.from_bytes(msg.value())

@@ -16,13 +16,14 @@ control.client.monitoring, which reads ClickHouse.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from control.client.credentials import signing_key
@@ -47,7 +48,7 @@ from control.kafka import (
 from control.registrar import limits_of
 from control.registry.chains import RULES
 from control.registry.events import ControlEvent, ControlStatus
-from control.registry.fold import fold
+from control.registry.fold import collector_paused, fold
 from control.registry.rules import may_read
 from control.registry.state import (
     Deployment,
@@ -108,6 +109,7 @@ class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, RuleClient, 
         self._key_looked_up = self._key is not None
         self._producer = None
         self._topics_ready = False
+        self._folded: tuple[Registry, int] = (Registry(), 0)  # and the offset after it
 
     def __enter__(self) -> Client:
         return self
@@ -192,18 +194,32 @@ class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, RuleClient, 
 
     def events(self) -> list[ControlEvent]:
         """Every decodable event on the control topic, in order (undecodable ones are skipped)."""
+        with collector_paused():  # 100k events make 100k objects for the collector to scan
+            return list(self._events(OFFSET_BEGINNING))
+
+    def _events(self, start: int) -> Iterator[ControlEvent]:
         self._ensure_topics()
-        out = []
-        for msg in read_until_end(self.settings, self.settings.topic("control")):
-            try:
-                out.append(ControlEvent.from_bytes(msg.value(), msg.offset()))
-            except DecodeError:
-                continue
-        return out
+        for msg in read_until_end(self.settings, self.settings.topic("control"), start=start):
+            with contextlib.suppress(DecodeError):
+                yield ControlEvent.from_bytes(msg.value(), msg.offset())
+            self._read_to = msg.offset() + 1
 
     def registry(self) -> Registry:
-        """The registry as of now, rebuilt by replaying the control topic."""
-        return fold(self.events(), limits=limits_of(self.settings))
+        """The registry as of now: the control topic replayed, each event folded as it is
+        read. A client folds only the events since its last call (a command that reads the
+        registry twice replays the log once)."""
+        self._ensure_topics()
+        registry, position = self._folded
+        end = end_offsets(self.settings, self.settings.topic("control")).get(0, 0)
+        if end == position:
+            return registry
+        if end < position:  # the topic is not the one folded (made again): from its start
+            registry, position = Registry(), 0
+        self._read_to = position
+        registry = fold(self._events(position or OFFSET_BEGINNING), registry,
+                        limits_of(self.settings))
+        self._folded = (registry, self._read_to)
+        return registry
 
     def models(self, workspace: str | None = None) -> list[Model]:
         ws, registry = self._readable(workspace)

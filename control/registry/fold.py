@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from typing import Any
@@ -92,16 +93,36 @@ def fold(events: Iterable[ControlEvent], state: Registry | None = None,
     with every version it folds, and the collector's passes over that growing heap took half
     of the time of folding 100k events."""
     state = state or Registry()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         for event in events:
             with contextlib.suppress(Rejected):
                 state = apply(state, event, limits)
-    finally:
-        if was_enabled:
-            gc.enable()
     return state
+
+
+_paused = 0  # folds under way with the cyclic collector paused, in any thread
+_paused_lock = threading.Lock()
+_was_enabled = False
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic collection while a replay folds (see fold()). The collector is one for the
+    process: the first of overlapping replays (a worker's follower and registrar) pauses it,
+    the last one to finish lets it run again, if it ran before the first."""
+    global _paused, _was_enabled
+    with _paused_lock:
+        if _paused == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _paused += 1
+    try:
+        yield
+    finally:
+        with _paused_lock:
+            _paused -= 1
+            if _paused == 0 and _was_enabled:
+                gc.enable()
 
 
 def result_of(before: Registry, after: Registry, event: ControlEvent) -> dict[str, str]:
@@ -259,7 +280,7 @@ def _create_pipeline_version(
         ws.name, pipeline.name, len(pipeline.versions) + 1, steps, event.actor, event.time,
         carried, checks,
     )
-    pipeline = replace(pipeline, versions=(*pipeline.versions, version))
+    pipeline = pipeline.with_version(version)
     return state.evolve(pipelines={**state.pipelines, (ws.name, pipeline.name): pipeline})
 
 
