@@ -43,7 +43,11 @@ def test_an_alert_rolls_the_pipeline_back_exactly_once(
             index=0, baseline_values=(0.1, 0.5, 0.9), width=timedelta(hours=1),
             first_window_start=datetime.now(UTC) + timedelta(days=1), alert_threshold=0.25)
         rule = client.create_rule("back", "scoring", "rollback", assay="drift")
-        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        # The window ends now, after the deploy of v2 (to the millisecond, as Avro keeps it: cut
+        # to the second, it could end before a deploy in the same second, and the rule would
+        # rightly ignore it).
+        now = datetime.now(UTC)
+        start = now.replace(microsecond=now.microsecond // 1000 * 1000) - timedelta(hours=1)
         alert = {
             "time": datetime.now(UTC), "status": "alert", "assay_id": assay.assay_id,
             "actor": "ann", "workspace": "lab", "pipeline": "scoring", "model": "clf",
