@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agents.metrics import pauses_between
 from bench.curves.serving import drain, fixed_rate, pools, rss_mb
-from bench.platform import WORKSPACE, BenchPlatform
+from bench.platform import WORKSPACE, BenchPlatform, metrics
 
 
 def curve(platform: BenchPlatform, sizes: Sequence[int], drain_s: float, load_pct: float,
@@ -43,7 +44,10 @@ def curve(platform: BenchPlatform, sizes: Sequence[int], drain_s: float, load_pc
             if rate is None:  # the same total offered rate at every size
                 rate = sat["msgs_per_s"] * load_pct / 100
             say(f"pipelines {size}: {rate:,.0f}/s in all for {latency_s:g}s")
+            before = metrics(w)
             lat = fixed_rate(platform, names, records, rate, latency_s)
+            if before and (after := metrics(w)):  # cycles, waits for commits, commits
+                lat["worker_pauses"] = pauses_between(before, after)
             points.append({"pipelines": size, "deploy_last_s": deploy_s,
                            "worker_rss_mb": rss_mb(w.process.pid), "saturation": sat,
                            "latency": lat})
