@@ -17,8 +17,8 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from control.config import Settings
 from control.kafka import consumer, end_offsets, poll_batch
 from control.registrar import BATCH, judge, limits_of
+from control.registry.collector import collector_paused
 from control.registry.events import ControlStatus
-from control.registry.fold import collector_paused
 from control.registry.state import Registry
 from schemas.errors import BrokerError
 
@@ -72,7 +72,7 @@ class RegistryFollower:
         c.assign([TopicPartition(self.settings.topic("control"), 0, OFFSET_BEGINNING)])
         limits = limits_of(self.settings)
         with contextlib.ExitStack() as replaying:
-            # Replaying the history: no cyclic collection meanwhile (see fold()).
+            # Replaying the history: no cyclic collection meanwhile (control.registry.collector).
             replaying.enter_context(collector_paused())
             try:
                 history = end_offsets(self.settings, self.settings.topic("control"))[0]

@@ -29,8 +29,8 @@ from schemas.errors import BrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 FOREVER = "-1"
-# Errors of a partition whose leader is not settled yet (a new topic, a restarted broker).
 READ_BATCH = 1000  # messages taken from the consumer at once by readers of a whole topic
+# Errors of a partition whose leader is not settled yet (a new topic, a restarted broker).
 _LEADERSHIP = {
     KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
@@ -286,10 +286,12 @@ def watermarks(c: Consumer, tp: TopicPartition, timeout: float = 10.0) -> tuple[
 
 
 def read_until_end(
-    settings: Settings, topic: str, timeout: float = 30.0, start: int = OFFSET_BEGINNING
+    settings: Settings, topic: str, timeout: float = 30.0, start: int = OFFSET_BEGINNING,
+    ends: dict[int, int] | None = None,
 ) -> Iterator[Message]:
-    """Every message of a topic from `start` up to its end as of now, partition by partition."""
-    ends = end_offsets(settings, topic)
+    """Every message of a topic from `start` up to its end as of now (or up to `ends`, read
+    by the caller), partition by partition."""
+    ends = end_offsets(settings, topic) if ends is None else ends
     c = consumer(settings)
     try:
         for partition, end in ends.items():

@@ -30,13 +30,13 @@ from control.kafka import (
     producer,
     read_until_end,
 )
+from control.registry.collector import collector_paused
 from control.registry.events import ControlEvent, ControlStatus
 from control.registry.fold import (
     LIMITS,
     Limits,
     apply,
     cause_result,
-    collector_paused,
     result_of,
 )
 from control.registry.state import Registry

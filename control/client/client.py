@@ -47,8 +47,9 @@ from control.kafka import (
 )
 from control.registrar import limits_of
 from control.registry.chains import RULES
+from control.registry.collector import collector_paused
 from control.registry.events import ControlEvent, ControlStatus
-from control.registry.fold import collector_paused, fold
+from control.registry.fold import fold
 from control.registry.rules import may_read
 from control.registry.state import (
     Deployment,
@@ -197,12 +198,12 @@ class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, RuleClient, 
         with collector_paused():  # 100k events make 100k objects for the collector to scan
             return list(self._events(OFFSET_BEGINNING))
 
-    def _events(self, start: int) -> Iterator[ControlEvent]:
+    def _events(self, start: int, end: int | None = None) -> Iterator[ControlEvent]:
         self._ensure_topics()
-        for msg in read_until_end(self.settings, self.settings.topic("control"), start=start):
+        for msg in read_until_end(self.settings, self.settings.topic("control"), start=start,
+                                  ends=None if end is None else {0: end}):
             with contextlib.suppress(DecodeError):
                 yield ControlEvent.from_bytes(msg.value(), msg.offset())
-            self._read_to = msg.offset() + 1
 
     def registry(self) -> Registry:
         """The registry as of now: the control topic replayed, each event folded as it is
@@ -215,10 +216,9 @@ class Client(AccessClient, ModelClient, Monitoring, WorkloadClient, RuleClient, 
             return registry
         if end < position:  # the topic is not the one folded (made again): from its start
             registry, position = Registry(), 0
-        self._read_to = position
-        registry = fold(self._events(position or OFFSET_BEGINNING), registry,
+        registry = fold(self._events(position or OFFSET_BEGINNING, end), registry,
                         limits_of(self.settings))
-        self._folded = (registry, self._read_to)
+        self._folded = (registry, end)
         return registry
 
     def models(self, workspace: str | None = None) -> list[Model]:
