@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, Producer, TopicPartition
 
 from control.config import Settings
 from control.kafka import (
@@ -97,6 +97,7 @@ def limits_of(settings: Settings) -> Limits:
 
 Seed = Callable[[], tuple[Registry, int]]  # a registry already folded and its next offset
 BATCH = 1000  # events judged at most before their statuses are flushed and committed
+FLUSH_S = 30.0  # how long a flush waits before saying the statuses are late
 TAIL = 64  # status records read back at first when looking for the last one published
 
 
@@ -126,6 +127,7 @@ class Registrar:
         try:
             while not self._stop.is_set():
                 last = None
+                failed: list[tuple[ControlStatus, KafkaError]] = []
                 for msg in poll_batch(c, 0.2, BATCH):
                     if msg.error():
                         log.warning("control topic: %s", msg.error())
@@ -133,21 +135,37 @@ class Registrar:
                     self.registry, status = judge(self.registry, msg, limits)
                     self.applied = msg.offset() + 1
                     if msg.offset() >= self._publish_from:
-                        p.produce(status_topic, key=status.event_id.encode(),
-                                  value=status.to_bytes())
+                        _send(p, status_topic, status, failed)
                         last = msg
                 if self.applied >= self._publish_from:
                     self._replaying.close()  # caught up: the collector may run again
-                if last is not None:
-                    if p.flush(30):  # kept for the next batch, and committed with it
-                        log.warning("statuses not yet delivered to %s after 30 s", status_topic)
-                        continue
+                if last is not None and self._delivered(p, status_topic, failed):
                     c.commit(offsets=[TopicPartition(control, last.partition(),
                                                      last.offset() + 1)], asynchronous=False)
         finally:
             self._replaying.close()
             c.close()
             p.flush(10)
+
+    def _delivered(self, p: Producer, topic: str,
+                   failed: list[tuple[ControlStatus, KafkaError]]) -> bool:
+        """Wait until the broker has every status sent, sending again those it failed (after
+        message.timeout.ms, say, with the broker away): a status is never given up, since its
+        event is committed after it. False if the registrar was stopped first."""
+        while not self._stop.is_set():
+            if p.flush(FLUSH_S):
+                log.warning("statuses not yet delivered to %s after %g s; waiting",
+                            topic, FLUSH_S)
+                continue
+            if not failed:
+                return True
+            again = [status for status, _ in failed]
+            log.warning("%d statuses were not delivered to %s (%s); sending them again",
+                        len(again), topic, failed[0][1])
+            failed.clear()
+            for status in again:
+                _send(p, topic, status, failed)
+        return False
 
     def _on_assign(self, c, partitions: list[TopicPartition]) -> None:
         committed = c.committed(partitions, timeout=10)
@@ -174,6 +192,17 @@ class Registrar:
         self._stop.set()
         if self._thread:
             self._thread.join(15)
+
+
+def _send(p: Producer, topic: str, status: ControlStatus,
+          failed: list[tuple[ControlStatus, KafkaError]]) -> None:
+    """Produce one status; if the broker never takes it, it lands in `failed`."""
+    def delivered(error: KafkaError | None, _: Message) -> None:
+        if error is not None:
+            failed.append((status, error))
+
+    p.produce(topic, key=status.event_id.encode(), value=status.to_bytes(),
+              on_delivery=delivered)
 
 
 def judged_until(settings: Settings) -> int:

@@ -1,5 +1,6 @@
 """The registrar's statuses: one per event, in batches, after a stop between publishing and
-committing, and from a follower's seed; the client's incremental fold of the log."""
+committing, after the broker failed to take some, and from a follower's seed; the client's
+incremental fold of the log."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from confluent_kafka import KafkaError, Producer
 
+import control.registrar
 from control.client import Client
 from control.config import Settings
 from control.follower import RegistryFollower
@@ -103,6 +106,50 @@ def test_a_workers_report_is_not_a_registrars_status(topics: Settings) -> None:
     registrar = Registrar(topics).start()
     try:
         assert len(_judged_once(topics, events)) == 3
+    finally:
+        registrar.stop()
+
+
+class _Losing:
+    """A real producer that loses the first try of every third status: it reports it failed,
+    as librdkafka does after message.timeout.ms when the broker was away, and sends nothing."""
+
+    def __init__(self, real: Producer) -> None:
+        self.real, self.tries = real, 0
+        self.lost: set[bytes] = set()  # each key lost once
+        self.to_fail: list = []  # delivery callbacks to call with the failure at the next flush
+
+    def produce(self, topic: str, key: bytes, value: bytes, on_delivery) -> None:
+        self.tries += 1
+        if self.tries % 3 == 0 and key not in self.lost:
+            self.lost.add(key)
+            self.to_fail.append(on_delivery)
+            return
+        self.real.produce(topic, key=key, value=value, on_delivery=on_delivery)
+
+    def flush(self, timeout: float) -> int:
+        failing, self.to_fail = self.to_fail, []
+        for failed in failing:
+            failed(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+        return self.real.flush(timeout)
+
+
+def test_statuses_the_broker_failed_to_take_are_sent_again(
+        topics: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    events = _workspaces(30)
+    _produce(topics, events)
+    made: list[_Losing] = []
+
+    def losing(settings: Settings, **overrides: object) -> _Losing:
+        made.append(_Losing(producer(settings, **overrides)))
+        return made[-1]
+
+    monkeypatch.setattr(control.registrar, "producer", losing)
+    registrar = Registrar(topics).start()
+    try:
+        assert len(_judged_once(topics, events)) == len(events)  # none lost, none twice
+        assert len(made[0].lost) == 10
+        assert judged_until(topics) == len(events)
     finally:
         registrar.stop()
 
