@@ -9,6 +9,7 @@ import signal
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -179,12 +180,14 @@ def test_stale_after_three_of_the_workers_own_beats_unless_told() -> None:
 def test_status_table_prints_reasons_and_stale_workers_verbatim(
         capsys: pytest.CaptureFixture[str]) -> None:
     reason = "worker w2 cannot load a version 2: shape [1, 3] is not [1, 4]"
-    print_health(summarise([deployment("a", 2)], [
+    paused = replace(deployment("a", 2), paused_routes=frozenset({(1, 0), (0, 1)}))
+    print_health(summarise([paused], [
         beat("w1", serving={"lab/a": 2}, metrics={"lab/a": {"in": 12, "out": 11, "dead": 1}}),
         beat("w2", serving={"lab/a": 1}, refused={"lab/a": reason}),
         beat("w3", age_s=60.0)], NOW))
     printed = " ".join(capsys.readouterr().out.split())  # undo the console's wrapping
     assert f"lab/a: refused by w2: {reason}" in printed  # brackets are not rich markup
+    assert "lab/a: paused routes (step:route) 0:1, 1:0" in printed
     assert "stale: worker w3 last seen 2026-01-01 11:59:00 UTC (60s ago)" in printed
     assert "unhealthy: 2 fresh worker(s), 1 stale" in printed
 

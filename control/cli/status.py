@@ -31,8 +31,9 @@ def status(
 
     Per active deployment of the workspaces you may read: its version, the
     workers serving it (fresh heartbeats), those on another version, those
-    that refused it and why, records in/out/dead-lettered, and the lag; then
-    the workers whose heartbeats are stale.
+    that refused it and why, records in/out/dead-lettered, the lag, a
+    canary in progress and paused split routes; then the workers whose
+    heartbeats are stale.
 
     Exit code 0 when a fresh worker serves every deployment at its deployed
     version and no worker refused it; 1 otherwise.
@@ -61,6 +62,9 @@ def print_health(health: PlatformHealth) -> None:
                       highlight=False)
         if d.canary is not None and (d.canary.running or d.canary.ended_at is not None):
             out.print(f"{name}: {escape(canary_line(d.canary))}", highlight=False)
+        if d.paused_routes:  # paused by an operator or a rule: its share goes to the others
+            routes = ", ".join(f"{step}:{route}" for step, route in d.paused_routes)
+            out.print(f"{name}: paused routes (step:route) {routes}", highlight=False)
         for w, why in sorted(d.refused.items()):
             out.print(f"[red]{name}:[/] refused by {escape(w)}: {escape(why)}", highlight=False)
     for w in health.workers:

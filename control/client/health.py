@@ -47,6 +47,7 @@ class DeploymentHealth:
     lag: int | None = None  # records waiting in the input topic; None: no worker reported it
     problems: list[str] = field(default_factory=list)
     canary: Canary | None = None  # the deployment's last canary, running or ended
+    paused_routes: list[tuple[int, int]] = field(default_factory=list)  # (step, route)
 
     @property
     def healthy(self) -> bool:
@@ -94,7 +95,8 @@ def summarise(deployments: Iterable[Deployment], beats: Iterable[Heartbeat], now
         if not d.active:
             continue
         name = f"{d.workspace}/{d.pipeline}"
-        row = DeploymentHealth(d.workspace, d.pipeline, d.version, canary=d.canary)
+        row = DeploymentHealth(d.workspace, d.pipeline, d.version, canary=d.canary,
+                               paused_routes=sorted(d.paused_routes))
         for beat in fresh:
             served = beat.serving.get(name)
             if served == d.version:
