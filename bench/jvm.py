@@ -1,7 +1,10 @@
-"""The broker's collector pauses over a run, from the JVM's GC log (`-Xlog:gc:...:time`).
+"""The broker's collector pauses over a run, from the JVM's GC log
+(`-Xlog:gc,gc+phases:...:time`).
 
-A line reads `[2026-12-04T20:31:00.123+0000] GC(5) Pause Young (Normal) (G1 Evacuation Pause)
-51M->9M(1024M) 3.456ms`: a pause of the whole broker, which every record in flight waits out.
+With ZGC (the local broker's) a pause reads `[2026-12-05T03:03:19.404+0000] GC(0) Pause Mark
+Start 0.008ms`, and a thread that allocates faster than ZGC frees waits in an `Allocation Stall
+(thread) 1.234ms`; with G1, `GC(5) Pause Young (Normal) (G1 Evacuation Pause) 51M->9M(1024M)
+3.456ms`. A pause stops the whole broker, and every record in flight waits it out.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-_PAUSE = re.compile(r"^\[(?P<time>[^\]]+)\].*\bPause\b.*?(?P<ms>\d+(?:\.\d+)?)ms\s*$")
+_PAUSE = re.compile(
+    r"^\[(?P<time>[^\]]+)\].*\b(?:Pause|Allocation Stall)\b.*?(?P<ms>\d+(?:\.\d+)?)ms\s*$")
 
 
 def gc_pauses(log: Path | None, start: float, end: float) -> dict[str, Any] | None:

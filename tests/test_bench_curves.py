@@ -136,3 +136,17 @@ def test_the_brokers_gc_pauses_in_a_run_come_from_the_jvms_log(tmp_path: Path) -
     assert gc_pauses(log, at, at + 5) == {"count": 2, "total_ms": pytest.approx(16.956),
                                           "longest_ms": 13.5}
     assert gc_pauses(tmp_path / "none.log", at, at + 5) is None
+
+
+def test_zgcs_pauses_and_allocation_stalls_count_too(tmp_path: Path) -> None:
+    log = tmp_path / "gc.log"
+    log.write_text(
+        "[2026-12-05T03:03:19.404+0000] GC(0) Pause Mark Start 0.008ms\n"
+        "[2026-12-05T03:03:19.420+0000] GC(0) Concurrent Mark 15.925ms\n"  # no pause
+        "[2026-12-05T03:03:19.444+0000] GC(0) Pause Mark End 0.014ms\n"
+        "[2026-12-05T03:03:19.450+0000] Allocation Stall (data-plane-kafka-request-handler-1) "
+        "2.500ms\n"
+        "[2026-12-05T03:03:19.455+0000] GC(0) Garbage Collection (Warmup) 104M(10%)->38M(4%)\n")
+    at = datetime.fromisoformat("2026-12-05T03:03:19+00:00").timestamp()
+    assert gc_pauses(log, at, at + 5) == {"count": 3, "total_ms": pytest.approx(2.522),
+                                          "longest_ms": 2.5}

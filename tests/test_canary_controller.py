@@ -1,5 +1,6 @@
 """The canary controller without Kafka or ClickHouse: which window it measures, how often it
-measures a step that waits, and that dead letters it could not all read judge nothing."""
+measures a step that waits, that dead letters it could not all read judge nothing, and whom it
+acts as on a secured platform."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ import pytest
 from confluent_kafka import TopicPartition
 from registry_events import (
     T0,
+    add_member,
     create_pipeline,
     create_pipeline_version,
+    create_workspace,
     deploy,
     event,
     given,
+    key_of,
     model_step,
+    secured_user,
+    signed,
     upload_model,
     ws_members,
 )
@@ -26,6 +32,7 @@ import agents.scheduling.canary_controller as module
 from agents.scheduling.canary_controller import CanaryController
 from agents.scheduling.identity import Identity
 from control.config import Settings
+from control.registry.events import ControlEvent
 from control.registry.fold import apply
 from control.registry.state import Deployment, Registry
 from schemas.errors import BrokerError
@@ -35,17 +42,23 @@ S = timedelta(seconds=1)
 EVERY_S, LAG_S, TICK_S = 60, 5, 1
 
 
+START = ("StartCanary", {
+    "pipeline": "fraud", "version": 2, "steps": [10, 100], "every_s": EVERY_S, "hash_key": None,
+    "max_dead_letter_pp": 1.0, "max_error_pp": 1.0, "max_p99_ratio": 1.5, "p99_slack_ms": 5.0,
+    "min_records": 100, "assays": []})
+
+
+def fraud() -> tuple:
+    return (upload_model("scaler", b"s", inputs=["x"], outputs=["y"]), create_pipeline("fraud"),
+            *(create_pipeline_version("fraud", model_step("scaler"), rules=2) for _ in range(2)),
+            deploy("fraud", 1))
+
+
 @pytest.fixture
 def registry() -> Registry:
     """fraud v1 deployed, a canary of v2 started at T0 (steps 10, 100, every 60 s)."""
-    state = given(Registry(), *ws_members(), *(event(a) for a in (
-        upload_model("scaler", b"s", inputs=["x"], outputs=["y"]), create_pipeline("fraud"),
-        *(create_pipeline_version("fraud", model_step("scaler"), rules=2) for _ in range(2)),
-        deploy("fraud", 1))))
-    return apply(state, replace(event(("StartCanary", {
-        "pipeline": "fraud", "version": 2, "steps": [10, 100], "every_s": EVERY_S,
-        "hash_key": None, "max_dead_letter_pp": 1.0, "max_error_pp": 1.0, "max_p99_ratio": 1.5,
-        "p99_slack_ms": 5.0, "min_records": 100, "assays": []})), time=T0))
+    state = given(Registry(), *ws_members(), *(event(a) for a in fraud()))
+    return apply(state, replace(event(START), time=T0))
 
 
 class Producer:
@@ -135,3 +148,30 @@ def test_dead_letters_not_all_read_judge_nothing_until_the_next_tick(
     assert c.tick(object, now) == [] and c._producer.sent == []  # no advance on a part
     monkeypatch.setattr(c, "dead_letters", lambda *a: Counter())
     assert [e.type for e in c.tick(object, now + TICK_S * S)] == ["AdvanceCanary"]
+
+
+def test_on_a_secured_platform_it_acts_only_as_a_collaborator_with_a_key(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Every event signed; ann started the canary, bot is a collaborator. A worker with no
+    identity judges but publishes nothing, and says why once; as bot it signs the advance,
+    which the fold accepts."""
+    state = given(Registry(), *(signed(a, workspace=None) for a in (
+        secured_user("ann"), secured_user("bot"))), signed(create_workspace("ws")),
+        signed(add_member("bot")), *(signed(a) for a in fraud()), signed(START))
+    assert state.secured
+    monkeypatch.setattr(module, "log_measures", lambda *a: {
+        v: LogMeasures(1000, 1000, 0, 1000.0) for v in a[3]})
+    c = controller(state)
+    monkeypatch.setattr(c, "dead_letters", lambda *a: Counter())
+    now = T0 + (EVERY_S + LAG_S) * S
+    for seconds in (0, 6):  # judged again once the step's back-off is over: said once
+        assert c.tick(object, now + seconds * S) == [] and c._producer.sent == []
+    assert caplog.text.count("cannot act on this secured platform") == 1
+    assert "INFERSTREAM_USER" in caplog.text
+    c.identity = Identity("bot", key_of("bot"))
+    [advance] = c.tick(object, now + 12 * S)
+    assert (advance.type, advance.actor) == ("AdvanceCanary", "bot")
+    assert advance.signature is not None
+    after = apply(state, ControlEvent.from_bytes(advance.to_bytes(), offset=100))
+    canary = after.deployments[("ws", "fraud")].canary
+    assert canary is not None and canary.step == 2

@@ -1,6 +1,7 @@
 """Gated canaries against the real broker and two workers sharing one data folder: a healthy
-version promotes itself, one that dead-letters or is slower per record (even at a small share,
-served in far smaller batches) rolls back by itself, and a canary whose schedule owner is
+version promotes itself; one that dead-letters, whose steps fail (a shadow's errors) or that is
+slower per record (even at a small share, served in far smaller batches) rolls back by itself;
+HTTP requests are split by the same rule as the stream; and a canary whose schedule owner is
 killed mid-ramp goes on with no step skipped or done twice."""
 
 from __future__ import annotations
@@ -102,11 +103,14 @@ class Traffic:
 
 def ramp(lab: Canaries, pipeline: str, canary_version: int, *flags: str,
          current: str = "clf") -> None:
-    """v1 `current` (clf v1), v2 clf v2, v3 failing, v4 slow; v1 deployed, a canary of
-    `canary_version` started."""
+    """v1 `current` (clf v1), v2 clf v2, v3 failing, v4 slow, v5 clf v1 with a failing shadow;
+    v1 deployed, a canary of `canary_version` started."""
     lab.client.create_pipeline(pipeline)
     lab.client.create_pipeline_version(pipeline, [{"model": current, "version": 1}])
-    for step in ({"model": "clf", "version": 2}, {"model": "failing"}, {"model": "slow"}):
+    shadowed = {"shadow": {"champion": {"model": "clf", "version": 1},
+                           "challengers": [{"model": "failing"}]}}
+    for step in ({"model": "clf", "version": 2}, {"model": "failing"}, {"model": "slow"},
+                 shadowed):
         lab.client.create_pipeline_version(pipeline, [step])
     lab.deploy(pipeline, 1, batch_wait_ms=20)
     cli(lab, "pipelines", "canary", pipeline, "--version", str(canary_version),
@@ -156,13 +160,16 @@ def test_a_healthy_version_promotes_itself(lab: Canaries,
 
 @pytest.mark.parametrize(("pipeline", "version", "current", "flags", "measure"), [
     ("dead", 3, "clf", ("--steps", "50,100"), "dead-letter rate of v3"),
+    # Every record is served (the champion's result), but half of v5's logs are the failing
+    # shadow's errors.
+    ("errors", 5, "clf", ("--steps", "50,100"), "error rate of v5"),
     # 30 ms a record against 1, at 5 %: the canary's batches are a record or two, the
     # current's some twenty. A loaded machine's small calls cost a few ms each on either side
     # (tests/test_canary_measures.py shows the per-record measure on exact figures).
     ("slower", 4, "steady", ("--steps", "5,100", "--p99-slack-ms", "2"),
      "p99 time per record of v4"),
 ])
-def test_a_version_that_dead_letters_or_is_slower_per_record_rolls_back(
+def test_a_version_that_dead_letters_fails_or_is_slower_per_record_rolls_back(
         lab: Canaries, pipeline: str, version: int, current: str, flags: tuple[str, ...],
         measure: str) -> None:
     ramp(lab, pipeline, version, *flags, "--every", "2s", current=current)
@@ -175,6 +182,28 @@ def test_a_version_that_dead_letters_or_is_slower_per_record_rolls_back(
     events = canary_events(lab, c.canary_id)  # a HoldCanary while traffic starts, maybe
     assert events[("RollbackCanary", 1)] == 1 and events[("HoldCanary", 1)] <= 1, events
     assert not any(kind == "AdvanceCanary" for kind, _ in events), events
+
+
+def test_http_requests_are_split_by_the_streams_rule(lab: Canaries) -> None:
+    """At a 50 % step keyed by user, HTTP answers come from both versions, and a user's
+    requests all from the same one (the bucket of the key, as for stream records)."""
+    ramp(lab, "http", 2, "--steps", "50,100", "--every", "1h", "--hash-key", "user")
+    worker = lab.workers[0]
+
+    def version(user: int) -> int:
+        [record] = json_records(1, user)
+        status, answer = worker.post("/pipelines/http/infer?workspace=lab",
+                                     json.dumps({**record, "user": user}).encode(),
+                                     {"Content-Type": "application/json"})
+        assert status == 200, answer
+        return json.loads(answer)["pipeline_version"]
+
+    wait_until(lambda: any(version(u) == 2 for u in range(20)), 60,
+               "the worker serves the canary")
+    by_user = {u: {version(u) for _ in range(3)} for u in range(40)}
+    assert all(len(versions) == 1 for versions in by_user.values()), by_user
+    shares = Counter(v for versions in by_user.values() for v in versions)
+    assert shares[1] and shares[2], shares  # 40 users, each bucket one in two: never all one
 
 
 def test_a_worker_killed_mid_ramp_skips_no_step_and_does_none_twice(lab: Canaries) -> None:

@@ -63,12 +63,14 @@ def tansu_version() -> str:
     return match.group(0) if match else "unknown"
 
 
-# What Kafka's own start scripts give the JVM (kafka-server-start.sh, kafka-run-class.sh): with
-# Java's defaults instead (G1 aiming at 200 ms pauses, in 512 MB), young collections paused
-# the broker up to 170 ms under load, the bulk of the tail latency of a record.
-KAFKA_JVM_OPTIONS = ("-Xms1g", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                      "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
-                      "-XX:MaxInlineLevel=15", "-Djava.awt.headless=true")
+# The JVM of a local broker: Kafka's own start scripts' options (kafka-server-start.sh,
+# kafka-run-class.sh), but ZGC, whose pauses stay under a millisecond, instead of their G1.
+# With Java's defaults (G1 aiming at 200 ms pauses, in 512 MB) young collections paused the
+# broker up to 170 ms under load; with the scripts' G1 at 20 ms, 5-10 pauses of ~20 ms in every
+# 8 s of a fixed rate still each delayed the transactions in flight: p99 at a quarter of
+# saturation 64-86 ms over four runs of the bench, 50-52 ms with ZGC (docs/benchmarks.md).
+KAFKA_JVM_OPTIONS = ("-Xms1g", "-Xmx1g", "-XX:+UseZGC", "-XX:MaxInlineLevel=15",
+                     "-Djava.awt.headless=true")
 
 
 def tansu_bin() -> str:

@@ -234,8 +234,9 @@ def _kafka_command(data_dir: Path, port: int, controller_port: int,
         )
         if done.returncode != 0:
             raise BrokerError(f"formatting Kafka's log dir {log_dirs} failed:\n{done.stderr}")
-    # The collector's pauses, with wall-clock times (bench/ reads them beside a run's tail).
-    gc_log = f"-Xlog:gc:file={data_dir / GC_LOG}:time:filecount=2,filesize=10m"
+    # The collector's pauses, with wall-clock times (bench/ reads them beside a run's tail):
+    # ZGC logs its pauses (Pause Mark Start, ...) as phases.
+    gc_log = f"-Xlog:gc,gc+phases:file={data_dir / GC_LOG}:time:filecount=2,filesize=10m"
     command = ["java", *KAFKA_JVM_OPTIONS, gc_log]
     if LOG4J_CONFIG.exists():
         command.append(f"-Dlog4j2.configurationFile={LOG4J_CONFIG}")
