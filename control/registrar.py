@@ -98,6 +98,7 @@ def limits_of(settings: Settings) -> Limits:
 Seed = Callable[[], tuple[Registry, int]]  # a registry already folded and its next offset
 BATCH = 1000  # events judged at most before their statuses are flushed and committed
 FLUSH_S = 30.0  # how long a flush waits before saying the statuses are late
+RESEND_S = 1.0  # the wait before statuses the broker failed to take are sent again
 TAIL = 64  # status records read back at first when looking for the last one published
 
 
@@ -160,9 +161,12 @@ class Registrar:
             if not failed:
                 return True
             again = [status for status, _ in failed]
-            log.warning("%d statuses were not delivered to %s (%s); sending them again",
-                        len(again), topic, failed[0][1])
+            log.warning("%d statuses were not delivered to %s (%s); sending them again in "
+                        "%g s", len(again), topic, failed[0][1], RESEND_S)
             failed.clear()
+            # An error that comes back at once (no rights on the topic, say) must not spin.
+            if self._stop.wait(RESEND_S):
+                break
             for status in again:
                 _send(p, topic, status, failed)
         return False
