@@ -121,6 +121,11 @@ def format_duration(span: timedelta) -> str:
 
 
 
+def routes_text(paused: Iterable[tuple[int, int]]) -> str:
+    """Paused split routes as `step:route`, in order (pipelines get, status)."""
+    return ", ".join(f"{step}:{route}" for step, route in sorted(paused))
+
+
 # -- canaries ----------------------------------------------------------------------------------
 
 

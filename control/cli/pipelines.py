@@ -15,6 +15,7 @@ from control.cli.base import (
     client_of,
     err,
     out,
+    routes_text,
     rows_table,
     show,
     to_json,
@@ -162,14 +163,11 @@ def pipelines_get(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> 
           when(v.created_at))
          for v in p.versions]))
     if d is not None and d.active:
-        out.print(f"deployed: v{d.version}" + (f"; paused routes (step:route): "
-                                               f"{_routes(d)}" if d.paused_routes else ""))
+        paused = routes_text(d.paused_routes)
+        out.print(f"deployed: v{d.version}"
+                  + (f"; paused routes (step:route): {paused}" if paused else ""))
     if d is not None and d.canary is not None:
         out.print(escape(canary_line(d.canary)), highlight=False)
-
-
-def _routes(d: Deployment) -> str:
-    return ", ".join(f"{step}:{route}" for step, route in sorted(d.paused_routes))
 
 
 @pipelines.command("pause-route")
@@ -182,7 +180,8 @@ def pipelines_pause_route(
     opens every route again."""
     step, number = step_route(route)
     d = client_of(ctx).pause_route(name, step, number)
-    out.print(f"pipeline [bold]{name}[/] v{d.version}: paused routes {_routes(d)}")
+    paused = routes_text(d.paused_routes)
+    out.print(f"pipeline [bold]{name}[/] v{d.version}: paused routes {paused}")
 
 
 @pipelines.command("resume-route")
@@ -193,7 +192,8 @@ def pipelines_resume_route(
     """Send records to a paused route again."""
     step, number = step_route(route)
     d = client_of(ctx).resume_route(name, step, number)
-    out.print(f"pipeline [bold]{name}[/] v{d.version}: paused routes {_routes(d) or 'none'}")
+    paused = routes_text(d.paused_routes) or "none"
+    out.print(f"pipeline [bold]{name}[/] v{d.version}: paused routes {paused}")
 
 
 @pipelines.command("deploy")

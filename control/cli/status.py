@@ -16,7 +16,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from control.cli.base import JsonFlag, canary_line, client_of, err, out, to_json, when
+from control.cli.base import (
+    JsonFlag,
+    canary_line,
+    client_of,
+    err,
+    out,
+    routes_text,
+    to_json,
+    when,
+)
 from control.client.health import STALE_BEATS, DeploymentHealth, PlatformHealth, read_health
 
 
@@ -63,8 +72,8 @@ def print_health(health: PlatformHealth) -> None:
         if d.canary is not None and (d.canary.running or d.canary.ended_at is not None):
             out.print(f"{name}: {escape(canary_line(d.canary))}", highlight=False)
         if d.paused_routes:  # paused by an operator or a rule: its share goes to the others
-            routes = ", ".join(f"{step}:{route}" for step, route in d.paused_routes)
-            out.print(f"{name}: paused routes (step:route) {routes}", highlight=False)
+            out.print(f"{name}: paused routes (step:route) {routes_text(d.paused_routes)}",
+                      highlight=False)
         for w, why in sorted(d.refused.items()):
             out.print(f"[red]{name}:[/] refused by {escape(w)}: {escape(why)}", highlight=False)
     for w in health.workers:
